@@ -1,0 +1,1 @@
+"""SoundStream-style neural audio codec. Planned: issue 5."""

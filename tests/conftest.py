@@ -1,0 +1,24 @@
+"""Shared fixtures; helpers live in tests/helpers.py (importable as `helpers`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import tiny_overrides  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+    """tiny_config(out_dir, "key=value", ...) -> Config"""
+    from train.config import config_from_dict
+
+    def make(out: Path, *extra: str):
+        return config_from_dict({}, tiny_overrides(out, *extra))
+
+    return make

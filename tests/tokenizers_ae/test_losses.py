@@ -1,0 +1,96 @@
+"""Losses: LPIPS offline weights, reconstruction + logvar, GAN losses, PatchGAN."""
+
+import pytest
+import torch
+import torchvision
+
+from tokenizers_ae.discriminators.patchgan import NLayerDiscriminator
+from tokenizers_ae.losses.adversarial import adaptive_weight, d_loss, g_loss
+from tokenizers_ae.losses.perceptual import LPIPS
+from tokenizers_ae.losses.reconstruction import ReconstructionLoss
+
+
+@pytest.fixture(scope="module")
+def lpips_random():
+    return LPIPS(backbone="random")
+
+
+def test_lpips_zero_on_identical_and_gradient_to_input_only(lpips_random):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = (x + 0.3 * torch.randn_like(x)).requires_grad_(True)
+    target = x.clone().requires_grad_(True)
+    assert torch.allclose(lpips_random(x, x), torch.zeros(2), atol=1e-6)
+    d = lpips_random(y, target)
+    assert d.shape == (2,) and (d > 0).all()
+    d.sum().backward()
+    assert y.grad.abs().sum() > 0 and target.grad is None
+    assert all(p.grad is None for p in lpips_random.parameters())
+
+
+def test_lpips_matches_the_lpips_package(lpips_random):
+    torch.manual_seed(1)
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    ref = lpips_random.net(a, b).flatten()
+    torch.testing.assert_close(lpips_random(a, b), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_lpips_without_weights_says_how_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(FileNotFoundError) as e:
+        LPIPS(backbone="vgg")
+    msg = str(e.value)
+    assert "vgg16-397923af.pth" in msg and "loss.perceptual_weights" in msg and "random" in msg
+
+
+def test_lpips_loads_a_local_vgg16_state_dict(tmp_path):
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16()
+    path = tmp_path / "vgg16.pth"
+    torch.save(vgg.state_dict(), path)
+    lp = LPIPS(backbone="vgg", weights_path=str(path))
+    assert lp.pretrained
+    torch.testing.assert_close(lp.net.net.slice1[0].weight, vgg.features[0].weight)
+    torch.testing.assert_close(getattr(lp.net.net.slice5, "28").weight, vgg.features[28].weight)
+
+
+def test_lpips_rejects_a_file_that_is_not_vgg(tmp_path):
+    path = tmp_path / "x.pth"
+    torch.save({"weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="not a torchvision VGG16"):
+        LPIPS(backbone="vgg", weights_path=str(path))
+
+
+def test_reconstruction_loss_with_logvar():
+    x = torch.zeros(2, 3, 4, 4)
+    recon = torch.full_like(x, 0.5)
+    loss, logs = ReconstructionLoss(kind="l1", perceptual=None)(recon, x)
+    assert loss.item() == pytest.approx(0.5)
+    lv = torch.tensor(1.0, requires_grad=True)
+    loss, _ = ReconstructionLoss(kind="l2", perceptual=None)(recon, x, lv)
+    assert loss.item() == pytest.approx(0.25 / torch.e + 1.0)
+    loss.backward()
+    assert lv.grad.item() == pytest.approx(1 - 0.25 / torch.e)
+
+
+def test_gan_losses():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
+    assert d_loss("hinge", real, fake).item() == pytest.approx(0.5 * (0.25 + 0.75))
+    assert g_loss("hinge", fake).item() == pytest.approx(0.75)
+    sp = torch.nn.functional.softplus
+    assert d_loss("vanilla", real, fake).item() == pytest.approx(0.5 * (sp(-real).mean() + sp(fake).mean()).item())
+    with pytest.raises(ValueError, match="hinge"):
+        d_loss("wgan", real, fake)
+
+
+def test_adaptive_weight_formula_and_clamp():
+    a, b = torch.full((3,), 2.0), torch.full((3,), 1.0)
+    expected = (a.norm() / (b.norm() + 1e-4)).item() * 0.5
+    assert adaptive_weight(a, b, scale=0.5).item() == pytest.approx(expected)
+    assert adaptive_weight(a, torch.zeros(3)).item() == pytest.approx(1e4)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_patchgan_shapes(norm):
+    d = NLayerDiscriminator(channels=8, n_layers=3, norm=norm)
+    assert d(torch.randn(2, 3, 64, 64)).shape == (2, 1, 6, 6)

@@ -1,0 +1,1 @@
+"""Image tokenizers (KL-VAE, VQ-GAN), quantizers, losses and discriminators: maths only."""

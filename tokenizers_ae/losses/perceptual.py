@@ -1,0 +1,91 @@
+"""LPIPS perceptual distance (Zhang et al. 2018) through the `lpips` package, with offline weights.
+
+The package ships its learned linear heads; the VGG16 backbone is ImageNet-trained and must come
+from a local file (no downloads here). `backbone="random"` builds an untrained VGG for tests and
+smoke runs, where the distance still trains but means little.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import warnings
+from pathlib import Path
+
+import lpips
+import torch
+from torch import nn
+
+VGG16_FILE = "vgg16-397923af.pth"  # torchvision's file name for IMAGENET1K_V1
+
+
+def default_vgg_path() -> Path:
+    """Where torchvision caches its VGG16 weights ($TORCH_HOME/hub/checkpoints)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+
+
+def _find_vgg_weights(path: str | os.PathLike | None) -> Path:
+    candidate = Path(path).expanduser() if path else default_vgg_path()
+    if candidate.is_file():
+        return candidate
+    raise FileNotFoundError(
+        f"LPIPS needs ImageNet VGG16 weights and none were found at {candidate}. Either copy "
+        f"torchvision's {VGG16_FILE} to {default_vgg_path()}, or set "
+        "loss.perceptual_weights=/path/to/vgg16.pth (a torchvision VGG16 state dict), or set "
+        "loss.perceptual_backbone=random to train with an untrained backbone (tests, smoke runs), "
+        "or loss.perceptual_weight=0 to train without LPIPS."
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _build_lpips(vgg_file: str | None) -> lpips.LPIPS:
+    """Build once per process (torchvision's VGG16 constructor spends ~2 s initialising a classifier
+    that LPIPS throws away); callers get deep copies."""
+    with torch.random.fork_rng(), warnings.catch_warnings():
+        # A fixed seed: the "random" backbone is the same network in every run and process.
+        torch.manual_seed(0)
+        warnings.simplefilter("ignore", UserWarning)  # lpips passes torchvision's deprecated `pretrained=`
+        # pnet_rand=True: never let torchvision download; a real backbone is loaded just below.
+        net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    if vgg_file is not None:
+        state = torch.load(vgg_file, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        feats = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        if not feats:
+            raise ValueError(f"{vgg_file} is not a torchvision VGG16 state dict (no 'features.*' keys)")
+        for slice_ in (net.net.slice1, net.net.slice2, net.net.slice3, net.net.slice4, net.net.slice5):
+            slice_.load_state_dict({k: feats[k] for k in slice_.state_dict()}, strict=True)
+    return net.eval().requires_grad_(False)
+
+
+class LPIPS(nn.Module):
+    """Frozen LPIPS-VGG: forward(x, target) -> (B,) distances; inputs (B, 3, H, W) in [-1, 1].
+
+    Gradients flow to `x` only: the target's features are computed without a graph.
+    """
+
+    def __init__(self, *, backbone: str = "vgg", weights_path: str | None = None) -> None:
+        super().__init__()
+        if backbone not in ("vgg", "random"):
+            raise ValueError(f"unknown LPIPS backbone {backbone!r}; expected 'vgg' or 'random'")
+        vgg_file = _find_vgg_weights(weights_path) if backbone == "vgg" else None
+        self.net = copy.deepcopy(_build_lpips(str(vgg_file) if vgg_file else None))
+        self.pretrained = vgg_file is not None
+        self.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "LPIPS":
+        return super().train(False)  # always eval: dropout in the heads would add noise to the loss
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = self.net.net(self.net.scaling_layer(x))
+        return [lpips.normalize_tensor(o) for o in outs]
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            ft = self._features(target)
+        fx = self._features(x)
+        dist = 0.0
+        for lin, a, b in zip(self.net.lins, fx, ft):
+            dist = dist + lin((a - b) ** 2).mean(dim=(2, 3))  # (B, 1)
+        return dist.flatten()  # (B,)

@@ -1,0 +1,1 @@
+"""The one trainer, configs, data, checkpoints and the `aetk` CLI."""

@@ -1,0 +1,114 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint is written to `checkpoints/.tmp-step-N/`, completed with a `COMPLETE` marker, then
+renamed to `checkpoints/step-N/` in one `os.replace`. A kill at any moment leaves either the old
+newest checkpoint or the new one, never a half-written one that resume would pick.
+
+Contents: accelerate's `save_state` (models as safetensors, optimizers, schedulers, RNG states,
+one file per process where needed), `extra.safetensors` (EMA weights and other tensors),
+`trainer_state.json` and the resolved `config.yaml`. Loading never unpickles arbitrary objects:
+accelerate's loader uses `torch.load(weights_only=True)` and we add only safetensors and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded safely or at all."""
+
+
+def _fault(point: str, step: int) -> None:
+    """Fault injection for the kill tests: AETK_FAULT=point:step SIGKILLs this process there."""
+    spec = os.environ.get("AETK_FAULT", "")
+    if spec == f"{point}:{step}":
+        os.kill(os.getpid(), 9)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `root` (a run's `checkpoints/`), oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / "COMPLETE").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = checkpoint_dirs(root)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(accelerator, root: Path, step: int, *, extra: dict[str, torch.Tensor],
+                    state: dict[str, Any], config_yaml: str, keep: int) -> Path:
+    """Collective: every process calls it. Returns the final directory."""
+    root = Path(root)
+    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, tmp / "extra.safetensors")
+        (tmp / "trainer_state.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **state}, indent=1))
+        (tmp / "config.yaml").write_text(config_yaml)
+    accelerator.wait_for_everyone()
+    _fault("kill_in_save", step)
+    if accelerator.is_main_process:
+        _fsync_tree(tmp)
+        (tmp / "COMPLETE").write_text(str(step))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_tree(root)
+        for _, old in checkpoint_dirs(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore accelerate's state from `path`; return (trainer_state, extra tensors)."""
+    path = Path(path)
+    if not (path / "COMPLETE").is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no COMPLETE marker)")
+    state = json.loads((path / "trainer_state.json").read_text())
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')} is not "
+                              f"supported (this aetk reads format {FORMAT_VERSION})")
+    try:
+        accelerator.load_state(str(path), strict=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path}: a file in it holds pickled objects that are not plain tensors "
+            f"and could run code when loaded ({str(e).splitlines()[0]}). Only load checkpoints you made."
+        ) from e
+    return state, load_file(path / "extra.safetensors")

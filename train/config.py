@@ -1,0 +1,280 @@
+"""Typed, validated run configuration.
+
+A recipe is a YAML file that maps onto the dataclasses below. Loading checks every key: an unknown
+key or a value of the wrong type is a `ConfigError` that names the dotted key and, for unknown keys,
+the keys allowed there. Any key can be overridden from the command line as `dotted.key=value`
+(the value is parsed as YAML, so `train.max_steps=10`, `model.block_out_channels=[32,64]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not match the schema."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "builtin:skimage"
+    """Image folder (recursive), a `datasets.save_to_disk` directory, or `builtin:skimage`."""
+    resolution: int = 64
+    """Side of the square training crop, pixels."""
+    random_crop: bool = True
+    """Random (train) or centre crop after resizing the shorter side to `resolution`."""
+    random_flip: bool = True
+    """Horizontal flips with probability 1/2."""
+    image_column: str = "image"
+    """Column holding images in a Hugging Face dataset."""
+    builtin_size: int = 512
+    """Number of crops in the built-in photo dataset."""
+    val_path: str | None = None
+    """Validation images; default: the `val` split of the built-in data, else the first training images."""
+    val_size: int = 8
+    """Images used for validation metrics and the reconstruction grid."""
+    num_workers: int = 0
+    """DataLoader worker processes per training process."""
+
+    def __post_init__(self) -> None:
+        _check(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution", "a multiple of 8, >= 8")
+        _check(self.val_size >= 1, "data.val_size", ">= 1")
+        _check(self.num_workers >= 0, "data.num_workers", ">= 0")
+
+
+@dataclass
+class ModelConfig:
+    kind: Literal["kl_vae"] = "kl_vae"
+    """Model family; the builder is looked up in `train/registry.py`."""
+    init_from: str | None = None
+    """Existing diffusers `AutoencoderKL` directory to fine-tune (its architecture wins over the keys below)."""
+    in_channels: int = 3
+    block_out_channels: list[int] = field(default_factory=lambda: [64, 128])
+    """Channels per resolution level; the downsampling factor is 2**(len-1)."""
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    mid_block_attention: bool = True
+    """Self-attention in the lowest-resolution block (as Stable Diffusion's VAE)."""
+    sample_posterior: bool = True
+    """Train on z ~ q(z|x) (True) or on its mean."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.block_out_channels) >= 1, "model.block_out_channels", "a non-empty list")
+        for c in self.block_out_channels:
+            _check(c % self.norm_num_groups == 0, "model.block_out_channels",
+                   f"multiples of model.norm_num_groups={self.norm_num_groups} (got {self.block_out_channels})")
+        _check(self.latent_channels >= 1, "model.latent_channels", ">= 1")
+        _check(self.layers_per_block >= 1, "model.layers_per_block", ">= 1")
+
+
+@dataclass
+class LossConfig:
+    rec_loss: Literal["l1", "l2"] = "l1"
+    """Pixel reconstruction loss, mean over values."""
+    perceptual_weight: float = 1.0
+    """Weight of LPIPS (0 disables it and skips the network)."""
+    perceptual_backbone: Literal["vgg", "random"] = "vgg"
+    """`vgg`: ImageNet VGG16 weights from `perceptual_weights` or torchvision's cache; `random`: an
+    untrained backbone (tests, smoke runs: the loss then means little)."""
+    perceptual_weights: str | None = None
+    """Path to torchvision's `vgg16-397923af.pth` (or any VGG16 state dict) for `vgg`."""
+    kl_weight: float = 1e-6
+    """KL weight. Both terms are divided by the number of input values, so this has the meaning
+    of latent-diffusion's `kl_weight` (which summed both over values)."""
+    learn_logvar: bool = False
+    """Learned scalar log-variance on the reconstruction term (latent-diffusion's `logvar`)."""
+    disc_start: int = 5001
+    """Optimizer step at which the discriminator starts; before it no discriminator work is done."""
+    disc_weight: float = 0.5
+    """Scale of the adaptive adversarial weight."""
+    adaptive_weight: bool = True
+    """Balance the adversarial gradient against the reconstruction gradient at the decoder's last
+    layer (taming-transformers). False: the weight is `disc_weight`."""
+    disc_loss: Literal["hinge", "vanilla"] = "hinge"
+    """Discriminator loss: hinge or non-saturating (softplus)."""
+    disc_layers: int = 3
+    disc_channels: int = 64
+    disc_norm: Literal["batch", "group", "none"] = "batch"
+    """Normalisation in the PatchGAN. `batch` (taming's choice) keeps per-process statistics under
+    data parallelism; `group` makes multi-process runs match single-process ones exactly."""
+
+    def __post_init__(self) -> None:
+        for k in ("perceptual_weight", "kl_weight", "disc_weight"):
+            _check(getattr(self, k) >= 0, f"loss.{k}", ">= 0")
+        _check(self.disc_start >= 0, "loss.disc_start", ">= 0")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8
+    """Global batch per optimizer step (all processes together, before accumulation)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step; each holds batch_size/(processes*grad_accum) images."""
+    max_steps: int = 1000
+    lr: float = 4.5e-6
+    disc_lr: float | None = None
+    """Discriminator learning rate (default: `lr`)."""
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+    """Clip each phase's gradient norm (None: no clipping)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    """Autocast precision; weights and optimizer state stay fp32."""
+    ema_decay: float | None = 0.999
+    """EMA of the generator weights, used for eval and export (None: off)."""
+    log_every: int = 10
+    eval_every: int = 250
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    max_nonfinite: int = 10
+    """Stop after this many non-finite steps in a row (each is skipped)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        for k in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every",
+                  "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
+            _check(getattr(self, k) >= 1, f"train.{k}", ">= 1")
+        _check(len(self.betas) == 2, "train.betas", "two numbers")
+        _check(self.lr > 0, "train.lr", "> 0")
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"
+    """Run directory: config.yaml, checkpoints/, model/, metrics.jsonl, samples/, logs/."""
+    seed: int = 0
+    resume: str = "auto"
+    """`auto`: continue from the newest complete checkpoint in output_dir; `never`; or a checkpoint path."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check(ok: bool, key: str, want: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: must be {want}")
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp` or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value is False and "no" in allowed:  # YAML 1.1 reads a bare `no` as false
+            value = "no"
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # PyYAML reads `1e-4` (no dot) as a string; accept numeric strings rather than surprise people.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; allowed keys{' in ' + prefix if prefix else ''}: "
+                          f"{', '.join(sorted(fields))}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected dotted.key=value")
+    key, text = override.split("=", 1)
+    value = yaml.safe_load(text) if text != "" else None
+    node = raw
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def config_from_dict(raw: dict, overrides: list[str] = ()) -> Config:
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    for o in overrides:
+        _apply_override(raw, o)
+    return _build(Config, raw, "")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Load a YAML recipe, apply `dotted.key=value` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return config_from_dict(raw, overrides)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,208 @@
+"""The one training loop, on accelerate. It knows nothing about models: a task (train/tasks.py)
+says which modules each optimizer trains and what each phase's loss is.
+
+Set-up (`Trainer.__init__`), one optimizer step (`Trainer.step`) and the run (`Trainer.run`) are
+separate so the benchmark times exactly the code path `aetk train` runs.
+
+Exactness: the data order, the augmentations and the posterior noise are pure functions of
+(seed, step), not of any RNG state or of the process count. A resumed run therefore continues
+bit-for-bit, and N processes with batch B/N compute the same step as one process with batch B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from train.checkpoint import _fault, latest_checkpoint, load_checkpoint, save_checkpoint
+from train.config import Config, ConfigError, config_to_dict
+from train.data.loader import build_loaders
+from train.registry import build_task
+from train.tasks import StepContext
+
+log = logging.getLogger("aetk.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a NaN or infinite loss."""
+
+
+def _step_noise(seed: int, step: int, micro: int, global_batch: int, start: int, stop: int):
+    """Noise for items [start, stop) of a global micro-batch, the same however it is split."""
+
+    def noise(shape: torch.Size) -> torch.Tensor:
+        g = torch.Generator().manual_seed(hash((seed, step, micro, 0x5EED)) & 0x7FFF_FFFF_FFFF)
+        full = torch.randn((global_batch, *shape[1:]), generator=g)
+        return full[start:stop]
+
+    return noise
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, accelerator: Accelerator | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.output_dir)
+        t = cfg.train
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=t.mixed_precision,
+            cpu=not torch.cuda.is_available(),
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+            step_scheduler_with_optimizer=False,  # we step schedulers once per optimizer step
+        )
+        acc = self.accelerator
+        world = acc.num_processes
+        if t.batch_size % (world * t.grad_accum):
+            raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by processes x "
+                              f"train.grad_accum = {world} x {t.grad_accum}")
+        self.micro_batch = t.batch_size // (world * t.grad_accum)  # per process
+        set_seed(cfg.seed)  # same initial weights on every process
+
+        self.loaders = build_loaders(cfg, rank=acc.process_index, world=world, micro_batch=self.micro_batch)
+        self.task = build_task(cfg).to(acc.device)
+        self.phases = self.task.phases()
+        self.models, self.optimizers, self.schedulers = {}, {}, {}
+        for ph in self.phases:
+            params = [p for p in ph.module.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=ph.lr, betas=ph.betas, weight_decay=ph.weight_decay)
+            sched = get_scheduler(t.lr_schedule, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
+            self.models[ph.name], self.optimizers[ph.name], self.schedulers[ph.name] = acc.prepare(ph.module, opt, sched)
+        self.ema = None
+        if t.ema_decay:
+            self.ema = AveragedModel(self.task.model_to_average(), multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
+            self.ema.requires_grad_(False)
+        self.step_idx = 0
+        self.nonfinite_in_row = 0
+        self.bad_items: set[int] = set()
+        self.data_iter = None
+
+    # --- one optimizer step ---------------------------------------------------------------------
+
+    def _context(self, step: int, micro: int) -> StepContext:
+        acc, t = self.accelerator, self.cfg.train
+        gmb = t.batch_size // t.grad_accum
+        start = acc.process_index * self.micro_batch
+        reduce = (lambda x: acc.reduce(x, "mean")) if acc.num_processes > 1 else (lambda x: x)
+        return StepContext(step=step, noise=_step_noise(self.cfg.seed, step, micro, gmb, start, start + self.micro_batch),
+                           reduce_mean=reduce, unwrap=acc.unwrap_model)
+
+    def step(self, micro_batches: list[dict]) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches; returns logged scalars (all processes)."""
+        acc, t, step = self.accelerator, self.cfg.train, self.step_idx
+        active = [ph.name for ph in self.phases if self.task.active(ph.name, step)]
+        sums: dict[str, torch.Tensor] = {}
+        for micro, batch in enumerate(micro_batches):
+            batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            last = micro == len(micro_batches) - 1
+            ctx = self._context(step, micro)
+            with contextlib.ExitStack() as stack:
+                if not last:  # accumulate locally; all-reduce once on the last micro-batch
+                    for name in active:
+                        stack.enter_context(acc.no_sync(self.models[name]))
+                with acc.autocast():
+                    out = self.task.forward(self.models, batch, ctx)
+                for name in active:
+                    with acc.autocast():
+                        loss, logs = self.task.loss(name, self.models, out, batch, ctx)
+                    acc.backward(loss / len(micro_batches))
+                    for k, v in logs.items():
+                        key = f"{name}/{k}" if k == "loss" else k
+                        sums[key] = sums.get(key, 0.0) + v.float() / len(micro_batches)
+        # One collective and one host sync per step for every logged value.
+        keys = sorted(sums)
+        values = acc.reduce(torch.stack([sums[k] for k in keys]), "mean") if acc.num_processes > 1 else torch.stack([sums[k] for k in keys])
+        logs = dict(zip(keys, values.tolist()))
+        finite = all(math.isfinite(logs[k]) for k in keys if k.endswith("loss"))
+        for name in active:
+            opt = self.optimizers[name]
+            if finite:
+                if t.max_grad_norm:
+                    norm = acc.clip_grad_norm_(self.models[name].parameters(), t.max_grad_norm)
+                    logs[f"{name}/grad_norm"] = float(norm)
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+        if finite:
+            for name in active:
+                self.schedulers[name].step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.task.model_to_average())
+            self.nonfinite_in_row = 0
+        else:
+            self.nonfinite_in_row += 1
+            log.warning("step %d: non-finite loss (%s); step skipped (%d in a row)", step,
+                        {k: logs[k] for k in keys if k.endswith("loss")}, self.nonfinite_in_row)
+        logs["skipped"] = 0.0 if finite else 1.0
+        logs["lr"] = self.schedulers["generator"].get_last_lr()[0]
+        self.step_idx += 1
+        if self.nonfinite_in_row >= t.max_nonfinite:
+            raise NonFiniteLossError(
+                f"stopping: {self.nonfinite_in_row} consecutive steps had a non-finite loss (last at step "
+                f"{step}). Lower train.lr, use train.mixed_precision=bf16 instead of fp16, or check the data.")
+        return logs
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def next_micro_batches(self) -> list[dict]:
+        if self.data_iter is None:
+            self.data_iter = iter(self.loaders.train(start_micro_batch=self.step_idx * self.cfg.train.grad_accum))
+        batches = [next(self.data_iter) for _ in range(self.cfg.train.grad_accum)]
+        for b in batches:
+            self._note_bad(b.pop("bad", []))
+        return batches
+
+    def _note_bad(self, bad: list[int]) -> None:
+        for i in bad:
+            if i not in self.bad_items:
+                self.bad_items.add(i)
+                log.warning("skipping unreadable item: %s", self.loaders.train_dataset.describe(i))
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def config_yaml(self) -> str:
+        return yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
+
+    def save(self) -> Path:
+        extra = {f"ema.{k}": v for k, v in self.ema.state_dict().items()} if self.ema is not None else {}
+        state = {"step": self.step_idx, "nonfinite_in_row": self.nonfinite_in_row,
+                 "bad_items": sorted(self.bad_items)}
+        return save_checkpoint(self.accelerator, self.run_dir / "checkpoints", self.step_idx, extra=extra,
+                               state=state, config_yaml=self.config_yaml(), keep=self.cfg.train.keep_checkpoints)
+
+    def maybe_resume(self) -> Path | None:
+        r = self.cfg.resume
+        if r == "never":
+            return None
+        path = latest_checkpoint(self.run_dir / "checkpoints") if r == "auto" else Path(r)
+        if path is None:
+            return None
+        state, extra = load_checkpoint(self.accelerator, path)
+        self.step_idx = state["step"]
+        self.nonfinite_in_row = state["nonfinite_in_row"]
+        self.bad_items = set(state["bad_items"])
+        if self.ema is not None:
+            self.ema.load_state_dict({k.removeprefix("ema."): v for k, v in extra.items()}, strict=True)
+        self.data_iter = None
+        return path
+
+    def averaged_model(self) -> torch.nn.Module:
+        """The EMA weights when kept, else the raw ones (bare module)."""
+        return self.ema.module if self.ema is not None else self.task.model_to_average()
+
+    def close(self) -> None:
+        # Free models/optimizers before gloo tears down, or some multi-process runs abort at exit.
+        self.accelerator.end_training()
+        self.models = self.optimizers = self.schedulers = self.ema = self.task = self.phases = None
+        self.accelerator.free_memory()
+        gc.collect()

@@ -1,0 +1,114 @@
+"""`aetk train`: a Trainer driven to max_steps with logging, evaluation, checkpoints and export.
+
+Run directory:
+  config.yaml          resolved config (resume/reproduce from it)
+  checkpoints/step-N/  full resumable state (atomic)
+  model/               EMA weights as a diffusers model (safetensors + config.json)
+  metrics.jsonl        one JSON object per log/eval event
+  samples/             reconstruction grids (PNG)
+  logs/                TensorBoard
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from eval.image import reconstruction_metrics, save_reconstruction_grid
+from train.checkpoint import _fault
+from train.config import Config
+from train.loop import Trainer
+
+log = logging.getLogger("aetk.train")
+
+
+class MetricsLog:
+    """Appends JSON lines to metrics.jsonl (main process) and mirrors scalars to the trackers."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.acc = trainer.accelerator
+        self.path = trainer.run_dir / "metrics.jsonl"
+
+    def write(self, step: int, values: dict) -> None:
+        if not self.acc.is_main_process:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
+
+
+@torch.no_grad()
+def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
+    """Reconstruct the validation batch with the averaged model; metrics + grid (main process)."""
+    model = trainer.averaged_model()
+    was_training = model.training
+    model.eval()
+    batch = trainer.loaders.val_batch()
+    x = batch["x"].to(trainer.accelerator.device)
+    with trainer.accelerator.autocast():
+        recon = model(x).recon.float().clamp(-1, 1)
+    model.train(was_training)
+    lp = trainer.task.rec_loss.perceptual
+    metrics = reconstruction_metrics(x, recon, lpips=lp if lp is not None and lp.pretrained else None)
+    save_reconstruction_grid(x, recon, trainer.run_dir / "samples" / f"recon-{step:07d}.png")
+    return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+def export_model(trainer: Trainer, out_dir: Path) -> Path:
+    """The averaged weights in the model's native ecosystem format (diffusers `save_pretrained`)."""
+    model = trainer.averaged_model()
+    model.vae.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def train(cfg: Config) -> Trainer:
+    trainer = Trainer(cfg)
+    acc = trainer.accelerator
+    run_dir = trainer.run_dir
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(trainer.config_yaml())
+    acc.init_trackers("aetk")
+    resumed = trainer.maybe_resume()
+    if resumed is not None:
+        log.info("resumed from %s at step %d", resumed, trainer.step_idx)
+    metrics = MetricsLog(trainer)
+    t = cfg.train
+    bar = tqdm(total=t.max_steps, initial=trainer.step_idx, desc="train", unit="step",
+               disable=not (t.progress and acc.is_local_main_process), dynamic_ncols=True)
+    window_start, window_images = time.perf_counter(), 0
+    try:
+        while trainer.step_idx < t.max_steps:
+            _fault("kill_at_step", trainer.step_idx)
+            batches = trainer.next_micro_batches()
+            logs = trainer.step(batches)
+            step = trainer.step_idx  # steps completed
+            window_images += t.batch_size
+            bar.update(1)
+            if step % t.log_every == 0 or step == t.max_steps:
+                dt = time.perf_counter() - window_start
+                logs["images_per_s"] = window_images / max(dt, 1e-9)
+                logs["bad_items"] = len(trainer.bad_items)
+                metrics.write(step, logs)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.endswith("loss")})
+                window_start, window_images = time.perf_counter(), 0
+            if step % t.eval_every == 0 or step == t.max_steps:
+                if acc.is_main_process:
+                    metrics.write(step, evaluate(trainer, step))
+                acc.wait_for_everyone()
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                trainer.save()
+        if acc.is_main_process:
+            export_model(trainer, run_dir / "model")
+            summary = {"steps": trainer.step_idx, "bad_items": len(trainer.bad_items),
+                       "bad_paths": [trainer.loaders.train_dataset.describe(i) for i in sorted(trainer.bad_items)]}
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        acc.wait_for_everyone()
+    finally:
+        bar.close()
+    return trainer
