@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -39,11 +40,12 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN or infinite loss."""
 
 
-def _step_noise(seed: int, step: int, micro: int, global_batch: int, start: int, stop: int):
-    """Noise for items [start, stop) of a global micro-batch, the same however it is split."""
+def _step_noise(seed: int, step: int, global_batch: int, start: int, stop: int):
+    """Noise for items [start, stop) of a step's global batch: the same however the batch is split
+    into processes and micro-batches."""
 
     def noise(shape: torch.Size) -> torch.Tensor:
-        g = torch.Generator().manual_seed(hash((seed, step, micro, 0x5EED)) & 0x7FFF_FFFF_FFFF)
+        g = torch.Generator().manual_seed(hash((seed, step, 0x5EED)) & 0x7FFF_FFFF_FFFF)
         full = torch.randn((global_batch, *shape[1:]), generator=g)
         return full[start:stop]
 
@@ -92,10 +94,10 @@ class Trainer:
 
     def _context(self, step: int, micro: int) -> StepContext:
         acc, t = self.accelerator, self.cfg.train
-        gmb = t.batch_size // t.grad_accum
-        start = acc.process_index * self.micro_batch
+        # Position in the step's global batch, in the data sampler's order: micro-batch, process, item.
+        start = micro * (t.batch_size // t.grad_accum) + acc.process_index * self.micro_batch
         reduce = (lambda x: acc.reduce(x, "mean")) if acc.num_processes > 1 else (lambda x: x)
-        return StepContext(step=step, noise=_step_noise(self.cfg.seed, step, micro, gmb, start, start + self.micro_batch),
+        return StepContext(step=step, noise=_step_noise(self.cfg.seed, step, t.batch_size, start, start + self.micro_batch),
                            reduce_mean=reduce, unwrap=acc.unwrap_model)
 
     def step(self, micro_batches: list[dict]) -> dict[str, float]:
@@ -166,7 +168,8 @@ class Trainer:
         for i in bad:
             if i not in self.bad_items:
                 self.bad_items.add(i)
-                log.warning("skipping unreadable item: %s", self.loaders.train_dataset.describe(i))
+                ds = self.loaders.train_dataset
+                log.warning("skipping unreadable item %s (%s)", ds.describe(i), ds.why_unreadable(i))
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -206,3 +209,6 @@ class Trainer:
         self.models = self.optimizers = self.schedulers = self.ema = self.task = self.phases = None
         self.accelerator.free_memory()
         gc.collect()
+        # accelerate keeps process-wide singletons; reset them so another Trainer in this process
+        # (tests, notebooks) may choose a different precision. The process group stays up.
+        AcceleratorState._reset_state(reset_partial_state=False)

@@ -108,8 +108,17 @@ class ImageDataset(torch.utils.data.Dataset):
             return self.load(j)
         except Exception as e:  # noqa: BLE001 - any decoder failure must not stop a run
             self._bad.add(j)
-            log.warning("skipping unreadable image %s: %s: %s", self.describe(j), type(e).__name__, e)
+            # DEBUG here: workers each hold a copy of `_bad`; the consumer warns once per file.
+            log.debug("skipping unreadable image %s: %s: %s", self.describe(j), type(e).__name__, e)
             return None
+
+    def why_unreadable(self, i: int) -> str:
+        """The decoder's error for item i ("" if it now reads), for a consumer's one warning."""
+        try:
+            self.load(i)
+            return ""
+        except Exception as e:  # noqa: BLE001
+            return f"{type(e).__name__}: {e}"
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         n = len(self)
