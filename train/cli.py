@@ -16,6 +16,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override any config key with dotted.key=value, e.g. train.max_steps=100")
 
 
+def _emit(result: dict, json_path: str | None) -> int:
+    """Benchmarks print JSON, and write it to --json too."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from train.run import train
 
@@ -31,13 +41,14 @@ def cmd_bench_train_step(args: argparse.Namespace) -> int:
     from eval.bench.train_step import bench_train_step
 
     cfg = load_config(args.config, args.overrides)
-    result = bench_train_step(cfg, steps=args.steps, warmup=args.warmup, reference=args.reference)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
-    return 0
+    return _emit(bench_train_step(cfg, steps=args.steps, warmup=args.warmup, reference=args.reference), args.json)
+
+
+def cmd_bench_precision(args: argparse.Namespace) -> int:
+    from eval.bench.precision import bench_precision
+
+    cfg = load_config(args.config, args.overrides)
+    return _emit(bench_precision(cfg, steps=args.steps, precisions=tuple(args.precisions.split(","))), args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time diffusers AutoencoderKL + taming LPIPSWithDiscriminator and report the ratio")
     p.add_argument("--json", help="also write the result to this file")
     p.set_defaults(func=cmd_bench_train_step)
+
+    p = bsub.add_parser("precision", help="validation PSNR after N steps in fp32 vs reduced precision",
+                        description="Trains the recipe once per precision (from the same seed) and "
+                                    "reports validation PSNR/SSIM and wall time of each.")
+    _add_config_args(p)
+    p.add_argument("--steps", type=int, default=200, help="training steps per precision (default 200)")
+    p.add_argument("--precisions", default="no,bf16", help="comma-separated (default no,bf16)")
+    p.add_argument("--json", help="also write the result to this file")
+    p.set_defaults(func=cmd_bench_precision)
     return parser
 
 
