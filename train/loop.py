@@ -65,6 +65,9 @@ class Trainer:
             step_scheduler_with_optimizer=False,  # we step schedulers once per optimizer step
         )
         acc = self.accelerator
+        if t.mixed_precision == "fp16" and acc.device.type == "cpu":
+            raise ConfigError("train.mixed_precision=fp16 needs a GPU (accelerate would silently run fp32 "
+                              "on CPU); use bf16, which CPUs with AVX-512/AMX run fast")
         world = acc.num_processes
         if t.batch_size % (world * t.grad_accum):
             raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by processes x "

@@ -98,3 +98,35 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_config):
     a, b = run(1), run(2)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path, tiny_config):
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        Trainer(tiny_config(tmp_path / "run", "train.mixed_precision=fp16"))
+
+
+def test_init_from_a_diffusers_vae_directory(tmp_path, tiny_config):
+    from tokenizers_ae.models.kl_vae import build_autoencoder_kl
+
+    torch.manual_seed(123)
+    src = build_autoencoder_kl(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=2)
+    src.save_pretrained(tmp_path / "vae")
+    # The directory's architecture wins over the recipe's model keys.
+    trainer = Trainer(tiny_config(tmp_path / "run", f"model.init_from={tmp_path / 'vae'}",
+                                  "model.block_out_channels=[16,32]", "model.norm_num_groups=8"))
+    vae = trainer.task.generator.autoencoder.vae
+    assert vae.training
+    for (n, a), b in zip(src.named_parameters(), vae.parameters()):
+        assert torch.equal(a, b), n
+    trainer.step(trainer.next_micro_batches())
+    assert not torch.equal(src.decoder.conv_out.weight, vae.decoder.conv_out.weight)
+    trainer.close()
+
+
+def test_init_from_a_missing_directory_names_the_key(tmp_path, tiny_config):
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.init_from"):
+        Trainer(tiny_config(tmp_path / "run", f"model.init_from={tmp_path / 'nope'}"))
