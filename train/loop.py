@@ -53,21 +53,28 @@ def _step_noise(seed: int, step: int, global_batch: int, start: int, stop: int):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, *, accelerator: Accelerator | None = None) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
         t = cfg.train
-        self.accelerator = accelerator or Accelerator(
+        if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("train.mixed_precision=fp16 needs a GPU (accelerate would silently run fp32 "
+                              "on CPU); use bf16, which CPUs with AVX-512/AMX run fast")
+        self.accelerator = Accelerator(
             mixed_precision=t.mixed_precision,
             cpu=not torch.cuda.is_available(),
             log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
             step_scheduler_with_optimizer=False,  # we step schedulers once per optimizer step
         )
-        acc = self.accelerator
-        if t.mixed_precision == "fp16" and acc.device.type == "cpu":
-            raise ConfigError("train.mixed_precision=fp16 needs a GPU (accelerate would silently run fp32 "
-                              "on CPU); use bf16, which CPUs with AVX-512/AMX run fast")
+        try:
+            self._build()
+        except BaseException:
+            AcceleratorState._reset_state(reset_partial_state=False)  # let a corrected config try again
+            raise
+
+    def _build(self) -> None:
+        cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
         world = acc.num_processes
         if t.batch_size % (world * t.grad_accum):
             raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by processes x "
