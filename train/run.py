@@ -80,7 +80,7 @@ def train(cfg: Config) -> Trainer:
     metrics = MetricsLog(trainer)
     t = cfg.train
     bar = tqdm(total=t.max_steps, initial=trainer.step_idx, desc="train", unit="step",
-               disable=not (t.progress and acc.is_local_main_process), dynamic_ncols=True)
+               disable=not (t.progress and acc.is_local_main_process), dynamic_ncols=True, mininterval=1.0)
     window_start, window_images = time.perf_counter(), 0
     try:
         while trainer.step_idx < t.max_steps:

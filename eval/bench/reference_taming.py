@@ -422,20 +422,11 @@ def build_reference(*, block_out_channels=(64, 128), layers_per_block=1, latent_
                     norm_num_groups=32, disc_start=0, kl_weight=1e-6, disc_weight=0.5, seed=0,
                     disc_ndf=64, pnet_rand=True):
     """A diffusers ``AutoencoderKL`` and an LDM ``LPIPSWithDiscriminator`` (kl-f8 defaults)."""
-    from diffusers import AutoencoderKL
+    from tokenizers_ae.models.kl_vae import build_autoencoder_kl  # a plain diffusers AutoencoderKL
 
     torch.manual_seed(seed)
-    n = len(block_out_channels)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(block_out_channels),
-        layers_per_block=layers_per_block,
-        latent_channels=latent_channels,
-        norm_num_groups=norm_num_groups,
-    )
+    vae = build_autoencoder_kl(block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+                               latent_channels=latent_channels, norm_num_groups=norm_num_groups)
     loss = LPIPSWithDiscriminator(
         disc_start=disc_start,
         kl_weight=kl_weight,
