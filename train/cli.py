@@ -51,6 +51,33 @@ def cmd_bench_precision(args: argparse.Namespace) -> int:
     return _emit(bench_precision(cfg, steps=args.steps, precisions=tuple(args.precisions.split(","))), args.json)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from eval.latents import set_scaling_factor
+    from train.export import export_vae, load_vae, measure_scaling, warn_if_unmeasured
+
+    vae = load_vae(args.source, weights=args.weights)
+    if args.scaling_factor is not None:
+        set_scaling_factor(vae, args.scaling_factor)
+    elif args.data:
+        stats = measure_scaling(vae, args.data, resolution=args.resolution, n=args.n)
+        set_scaling_factor(vae, stats["scaling_factor"])
+        print(f"measured scaling_factor {stats['scaling_factor']:.5f} on {stats['n']} images")
+    else:
+        warn_if_unmeasured(vae)
+    out = export_vae(vae, args.format, args.out)
+    print(f"wrote {args.format} to {out} (scaling_factor {vae.config.scaling_factor:.5f})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from tokenizers_ae.export import load_sd_single_file
+
+    vae = load_sd_single_file(args.file, config=args.config)
+    vae.save_pretrained(args.out, safe_serialization=True)
+    print(f"wrote a diffusers AutoencoderKL to {args.out}; fine-tune it with model.init_from={args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aetk", description="Train, benchmark and export first-stage autoencoders.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(resume=auto). Multi-process: torchrun --nproc_per_node N -m train.cli train ...")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write a trained KL-VAE as a diffusers directory or an SD single file",
+                       description="SOURCE: a run directory (newest checkpoint), a checkpoint directory, a "
+                                   "diffusers AutoencoderKL directory or a .safetensors single file.")
+    p.add_argument("source")
+    p.add_argument("--format", choices=["diffusers", "sd-single-file"], default="diffusers")
+    p.add_argument("--out", required=True, help="directory (diffusers) or FILE.safetensors (sd-single-file)")
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema", help="checkpoint weights to export")
+    p.add_argument("--scaling-factor", type=float, help="set the latent scaling factor explicitly")
+    p.add_argument("--data", help="measure the scaling factor (1/std of latents) on these images")
+    p.add_argument("--resolution", type=int, default=256, help="crop size for --data (default 256)")
+    p.add_argument("--n", type=int, default=256, help="images used by --data (default 256)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="turn an SD / latent-diffusion single-file VAE into a diffusers directory",
+                       description="Reads a .safetensors file with latent-diffusion key names (first_stage_model. "
+                                   "prefixes accepted) and writes a diffusers AutoencoderKL directory to fine-tune.")
+    p.add_argument("file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", help="diffusers AutoencoderKL directory or config.json giving the architecture "
+                                    "(not needed for files aetk wrote)")
+    p.set_defaults(func=cmd_import)
 
     bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print JSON.")
     bsub = bench.add_subparsers(dest="bench", required=True)

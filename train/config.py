@@ -54,7 +54,9 @@ class ModelConfig:
     kind: Literal["kl_vae"] = "kl_vae"
     """Model family; the builder is looked up in `train/registry.py`."""
     init_from: str | None = None
-    """Existing diffusers `AutoencoderKL` directory to fine-tune (its architecture wins over the keys below)."""
+    """A VAE to fine-tune: a diffusers `AutoencoderKL` directory (its architecture wins over the
+    keys below) or a Stable Diffusion / latent-diffusion single `.safetensors` file (architecture
+    from aetk's metadata in it, else from the keys below)."""
     in_channels: int = 3
     block_out_channels: list[int] = field(default_factory=lambda: [64, 128])
     """Channels per resolution level; the downsampling factor is 2**(len-1)."""
@@ -140,6 +142,8 @@ class TrainConfig:
     """Stop after this many non-finite steps in a row (each is skipped)."""
     progress: bool = True
     """Show a progress bar."""
+    latent_stats_images: int = 256
+    """Training images encoded at the end to measure the latent scaling factor written to model/."""
 
     def __post_init__(self) -> None:
         for k in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every",

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusers import AutoencoderKL
+from safetensors import safe_open
 from torch import nn
 
 from tokenizers_ae.discriminators.patchgan import NLayerDiscriminator
+from tokenizers_ae.export import load_sd_single_file
+from tokenizers_ae.export.sd_single_file import CONFIG_METADATA_KEY
 from tokenizers_ae.losses.perceptual import LPIPS
 from tokenizers_ae.losses.reconstruction import ReconstructionLoss
 from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
@@ -15,21 +18,33 @@ from train.config import Config, ConfigError
 from train.tasks import AutoencoderGANTask
 
 
+def _fresh_autoencoder_kl(cfg: Config) -> AutoencoderKL:
+    m = cfg.model
+    return build_autoencoder_kl(
+        in_channels=m.in_channels, block_out_channels=m.block_out_channels,
+        layers_per_block=m.layers_per_block, latent_channels=m.latent_channels,
+        norm_num_groups=m.norm_num_groups, mid_block_attention=m.mid_block_attention,
+        sample_size=cfg.data.resolution)
+
+
 def build_kl_vae(cfg: Config) -> KLVAE:
     m = cfg.model
-    if m.init_from:
-        path = Path(m.init_from)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.init_from: {path} is not a diffusers AutoencoderKL directory "
-                              "(no config.json)")
-        vae = AutoencoderKL.from_pretrained(path)  # loads safetensors; returns eval mode
-        vae.train()
+    if not m.init_from:
+        return KLVAE(_fresh_autoencoder_kl(cfg), sample_posterior=m.sample_posterior)
+    path = Path(m.init_from)
+    if path.is_file() and path.suffix == ".safetensors":
+        # An SD / latent-diffusion single file: its architecture comes from the file's metadata when
+        # aetk wrote it, else from the recipe's model keys (a third-party SD VAE: keep the defaults
+        # of configs/kl-f8.yaml).
+        with safe_open(str(path), framework="pt") as f:
+            has_config = CONFIG_METADATA_KEY in (f.metadata() or {})
+        vae = load_sd_single_file(path, config=None if has_config else dict(_fresh_autoencoder_kl(cfg).config))
+    elif (path / "config.json").is_file():
+        vae = AutoencoderKL.from_pretrained(path)  # its architecture wins over the recipe's keys
     else:
-        vae = build_autoencoder_kl(
-            in_channels=m.in_channels, block_out_channels=m.block_out_channels,
-            layers_per_block=m.layers_per_block, latent_channels=m.latent_channels,
-            norm_num_groups=m.norm_num_groups, mid_block_attention=m.mid_block_attention,
-            sample_size=cfg.data.resolution)
+        raise ConfigError(f"model.init_from: {path} is neither a diffusers AutoencoderKL directory "
+                          "(with config.json) nor a .safetensors single file")
+    vae.train()  # diffusers loaders return eval mode
     return KLVAE(vae, sample_posterior=m.sample_posterior)
 
 

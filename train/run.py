@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.image import reconstruction_metrics, save_reconstruction_grid
+from eval.latents import latent_statistics, set_scaling_factor
 from train.checkpoint import _fault
 from train.config import Config
 from train.loop import Trainer
@@ -60,9 +61,17 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
 
 
 def export_model(trainer: Trainer, out_dir: Path) -> Path:
-    """The averaged weights in the model's native ecosystem format (diffusers `save_pretrained`)."""
-    model = trainer.averaged_model()
-    model.vae.save_pretrained(out_dir, safe_serialization=True)
+    """The averaged weights as a diffusers AutoencoderKL, with the latent scaling factor measured on
+    the training data (1/std of posterior samples, as Stable Diffusion's 0.18215 was derived)."""
+    vae = trainer.averaged_model().vae
+    ds = trainer.loaders.train_dataset
+    n = min(trainer.cfg.train.latent_stats_images, len(ds))
+    device = trainer.accelerator.device
+    batches = (torch.stack([ds[i]["x"] for i in range(s, min(s + 16, n))]).to(device) for s in range(0, n, 16))
+    stats = latent_statistics(vae, batches, seed=trainer.cfg.seed)
+    set_scaling_factor(vae, stats["scaling_factor"])
+    vae.save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / "latent_stats.json").write_text(json.dumps(stats, indent=1))
     return out_dir
 
 

@@ -1,0 +1,44 @@
+"""Latent statistics of a KL autoencoder, and the diffusion scaling factor derived from them."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from diffusers import AutoencoderKL
+
+
+@torch.no_grad()
+def latent_statistics(vae: AutoencoderKL, batches: Iterable[torch.Tensor], *, seed: int = 0) -> dict:
+    """Encode `batches` ((B, C, H, W) in [-1, 1]) and summarise posterior samples z ~ q(z|x).
+
+    The scaling factor is 1 / std(z) over every value, as latent-diffusion derived Stable
+    Diffusion's 0.18215 (from samples, not means); per-channel mean/std are what diffusers stores
+    as `latents_mean` / `latents_std`.
+    """
+    g = torch.Generator().manual_seed(seed)
+    was_training = vae.training
+    vae.eval()
+    zs = []
+    for x in batches:
+        post = vae.encode(x).latent_dist
+        eps = torch.randn(post.mean.shape, generator=g).to(post.mean)
+        zs.append((post.mean + post.std * eps).float().cpu())
+    vae.train(was_training)
+    if not zs:
+        raise ValueError("latent_statistics needs at least one batch")
+    z = torch.cat(zs)  # (N, c, h, w)
+    dims = [0, *range(2, z.ndim)]
+    std = z.std().item()
+    return {"n": z.shape[0], "latent_shape": list(z.shape[1:]),
+            "mean": z.mean(dims).tolist(), "std": z.std(dims).tolist(),
+            "global_mean": z.mean().item(), "global_std": std, "scaling_factor": 1.0 / std}
+
+
+def set_scaling_factor(vae: AutoencoderKL, scaling_factor: float) -> None:
+    """Record the factor in the vae's config (what diffusers pipelines multiply latents by).
+
+    Per-channel `latents_mean`/`latents_std` are deliberately not written: SDXL-style pipelines
+    switch to a different latent normalisation when they are present.
+    """
+    vae.register_to_config(scaling_factor=float(scaling_factor))

@@ -1,0 +1,97 @@
+"""Load a trained KL-VAE from wherever it lives and write it where the ecosystem reads it.
+
+Sources (`load_vae`): a run directory (newest checkpoint), one checkpoint directory, a diffusers
+`AutoencoderKL` directory, or a single-file `.safetensors` with latent-diffusion key names.
+Targets (`export_vae`): a diffusers directory (`save_pretrained`) or an SD single file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import load_file
+
+from eval.latents import latent_statistics, set_scaling_factor
+from tokenizers_ae.export import load_sd_single_file, save_sd_single_file
+from train.checkpoint import latest_checkpoint
+from train.config import ConfigError, load_config
+
+log = logging.getLogger("aetk.export")
+
+SD_DEFAULT_SCALING = 0.18215  # diffusers' AutoencoderKL default, Stable Diffusion's measured value
+
+
+def _vae_from_checkpoint(ckpt: Path, weights: str) -> AutoencoderKL:
+    from train.registry import build_model
+
+    cfg = load_config(ckpt / "config.yaml")
+    if cfg.model.kind != "kl_vae":
+        raise ConfigError(f"{ckpt}: model.kind={cfg.model.kind} is not a KL-VAE")
+    vae = build_model(cfg).vae
+    if weights == "ema":
+        state = load_file(ckpt / "extra.safetensors")
+        prefix = "ema.module.vae."
+        if not any(k.startswith(prefix) for k in state):
+            raise ValueError(f"{ckpt} holds no EMA weights (train.ema_decay was off); use --weights raw")
+    else:
+        state, prefix = load_file(ckpt / "model.safetensors"), "autoencoder.vae."
+    vae.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    meta = ckpt.parent.parent / "model" / "config.json"  # the scaling factor measured at the end of training
+    if meta.is_file():
+        set_scaling_factor(vae, json.loads(meta.read_text()).get("scaling_factor", vae.config.scaling_factor))
+    return vae.eval()
+
+
+def load_vae(path: str | Path, *, weights: str = "ema") -> AutoencoderKL:
+    """An AutoencoderKL in eval mode from a run dir, checkpoint dir, diffusers dir or single file."""
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    p = Path(path)
+    if p.is_file() and p.suffix == ".safetensors":
+        return load_sd_single_file(p)
+    if (p / "config.json").is_file() and not (p / "checkpoints").exists():
+        return AutoencoderKL.from_pretrained(p).eval()
+    if (p / "COMPLETE").is_file():
+        return _vae_from_checkpoint(p, weights)
+    ckpt = latest_checkpoint(p / "checkpoints")
+    if ckpt is not None:
+        return _vae_from_checkpoint(ckpt, weights)
+    if (p / "model" / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(p / "model").eval()
+    raise FileNotFoundError(f"{p}: not a run directory, checkpoint, diffusers AutoencoderKL directory or "
+                            ".safetensors single file")
+
+
+def export_vae(vae: AutoencoderKL, fmt: str, out: str | Path) -> Path:
+    out = Path(out)
+    if fmt == "diffusers":
+        vae.save_pretrained(out, safe_serialization=True)
+    elif fmt == "sd-single-file":
+        if out.suffix != ".safetensors":
+            raise ValueError(f"--out for sd-single-file must end in .safetensors, got {out}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_sd_single_file(vae, out)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; expected diffusers or sd-single-file")
+    return out
+
+
+def measure_scaling(vae: AutoencoderKL, data_path: str, *, resolution: int, n: int = 256, batch: int = 16,
+                    seed: int = 0) -> dict:
+    """Latent statistics on the first `n` images of a dataset (centre crops, no flips)."""
+    from train.data import build_image_dataset
+
+    ds = build_image_dataset(data_path, resolution=resolution, seed=seed, random_crop=False, random_flip=False)
+    n = min(n, len(ds))
+    batches = (torch.stack([ds[i]["x"] for i in range(s, min(s + batch, n))]) for s in range(0, n, batch))
+    return latent_statistics(vae, batches, seed=seed)
+
+
+def warn_if_unmeasured(vae: AutoencoderKL) -> None:
+    if abs(vae.config.scaling_factor - SD_DEFAULT_SCALING) < 1e-9:
+        log.warning("scaling_factor is diffusers' default %.5f (Stable Diffusion's), not measured on this "
+                    "model; pass --data to measure it or --scaling-factor to set it", SD_DEFAULT_SCALING)
