@@ -29,9 +29,9 @@ def latent_statistics(vae: AutoencoderKL, batches: Iterable[torch.Tensor], *, se
         raise ValueError("latent_statistics needs at least one batch")
     z = torch.cat(zs)  # (N, c, h, w)
     dims = [0, *range(2, z.ndim)]
-    std = z.std().item()
+    std = z.std(correction=0).item()
     return {"n": z.shape[0], "latent_shape": list(z.shape[1:]),
-            "mean": z.mean(dims).tolist(), "std": z.std(dims).tolist(),
+            "mean": z.mean(dims).tolist(), "std": z.std(dims, correction=0).tolist(),
             "global_mean": z.mean().item(), "global_std": std, "scaling_factor": 1.0 / std}
 
 

@@ -78,6 +78,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encode(args: argparse.Namespace) -> int:
+    from train.encode import EncodeOptions, encode
+
+    opts = EncodeOptions(resolution=args.resolution, batch_size=args.batch_size, shard_size=args.shard_size,
+                         sample=args.sample, flip=args.flip, dtype=args.dtype, seed=args.seed,
+                         num_workers=args.num_workers)
+    m = encode(args.model, args.data, args.out, opts)
+    print(f"{m['count']} latents {m['latent_shape']} in {len(m['shards'])} shards at {args.out}; "
+          f"{len(m['bad'])} unreadable; scaling_factor {m['scaling_factor']:.5f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aetk", description="Train, benchmark and export first-stage autoencoders.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="diffusers AutoencoderKL directory or config.json giving the architecture "
                                     "(not needed for files aetk wrote)")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("encode", help="encode a dataset to latent shards + manifest.json (resumable)",
+                       description="Writes safetensors shards and manifest.json (count, shape, per-channel mean/std, "
+                                   "scaling factor 1/std, sources with hashes, model hash, unreadable files). "
+                                   "Re-run the same command to resume; multi-process: torchrun --nproc_per_node N "
+                                   "-m train.cli encode ...")
+    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL dir or SD single file")
+    p.add_argument("--data", required=True, help="image folder, datasets.save_to_disk dir or builtin:skimage")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resolution", type=int, default=256, help="centre crop size (default 256)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--shard-size", type=int, default=1024, help="items per shard (default 1024)")
+    p.add_argument("--sample", action="store_true", help="posterior samples instead of means")
+    p.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.set_defaults(func=cmd_encode)
 
     bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print JSON.")
     bsub = bench.add_subparsers(dest="bench", required=True)

@@ -1,0 +1,64 @@
+"""Read latent shards written by `aetk encode` (memory-mapped; no whole-dataset load)."""
+
+from __future__ import annotations
+
+import bisect
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+SUPPORTED_VERSION = 1
+
+
+class LatentShardDataset(torch.utils.data.Dataset):
+    """Item i -> {"latent": (c, h, w) float32, "index": source item, "flip": bool}.
+
+    `scale=True` multiplies latents by the manifest's scaling factor (1/std, as Stable
+    Diffusion's 0.18215), the normalisation a diffusion prior trains in; `unscale` inverts it.
+    Shards are opened lazily per process (DataLoader workers each open their own).
+    """
+
+    def __init__(self, root: str | Path, *, scale: bool = False) -> None:
+        self.root = Path(root)
+        path = self.root / "manifest.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.root}: no manifest.json (not an `aetk encode` output, or unfinished)")
+        self.manifest = json.loads(path.read_text())
+        if self.manifest.get("format") != "aetk-latents" or self.manifest.get("version") != SUPPORTED_VERSION:
+            raise ValueError(f"{path}: format {self.manifest.get('format')} v{self.manifest.get('version')} is not "
+                             f"aetk-latents v{SUPPORTED_VERSION}")
+        self.scaling_factor = float(self.manifest["scaling_factor"])
+        self.scale = scale
+        counts = [s["count"] for s in self.manifest["shards"]]
+        self._starts = [0]
+        for c in counts:
+            self._starts.append(self._starts[-1] + c)
+        self._handles: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _shard(self, s: int):
+        if s not in self._handles:
+            self._handles[s] = safe_open(str(self.root / self.manifest["shards"][s]["file"]), framework="pt")
+        return self._handles[s]
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} latents")
+        s = bisect.bisect_right(self._starts, i) - 1
+        f, j = self._shard(s), i - self._starts[s]
+        z = f.get_slice("latents")[j:j + 1][0].float()
+        if self.scale:
+            z = z * self.scaling_factor
+        return {"latent": z, "index": int(f.get_slice("index")[j:j + 1][0]),
+                "flip": bool(f.get_slice("flip")[j:j + 1][0])}
+
+    def unscale(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents back to the decoder's units."""
+        return z / self.scaling_factor
+
+    def __getstate__(self):  # file handles do not cross process boundaries
+        return {**self.__dict__, "_handles": {}}

@@ -1,0 +1,236 @@
+"""`aetk encode`: a dataset -> latent shards (safetensors) + `manifest.json`, resumable and split
+across processes.
+
+Items are numbered 0..N-1 (then N..2N-1 for horizontal-flip copies) and cut into fixed shards of
+`shard_size` items; process r encodes shards r, r+W, r+2W, ... Each shard is written to a
+temporary name and renamed when complete, so a killed run restarted with the same command skips
+the shards it finished and ends with every item exactly once; a finished run is a no-op. Each
+shard carries its own statistics (sums per channel, bad items, content hashes) so the manifest is
+merged from shard headers alone.
+
+Shard format (version 1): tensors `latents` (n, c, h, w), `index` (n,) source item, `flip` (n,),
+`stat_sum`, `stat_sumsq` (c,) float64; metadata JSON `aetk` = {version, bad: [{index, source,
+error}], hashes: {index: sha256 of the decoded RGB pixels}}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from train.checkpoint import _fault
+
+log = logging.getLogger("aetk.encode")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class EncodeOptions:
+    resolution: int = 256
+    batch_size: int = 16
+    shard_size: int = 1024
+    sample: bool = False
+    """Posterior samples (seeded per item) instead of posterior means."""
+    flip: bool = False
+    """Also encode a horizontally flipped copy of every image."""
+    dtype: str = "float16"
+    """Storage dtype of latents: float16, bfloat16 or float32."""
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True
+
+
+class _Items(torch.utils.data.Dataset):
+    """Item k of the encode order: source image k % N, flipped when k >= N. Unreadable -> x=None."""
+
+    def __init__(self, ds, flip: bool) -> None:
+        self.ds, self.n = ds, len(ds)
+        self.total = self.n * (2 if flip else 1)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, k: int) -> dict:
+        i, flipped = k % self.n, k >= self.n
+        try:
+            img = self.ds.load(i)
+        except Exception as e:  # noqa: BLE001 - a bad file is listed in the manifest, never fatal
+            return {"k": k, "i": i, "x": None, "error": f"{type(e).__name__}: {e}"}
+        x = self.ds.transform(img, np.random.default_rng([0]))  # centre crop, no flip: rng unused
+        if flipped:
+            x = torch.flip(x, dims=[-1])
+        digest = hashlib.sha256(img.convert("RGB").tobytes()).hexdigest()
+        return {"k": k, "i": i, "x": x, "hash": digest}
+
+
+def _collate(items: list[dict]) -> list[dict]:
+    return items
+
+
+def _shard_path(out: Path, s: int) -> Path:
+    return out / f"shard-{s:05d}.safetensors"
+
+
+def _shard_done(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["aetk"])["version"] == FORMAT_VERSION
+    except Exception:  # noqa: BLE001 - a damaged shard is simply encoded again
+        return False
+
+
+@torch.no_grad()
+def _encode_batch(vae, xs: torch.Tensor, keys: list[int], opts: EncodeOptions) -> torch.Tensor:
+    post = vae.encode(xs.to(vae.device, vae.dtype)).latent_dist
+    if not opts.sample:
+        return post.mean.float().cpu()
+    # Noise seeded per item: the same latents whatever the batch, shard or process split.
+    eps = torch.stack([torch.randn(post.mean.shape[1:], generator=torch.Generator().manual_seed(
+        opts.seed * 1_000_003 + k)) for k in keys])
+    return (post.mean.float().cpu() + post.std.float().cpu() * eps)
+
+
+def _encode_shard(vae, items: _Items, s: int, out: Path, opts: EncodeOptions, bar) -> None:
+    lo, hi = s * opts.shard_size, min((s + 1) * opts.shard_size, len(items))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(items, range(lo, hi)), batch_size=opts.batch_size,
+                                         collate_fn=_collate, num_workers=opts.num_workers)
+    latents, index, flip, bad, hashes = [], [], [], [], {}
+    for batch in loader:
+        good = [b for b in batch if b["x"] is not None]
+        for b in batch:
+            if b["x"] is None:
+                bad.append({"index": b["i"], "source": items.ds.describe(b["i"]), "error": b["error"]})
+                log.warning("skipping unreadable item %s (%s)", items.ds.describe(b["i"]), b["error"])
+        if good:
+            latents.append(_encode_batch(vae, torch.stack([b["x"] for b in good]), [b["k"] for b in good], opts))
+            index += [b["i"] for b in good]
+            flip += [b["k"] >= items.n for b in good]
+            hashes.update({str(b["i"]): b["hash"] for b in good})
+        bar.update(len(batch))
+    z = torch.cat(latents) if latents else torch.zeros(0)
+    dims = [0, *range(2, z.ndim)]
+    tensors = {
+        "latents": z.to(getattr(torch, opts.dtype)).contiguous(),
+        "index": torch.tensor(index, dtype=torch.long),
+        "flip": torch.tensor(flip, dtype=torch.bool),
+        "stat_sum": z.double().sum(dims) if latents else torch.zeros(0, dtype=torch.float64),
+        "stat_sumsq": z.double().pow(2).sum(dims) if latents else torch.zeros(0, dtype=torch.float64),
+    }
+    meta = {"aetk": json.dumps({"version": FORMAT_VERSION, "bad": bad, "hashes": hashes})}
+    path = _shard_path(out, s)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+def model_hash(vae) -> str:
+    """sha256 over the weights (names, shapes, bytes): which model made these latents."""
+    h = hashlib.sha256()
+    for name, t in sorted(vae.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _merge_manifest(out: Path, n_shards: int, items: _Items, vae, opts: EncodeOptions, data: str) -> dict:
+    count, bad, sources, shards = 0, [], {}, []
+    total_sum = total_sumsq = None
+    shape = None
+    for s in range(n_shards):
+        path = _shard_path(out, s)
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["aetk"])
+            n = f.get_slice("index").get_shape()[0]
+            if n:
+                shape = f.get_slice("latents").get_shape()[1:]
+                ssum, ssq = f.get_tensor("stat_sum"), f.get_tensor("stat_sumsq")
+                total_sum = ssum if total_sum is None else total_sum + ssum
+                total_sumsq = ssq if total_sumsq is None else total_sumsq + ssq
+        count += n
+        bad += meta["bad"]
+        sources.update(meta["hashes"])
+        shards.append({"file": path.name, "count": n})
+    if count == 0:
+        raise ValueError(f"no readable image in {data}: nothing was encoded ({len(bad)} unreadable)")
+    per_channel = int(np.prod(shape[1:]))
+    mean = total_sum / (count * per_channel)
+    var = total_sumsq / (count * per_channel) - mean.pow(2)
+    global_mean = mean.mean()
+    global_var = (var + mean.pow(2)).mean() - global_mean.pow(2)
+    std = float(global_var.sqrt())
+    bad_unique = {b["index"]: b for b in bad}  # a bad image with --flip is listed once
+    manifest = {
+        "format": "aetk-latents", "version": FORMAT_VERSION, "count": count, "latent_shape": list(shape),
+        "dtype": opts.dtype, "posterior": "sample" if opts.sample else "mean", "flip_copies": opts.flip,
+        "resolution": opts.resolution, "channel_mean": mean.tolist(), "channel_std": var.clamp_min(0).sqrt().tolist(),
+        "std": std, "scaling_factor": 1.0 / std, "model_scaling_factor": float(vae.config.scaling_factor),
+        "model_hash": model_hash(vae), "data": data, "shard_size": opts.shard_size, "shards": shards,
+        "sources": [{"index": int(i), "source": items.ds.describe(int(i)), "sha256": h}
+                    for i, h in sorted(sources.items(), key=lambda kv: int(kv[0]))],
+        "bad": sorted(bad_unique.values(), key=lambda b: b["index"]),
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / "manifest.json")
+    return manifest
+
+
+def _claim(out: Path, job: dict, state) -> None:
+    """Record what this directory encodes; refuse to mix shards of another model or setting."""
+    path = out / "encode_job.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != job:
+            diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+            raise ValueError(f"{out} holds an encode of a different job (differs in: {', '.join(diff)}); "
+                             "use another --out or delete it")
+    state.wait_for_everyone()
+    if state.is_main_process and not path.is_file():
+        path.write_text(json.dumps(job, indent=1))
+
+
+def encode(model: str, data: str, out: str | Path, opts: EncodeOptions) -> dict:
+    """Encode `data` with the KL-VAE at `model` into `out`. Collective under a launcher."""
+    from accelerate import PartialState
+
+    from train.data import build_image_dataset
+    from train.export import load_vae
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vae = load_vae(model).to(state.device)
+    ds = build_image_dataset(data, resolution=opts.resolution, seed=opts.seed, random_crop=False,
+                             random_flip=False)
+    items = _Items(ds, opts.flip)
+    _claim(out, {"model_hash": model_hash(vae), "data": data, "items": len(items),
+                 **{k: v for k, v in vars(opts).items() if k not in ("num_workers", "progress", "batch_size")}}, state)
+    n_shards = -(-len(items) // opts.shard_size)
+    mine = [s for s in range(state.process_index, n_shards, state.num_processes)]
+    todo = [s for s in mine if not _shard_done(_shard_path(out, s))]
+    total = sum(min(opts.shard_size, len(items) - s * opts.shard_size) for s in todo)
+    bar = tqdm(total=total, desc=f"encode[{state.process_index}]", unit="img",
+               disable=not (opts.progress and state.is_local_main_process), mininterval=1.0)
+    for s in todo:
+        _encode_shard(vae, items, s, out, opts, bar)
+        _fault("kill_encode_after_shard", s)
+    bar.close()
+    state.wait_for_everyone()
+    manifest = None
+    if state.is_main_process:
+        manifest = _merge_manifest(out, n_shards, items, vae, opts, data)
+    state.wait_for_everyone()
+    return manifest if manifest is not None else json.loads((out / "manifest.json").read_text())
