@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
 from torchvision.utils import make_grid, save_image
 
 
@@ -25,17 +32,24 @@ def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, lpips=None) -> 
         "psnr": float(peak_signal_noise_ratio(a, b, data_range=1.0, dim=(1, 2, 3), reduction="elementwise_mean")),
         "ssim": float(structural_similarity_index_measure(a, b, data_range=1.0)),
     }
+    # MS-SSIM needs side > 10 * 2^(scales-1): small images get fewer scales (renormalised weights).
+    scales = max(1, min(5, int(math.log2(min(a.shape[-2:]) / 10)) + 1))
+    if scales >= 2:
+        betas = MS_SSIM_BETAS[:scales]
+        betas = tuple(bt / sum(betas) for bt in betas)
+        out["ms_ssim"] = float(multiscale_structural_similarity_index_measure(a, b, data_range=1.0, betas=betas))
+        out["ms_ssim_scales"] = scales
     if lpips is not None:
         out["lpips"] = float(lpips(recon.float(), x.float()).mean())
     return out
 
 
-def save_reconstruction_grid(x: torch.Tensor, recon: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """Pairs of rows, originals above reconstructions, as one PNG."""
-    x, recon = to_unit(x.cpu()), to_unit(recon.cpu())
+def save_reconstruction_grid(x: torch.Tensor, *recons: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Groups of rows, originals above each reconstruction (same order as `recons`), as one PNG."""
+    tensors = [to_unit(t.cpu()) for t in (x, *recons)]
     rows = []
     for i in range(0, x.shape[0], nrow):
-        rows += [x[i:i + nrow], recon[i:i + nrow]]
+        rows += [t[i:i + nrow] for t in tensors]
     grid = make_grid(torch.cat(rows), nrow=min(nrow, x.shape[0]), padding=2, pad_value=1.0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

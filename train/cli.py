@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import logging
 import sys
@@ -90,6 +91,34 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from eval.report import evaluate, write_json
+    from train.data import build_image_dataset
+    from train.export import load_vae
+
+    vae = load_vae(args.model, weights=args.weights)
+    builtin = args.data.startswith("builtin:")
+
+    def images(split: str, start: int, n: int):
+        ds = build_image_dataset(args.data, resolution=args.resolution, random_crop=False, random_flip=False,
+                                 split=split)
+        idx = range(start, min(start + n, len(ds)))
+        return torch.stack([ds[i]["x"] for i in idx]) if len(idx) else None
+
+    # Held-out images for the metrics; PCA is fitted on other images of the same source.
+    x = images("val" if builtin else "train", 0, args.n)
+    fit = images("train", 0 if builtin else args.n, args.fit_n) if "pca" in args.baseline else None
+    out_dir = args.out_dir or (str(Path(args.json).with_suffix("")) + "-files" if args.json else "eval-out")
+    result = evaluate(vae, x, fit_x=fit, baselines=tuple(args.baseline), latent_bits=args.latent_bits,
+                      lpips_weights=args.lpips_weights, inception_weights=args.inception_weights, out_dir=out_dir)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aetk", description="Train, benchmark and export first-stage autoencoders.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=0)
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("eval", help="reconstruction metrics, rate, latent stats; JPEG/PCA baselines; grid + RD plot",
+                       description="PSNR, SSIM, MS-SSIM (torchmetrics), LPIPS (when VGG weights are present), rFID "
+                                   "(when Inception weights are present; else reported as unavailable), latent "
+                                   "statistics and throughput, optionally beside JPEG at the same bits per pixel and "
+                                   "patch PCA with the same number of latent values.")
+    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL dir or SD single file")
+    p.add_argument("--data", required=True)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--n", type=int, default=64, help="evaluation images (default 64)")
+    p.add_argument("--fit-n", type=int, default=256, help="images PCA is fitted on (default 256)")
+    p.add_argument("--baseline", action="append", choices=["jpeg", "pca"], default=[],
+                   help="add a baseline (repeatable)")
+    p.add_argument("--latent-bits", type=int, default=16, help="bits per stored latent value for the rate (16)")
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema")
+    p.add_argument("--lpips-weights", help="torchvision VGG16 weights for LPIPS")
+    p.add_argument("--inception-weights", help="torch-fidelity Inception weights for rFID")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--out-dir", help="where the grid and plot go (default: beside --json)")
+    p.set_defaults(func=cmd_eval)
 
     bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print JSON.")
     bsub = bench.add_subparsers(dest="bench", required=True)

@@ -56,7 +56,7 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     model.train(was_training)
     lp = trainer.task.rec_loss.perceptual
     metrics = reconstruction_metrics(x, recon, lpips=lp if lp is not None and lp.pretrained else None)
-    save_reconstruction_grid(x, recon, trainer.run_dir / "samples" / f"recon-{step:07d}.png")
+    save_reconstruction_grid(x, recon, path=trainer.run_dir / "samples" / f"recon-{step:07d}.png")
     return {f"eval/{k}": v for k, v in metrics.items()}
 
 

@@ -62,6 +62,11 @@ def lead_shape(z: Tensor) -> tuple[int, ...]:
     return (z.shape[0], *z.shape[2:])
 
 
+def full_precision(x: Tensor) -> Tensor:
+    """x in float32, or float64 if it already is: rounding and lookups never run in half precision."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def straight_through(value: Tensor, source: Tensor) -> Tensor:
     """Forward: exactly `value`; backward: the identity to `source` and nothing to `value`.
 

@@ -15,6 +15,7 @@ from tokenizers_ae.quantizers.base import (
     QuantizerOutput,
     codebook_stats,
     flatten_channels,
+    full_precision,
     lead_shape,
     straight_through,
     unflatten_channels,
@@ -62,7 +63,7 @@ class FSQ(Quantizer):
     def forward(self, z: Tensor) -> QuantizerOutput:
         lead = lead_shape(z)
         with torch.autocast(z.device.type, enabled=False):
-            bounded = self.bound(self.project_in(flatten_channels(z).float()))  # (N, d)
+            bounded = self.bound(self.project_in(full_precision(flatten_channels(z))))  # (N, d)
             digits = straight_through(bounded.round(), bounded)  # (N, d) integers, centred
             half_width = (self.levels // 2).to(digits.dtype)
             indices = ((digits.detach() + half_width).long() * self.basis).sum(-1)  # (N,)

@@ -15,6 +15,7 @@ from tokenizers_ae.quantizers.base import (
     codebook_stats,
     entropy_nats,
     flatten_channels,
+    full_precision,
     lead_shape,
     straight_through,
     unflatten_channels,
@@ -106,7 +107,7 @@ class LFQ(Quantizer):
     def forward(self, z: Tensor) -> QuantizerOutput:
         lead = lead_shape(z)
         with torch.autocast(z.device.type, enabled=False):
-            x = self.project_in(flatten_channels(z).float())  # (N, b)
+            x = self.project_in(full_precision(flatten_channels(z)))  # (N, b)
             positive = x > 0  # (N, b)
             q = torch.where(positive, 1.0, -1.0).to(x.dtype)  # (N, b)
             indices = (positive.long() * self.powers).sum(-1)  # (N,)

@@ -117,7 +117,7 @@ class VectorQuantizer(Quantizer):
 
     def encode_rows(self, z: Tensor) -> Tensor:
         """(B, D, *spatial) -> the rows searched, (N, d): projected and, with `cosine`, normalised."""
-        x = self.project_in(flatten_channels(z).float())  # (N, d)
+        x = self.project_in(flatten_channels(z).to(self.codebook.dtype))  # (N, d), in the codebook's dtype
         return F.normalize(x, dim=-1) if self.cosine else x
 
     def forward(self, z: Tensor) -> QuantizerOutput:

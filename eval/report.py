@@ -1,0 +1,131 @@
+"""`aetk eval`: reconstruction quality, rate, latent statistics and throughput of a KL tokenizer,
+beside JPEG at the same bitrate and patch PCA with the same number of latent values, with a
+reconstruction grid and a rate-distortion plot."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+
+from eval.baselines import PatchPCA, jpeg_quality_for_bpp, jpeg_roundtrip
+from eval.image import reconstruction_metrics, save_reconstruction_grid
+from eval.latents import latent_statistics
+
+JPEG_CURVE = (5, 10, 20, 35, 50, 75, 90)
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, float]:
+    """Posterior-mean reconstructions of x (B, 3, H, W) and throughput in images/s."""
+    vae.eval()
+    outs = []
+    start = time.perf_counter()
+    for s in range(0, x.shape[0], batch):
+        outs.append(vae(x[s:s + batch], sample_posterior=False).sample.float().clamp(-1, 1))
+    return torch.cat(outs), x.shape[0] / (time.perf_counter() - start)
+
+
+def _lpips_or_reason(weights: str | None):
+    from tokenizers_ae.losses.perceptual import LPIPS
+
+    try:
+        return LPIPS(backbone="vgg", weights_path=weights), None
+    except FileNotFoundError as e:
+        return None, f"unavailable: {str(e).split('. Either')[0]}"
+
+
+def _rfid_or_reason(x: torch.Tensor, recon: torch.Tensor, weights: str | None):
+    if not weights or not Path(weights).is_file():
+        return "unavailable: no local Inception weights (pass --inception-weights PATH to torch-fidelity's " \
+               "pt_inception-2015-12-05 file)"
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except ImportError as e:  # torchmetrics' FID needs torch-fidelity
+        return f"unavailable: {e}"
+    fid = FrechetInceptionDistance(feature_extractor_weights_path=weights, normalize=True)
+    fid.update(((x + 1) / 2).clamp(0, 1), real=True)
+    fid.update(((recon + 1) / 2).clamp(0, 1), real=False)
+    return float(fid.compute())
+
+
+def evaluate(vae: AutoencoderKL, x: torch.Tensor, *, fit_x: torch.Tensor | None = None,
+             baselines: tuple[str, ...] = (), latent_bits: int = 16, lpips_weights: str | None = None,
+             inception_weights: str | None = None, out_dir: str | Path | None = None) -> dict:
+    """x: (N, 3, H, W) evaluation images in [-1, 1]; fit_x: images PCA is fitted on."""
+    lp, lp_reason = _lpips_or_reason(lpips_weights)
+    recon, ips = reconstruct(vae, x)
+    metrics = reconstruction_metrics(x, recon, lpips=lp)
+    if lp is None:
+        metrics["lpips"] = lp_reason
+    metrics["rfid"] = _rfid_or_reason(x, recon, inception_weights)
+    stats = latent_statistics(vae, (x[s:s + 16] for s in range(0, x.shape[0], 16)))
+    c, h, w = stats["latent_shape"]
+    values = c * h * w
+    bpp = values * latent_bits / (x.shape[2] * x.shape[3])
+    result = {
+        "images": x.shape[0], "resolution": list(x.shape[2:]),
+        "model": {**metrics, "latent_values": values, "latent_bits": latent_bits, "bpp": bpp,
+                  "throughput_images_per_s": ips},
+        "latents": {k: stats[k] for k in ("latent_shape", "mean", "std", "global_std", "scaling_factor")},
+        "config_scaling_factor": float(vae.config.scaling_factor),
+    }
+    grids, curves = [recon], {}
+    if "jpeg" in baselines:
+        q, jbpp = jpeg_quality_for_bpp(x, bpp)
+        jrec, _ = jpeg_roundtrip(x, q)
+        result["jpeg"] = {**reconstruction_metrics(x, jrec, lpips=lp), "quality": q, "bpp": jbpp}
+        grids.append(jrec)
+        curves["jpeg"] = [(b, reconstruction_metrics(x, r)["psnr"]) for r, b in
+                          (jpeg_roundtrip(x, qq) for qq in JPEG_CURVE)]
+    if "pca" in baselines:
+        factor = x.shape[2] // h
+        fit = fit_x if fit_x is not None else x
+        pca = PatchPCA(factor=factor, channels=c).fit(fit)
+        prec = pca.reconstruct(x)
+        result["pca"] = {**reconstruction_metrics(x, prec, lpips=lp), "latent_values": values, "bpp": bpp,
+                         "fitted_on": "fit images" if fit_x is not None else "the evaluation images"}
+        grids.append(prec)
+        curves["pca"] = []
+        for k in sorted({1, 2, c, 2 * c, 4 * c, 8 * c}):
+            if k <= 3 * factor * factor:
+                r = PatchPCA(factor=factor, channels=k).fit(fit).reconstruct(x)
+                curves["pca"].append((k * h * w * latent_bits / (x.shape[2] * x.shape[3]),
+                                      reconstruction_metrics(x, r)["psnr"]))
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_reconstruction_grid(x[:8], *[g[:8] for g in grids], path=out / "reconstructions.png")
+        _rd_plot(result, curves, out / "rate_distortion.png")
+        result["files"] = {"grid": str(out / "reconstructions.png"), "rd_plot": str(out / "rate_distortion.png")}
+    return result
+
+
+def _rd_plot(result: dict, curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    for name, pts in curves.items():
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=f"{name} (sweep)")
+    m = result["model"]
+    ax.plot([m["bpp"]], [m["psnr"]], "r*", ms=12, label="tokenizer")
+    ax.set_xlabel(f"bits per pixel (latents at {m['latent_bits']} bits)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("rate-distortion")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result, indent=1))
