@@ -84,7 +84,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     opts = EncodeOptions(resolution=args.resolution, batch_size=args.batch_size, shard_size=args.shard_size,
                          sample=args.sample, flip=args.flip, dtype=args.dtype, seed=args.seed,
-                         num_workers=args.num_workers)
+                         precision=args.precision, num_workers=args.num_workers)
     m = encode(args.model, args.data, args.out, opts)
     print(f"{m['count']} latents {m['latent_shape']} in {len(m['shards'])} shards at {args.out}; "
           f"{len(m['bad'])} unreadable; scaling_factor {m['scaling_factor']:.5f}")
@@ -117,6 +117,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         write_json(result, args.json)
     return 0
+
+
+def cmd_bench_encode(args: argparse.Namespace) -> int:
+    from eval.bench.encode import bench_encode
+
+    return _emit(bench_encode(args.model, args.data, resolution=args.resolution, n=args.n), args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--precision", choices=["bf16", "no"], default="bf16",
+                   help="encoder compute: bf16 autocast (default) or exact fp32")
+    p.add_argument("--num-workers", type=int, default=1, help="image-decoding workers (default 1)")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("eval", help="reconstruction metrics, rate, latent stats; JPEG/PCA baselines; grid + RD plot",
@@ -210,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", default="no,bf16", help="comma-separated (default no,bf16)")
     p.add_argument("--json", help="also write the result to this file")
     p.set_defaults(func=cmd_bench_precision)
+
+    p = bsub.add_parser("encode", help="`aetk encode` vs a plain diffusers encode loop: images/s, error, memory",
+                        description="Times `aetk encode` (fp32 and bf16) and a plain diffusers loop (PIL decode, "
+                                    "AutoencoderKL.encode fp32, batch 8) on the same PNG folder, each in a fresh "
+                                    "process; reports images/s, latent error vs fp32 and peak RSS.")
+    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL dir or SD single file")
+    p.add_argument("--data", help="PNG/JPEG folder (default: write N crops of the built-in photos)")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--n", type=int, default=128, help="images in the default folder")
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_bench_encode)
     return parser
 
 

@@ -46,7 +46,10 @@ class EncodeOptions:
     dtype: str = "float16"
     """Storage dtype of latents: float16, bfloat16 or float32."""
     seed: int = 0
-    num_workers: int = 0
+    precision: str = "bf16"
+    """Encoder compute: `bf16` autocast (fast on CPUs with AVX-512/AMX and on GPUs) or `no` (exact fp32)."""
+    num_workers: int = 1
+    """Decoding worker processes: image decoding overlaps with encoding."""
     progress: bool = True
 
 
@@ -93,7 +96,10 @@ def _shard_done(path: Path) -> bool:
 
 @torch.no_grad()
 def _encode_batch(vae, xs: torch.Tensor, keys: list[int], opts: EncodeOptions) -> torch.Tensor:
-    post = vae.encode(xs.to(vae.device, vae.dtype)).latent_dist
+    # channels-last: oneDNN's fast (AMX) convolution path wants NHWC; ~2x with bf16 here.
+    xs = xs.to(vae.device, vae.dtype).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
+        post = vae.encode(xs).latent_dist
     if not opts.sample:
         return post.mean.float().cpu()
     # Noise seeded per item: the same latents whatever the batch, shard or process split.
@@ -105,7 +111,8 @@ def _encode_batch(vae, xs: torch.Tensor, keys: list[int], opts: EncodeOptions) -
 def _encode_shard(vae, items: _Items, s: int, out: Path, opts: EncodeOptions, bar) -> None:
     lo, hi = s * opts.shard_size, min((s + 1) * opts.shard_size, len(items))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(items, range(lo, hi)), batch_size=opts.batch_size,
-                                         collate_fn=_collate, num_workers=opts.num_workers)
+                                         collate_fn=_collate, num_workers=opts.num_workers,
+                                         prefetch_factor=4 if opts.num_workers else None)
     latents, index, flip, bad, hashes = [], [], [], [], {}
     for batch in loader:
         good = [b for b in batch if b["x"] is not None]
@@ -212,7 +219,7 @@ def encode(model: str, data: str, out: str | Path, opts: EncodeOptions) -> dict:
     state = PartialState(cpu=not torch.cuda.is_available())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    vae = load_vae(model).to(state.device)
+    vae = load_vae(model).to(state.device, memory_format=torch.channels_last)
     ds = build_image_dataset(data, resolution=opts.resolution, seed=opts.seed, random_crop=False,
                              random_flip=False)
     items = _Items(ds, opts.flip)

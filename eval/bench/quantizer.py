@@ -42,11 +42,14 @@ def _exact_nearest(x, codes, block: int = 256):
                       for i in range(0, x.shape[0], block)])
 
 
-def _worker(*, impl: str, codebook_size: int, dim: int, n_vectors: int, steps: int, seed: int = 0) -> dict:
+def _worker(*, impl: str, codebook_size: int, dim: int, n_vectors: int, steps: int, threads: int | None,
+            seed: int = 0) -> dict:
     """Runs in a fresh process: time `steps` training steps (after one warm-up) and measure the
     extra peak RSS of all of them."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     if impl == "aetk":
         from tokenizers_ae.quantizers import VectorQuantizer
@@ -99,17 +102,19 @@ def _run(**kwargs) -> dict:
 
 
 def bench_quantizer(*, codebook_size: int = 16384, dim: int = 8, n_vectors: int = 16384, steps: int = 5,
-                    reference: bool = True) -> dict:
+                    reference: bool = True, threads: int | None = None) -> dict:
     """Vectors/s and extra peak RSS (MB) of one training step, aetk vs vector-quantize-pytorch.
 
     Returns `aetk` and `reference` results (`{"status": "unavailable"}` when the package is not
     installed), `speedup_vs_reference` (throughput ratio) and `memory_fraction_of_reference`
     (peak-increase ratio), and `aetk.indices_exact` (indices equal a float64 brute-force search).
+    `threads` sets torch's intra-op threads in both workers (None: torch's default); on a machine
+    shared with other jobs, 1 thread avoids OpenMP barrier stalls that swamp the measurement.
     """
     import torch
 
-    cfg = {"codebook_size": codebook_size, "dim": dim, "n_vectors": n_vectors, "steps": steps}
-    out: dict = {"config": cfg, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    cfg = {"codebook_size": codebook_size, "dim": dim, "n_vectors": n_vectors, "steps": steps, "threads": threads}
+    out: dict = {"config": cfg, "torch": torch.__version__, "threads": threads or torch.get_num_threads(),
                  "machine": platform.processor() or platform.machine()}
     out["aetk"] = _run(impl="aetk", **cfg)
     if reference:

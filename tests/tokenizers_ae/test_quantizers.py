@@ -75,11 +75,20 @@ def test_learned_codebook_gets_gradient_only_through_used_codes():
 # --- exact nearest-code search ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("num_codes", [1, 37, 300])  # 300: two-level argmin over padded groups
 @pytest.mark.parametrize("block_rows", [1, 7, 64, None])
-def test_nearest_codes_is_exact_at_any_block_size(block_rows):
+def test_nearest_codes_is_exact_at_any_block_size(block_rows, num_codes):
     torch.manual_seed(0)
-    x, codes = torch.randn(50, 5), torch.randn(37, 5)  # 50 rows: not a multiple of 7 or 64
+    x, codes = torch.randn(50, 5), torch.randn(num_codes, 5)  # 50 rows: not a multiple of 7 or 64
     assert torch.equal(nearest_codes(x, codes, block_rows=block_rows), brute_force_nearest(x, codes))
+
+
+def test_nearest_codes_ties_go_to_the_lowest_index():
+    torch.manual_seed(0)
+    codes = torch.randn(200, 3).repeat(2, 1)  # code i == code i + 200, across search groups
+    x = torch.cat([codes[:200], torch.randn(50, 3)])
+    found = nearest_codes(x, codes)
+    assert torch.equal(found, brute_force_nearest(x, codes)) and found.max() < 200
 
 
 @pytest.mark.parametrize("cosine", [False, True])
@@ -382,3 +391,11 @@ def test_two_processes_with_half_batches_match_one(tmp_path):
         assert torch.equal(ranks[0][key], ranks[1][key])
         torch.testing.assert_close(ranks[0][key], single[key], rtol=1e-5, atol=1e-5)
     assert torch.equal(ranks[0]["dead"], single["dead"])
+
+
+def test_benchmark_runs_and_checks_exact_indices():
+    from eval.bench.quantizer import bench_quantizer
+
+    res = bench_quantizer(codebook_size=300, dim=4, n_vectors=256, steps=1, reference=False, threads=1)
+    assert res["aetk"]["indices_exact"] and res["aetk"]["vectors_per_s"] > 0
+    assert res["aetk"]["peak_rss_increase_mb"] >= 0 and "reference" not in res

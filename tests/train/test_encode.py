@@ -40,7 +40,7 @@ def test_manifest_shards_and_reader(vae_dir, folder, tmp_path):
     from diffusers import AutoencoderKL
 
     out = tmp_path / "lat"
-    encode_cli(vae_dir, folder, out, "--dtype", "float32")
+    encode_cli(vae_dir, folder, out, "--dtype", "float32", "--precision", "no")
     m = json.loads((out / "manifest.json").read_text())
     assert m["count"] == 9 and m["latent_shape"] == [2, 8, 8] and len(m["shards"]) == 4
     assert [b["source"].split("/")[-1] for b in m["bad"]] == ["broken.png"]
@@ -89,9 +89,9 @@ def test_two_process_encode_covers_every_item_once(vae_dir, folder, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "train.cli"]
     run_cli(["encode", str(vae_dir), "--data", str(folder), "--out", str(out), "--resolution", "16",
-             "--shard-size", "2", "--dtype", "float32"], launcher=torchrun)
+             "--shard-size", "2", "--dtype", "float32", "--precision", "no"], launcher=torchrun)
     one = tmp_path / "one"
-    encode_cli(vae_dir, folder, one, "--dtype", "float32")
+    encode_cli(vae_dir, folder, one, "--dtype", "float32", "--precision", "no")
     a, b = LatentShardDataset(out), LatentShardDataset(one)
     assert len(a) == len(b) == 9 and len(a.manifest["shards"]) == 5
     za = {a[i]["index"]: a[i]["latent"] for i in range(len(a))}

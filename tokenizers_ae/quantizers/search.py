@@ -13,31 +13,47 @@ from torch.nn import functional as F
 
 from tokenizers_ae.quantizers.base import _all_reduce_, sample_rows
 
-SEARCH_BLOCK_ELEMENTS = 1 << 18
-"""Distance-block budget in elements (1 MiB of float32): small enough to stay in a CPU's L2 cache
-between the matmul that writes it and the argmin that reads it, large enough that per-block
-overhead is negligible (at K = 16384 a block is 16 rows)."""
+SEARCH_BLOCK_ELEMENTS = 1 << 20
+"""CPU distance-block budget in elements (4 MiB of float32): 64 rows at K = 16384, 1024 at
+K = 1024. Measured on 2 cores, blocks that stay in cache make the search 2-3x faster than 16 MiB."""
+SEARCH_BLOCK_ELEMENTS_ACCELERATOR = 1 << 24
+"""Budget on GPUs (64 MiB of float32), where fewer, larger blocks mean fewer kernel launches."""
+SEARCH_GROUP = 128
+"""Codes per group in the two-level argmin (see `nearest_codes`)."""
 
 
 @torch.no_grad()
 def nearest_codes(x: Tensor, codes: Tensor, *, block_rows: int | None = None) -> Tensor:
     """Index of the nearest code (Euclidean) for every row: x (N, d), codes (K, d) -> (N,) long.
 
-    Per block of rows, ||e||^2 - 2 x.e is one `addmm` into a reused (rows, K) buffer and an argmin;
-    ||x||^2 is the same for every code of a row, so it is left out (adding it only adds rounding).
-    Ties go to the lowest index, as `torch.cdist(...).argmin` does.
+    Per block of rows, ||e||^2 - 2 x.e is one `addmm` into a reused (rows, K) buffer; ||x||^2 is
+    the same for every code of a row, so it is left out (adding it only adds rounding). The argmin
+    is taken in two levels because `amin` is vectorised and `argmin` is not (5x faster on CPU):
+    the minimum of each group of `SEARCH_GROUP` codes, the first group holding the row minimum,
+    then the argmin inside that group. This is exactly `argmin` (ties go to the lowest index, as
+    `torch.cdist(...).argmin` does); codes are padded to a whole number of groups with +inf.
     """
     x, codes = x.detach(), codes.detach().to(x.dtype)
     n, k = x.shape[0], codes.shape[0]
-    rows = max(1, min(n, block_rows or SEARCH_BLOCK_ELEMENTS // k))
-    codes_t = codes.t()  # (d, K)
-    sq_norms = codes.pow(2).sum(1)  # (K,)
+    group = min(SEARCH_GROUP, k)
+    k_pad = -(-k // group) * group
+    codes_t = F.pad(codes, (0, 0, 0, k_pad - k)).t()  # (d, K'), zero codes as padding
+    sq_norms = F.pad(codes.pow(2).sum(1), (0, k_pad - k), value=float("inf"))  # (K',)
+    budget = SEARCH_BLOCK_ELEMENTS if x.device.type == "cpu" else SEARCH_BLOCK_ELEMENTS_ACCELERATOR
+    rows = max(1, min(n, block_rows or budget // k_pad))
     out = torch.empty(n, dtype=torch.long, device=x.device)
-    buf = torch.empty(rows, k, dtype=x.dtype, device=x.device)  # (rows, K)
+    buf = torch.empty(rows, k_pad, dtype=x.dtype, device=x.device)  # (rows, K')
+    arange = torch.arange(rows, device=x.device)
     for start in range(0, n, rows):
         xb = x[start : start + rows]  # (r, d)
-        dist = torch.addmm(sq_norms, xb, codes_t, alpha=-2.0, out=buf[: xb.shape[0]])  # (r, K)
-        torch.argmin(dist, dim=1, out=out[start : start + xb.shape[0]])
+        r = xb.shape[0]
+        dist = torch.addmm(sq_norms, xb, codes_t, alpha=-2.0, out=buf[:r])  # (r, K')
+        dist = dist.view(r, k_pad // group, group)  # (r, G, group)
+        group_min = dist.amin(-1)  # (r, G)
+        is_min = group_min == group_min.amin(-1, keepdim=True)  # (r, G)
+        first = is_min.view(torch.uint8).argmax(-1)  # (r,) first group holding the row minimum
+        inside = dist[arange[:r], first].argmin(-1)  # (r,)
+        out[start : start + r] = first * group + inside
     return out
 
 
