@@ -125,6 +125,13 @@ def cmd_bench_encode(args: argparse.Namespace) -> int:
     return _emit(bench_encode(args.model, args.data, resolution=args.resolution, n=args.n), args.json)
 
 
+def cmd_bench_quantizer(args: argparse.Namespace) -> int:
+    from eval.bench.quantizer import bench_quantizer
+
+    return _emit(bench_quantizer(codebook_size=args.codebook_size, dim=args.dim, n_vectors=args.n_vectors,
+                                 steps=args.steps, reference=not args.no_reference), args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aetk", description="Train, benchmark and export first-stage autoencoders.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="image folder, datasets.save_to_disk dir or builtin:skimage")
     p.add_argument("--out", required=True)
     p.add_argument("--resolution", type=int, default=256, help="centre crop size (default 256)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=1024, help="items per shard (default 1024)")
     p.add_argument("--sample", action="store_true", help="posterior samples instead of means")
     p.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies")
@@ -174,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["bf16", "no"], default="bf16",
                    help="encoder compute: bf16 autocast (default) or exact fp32")
-    p.add_argument("--num-workers", type=int, default=1, help="image-decoding workers (default 1)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="image-decoding workers (default: cores beyond 2, at most 4)")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("eval", help="reconstruction metrics, rate, latent stats; JPEG/PCA baselines; grid + RD plot",
@@ -229,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=128, help="images in the default folder")
     p.add_argument("--json")
     p.set_defaults(func=cmd_bench_encode)
+
+    p = bsub.add_parser("quantizer", help="VectorQuantizer (EMA) vs vector_quantize_pytorch: vectors/s, memory",
+                        description="Forward + backward training steps of aetk's VectorQuantizer and, when "
+                                    "vector-quantize-pytorch is installed, its VectorQuantize (same codebook size, "
+                                    "dim, EMA decay, commitment weight), each in a fresh process.")
+    p.add_argument("--codebook-size", type=int, default=16384)
+    p.add_argument("--dim", type=int, default=8)
+    p.add_argument("--n-vectors", type=int, default=16384)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--no-reference", action="store_true", help="time aetk only")
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_bench_quantizer)
     return parser
 
 

@@ -37,7 +37,7 @@ FORMAT_VERSION = 1
 @dataclass
 class EncodeOptions:
     resolution: int = 256
-    batch_size: int = 16
+    batch_size: int = 8
     shard_size: int = 1024
     sample: bool = False
     """Posterior samples (seeded per item) instead of posterior means."""
@@ -48,8 +48,9 @@ class EncodeOptions:
     seed: int = 0
     precision: str = "bf16"
     """Encoder compute: `bf16` autocast (fast on CPUs with AVX-512/AMX and on GPUs) or `no` (exact fp32)."""
-    num_workers: int = 1
-    """Decoding worker processes: image decoding overlaps with encoding."""
+    num_workers: int | None = None
+    """Decoding worker processes (overlap decoding with encoding). None: one per core beyond the two
+    the encoder's threads use, at most 4 (0 on a 2-core machine, where a worker only steals time)."""
     progress: bool = True
 
 
@@ -96,8 +97,10 @@ def _shard_done(path: Path) -> bool:
 
 @torch.no_grad()
 def _encode_batch(vae, xs: torch.Tensor, keys: list[int], opts: EncodeOptions) -> torch.Tensor:
-    # channels-last: oneDNN's fast (AMX) convolution path wants NHWC; ~2x with bf16 here.
-    xs = xs.to(vae.device, vae.dtype).contiguous(memory_format=torch.channels_last)
+    # channels-last: oneDNN's fast (AMX) bf16 convolution path wants NHWC (~2x here). Not for fp32,
+    # which stays bit-identical to a plain diffusers encode.
+    fmt = torch.channels_last if opts.precision == "bf16" else torch.contiguous_format
+    xs = xs.to(vae.device, vae.dtype).contiguous(memory_format=fmt)
     with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
         post = vae.encode(xs).latent_dist
     if not opts.sample:
@@ -110,9 +113,10 @@ def _encode_batch(vae, xs: torch.Tensor, keys: list[int], opts: EncodeOptions) -
 
 def _encode_shard(vae, items: _Items, s: int, out: Path, opts: EncodeOptions, bar) -> None:
     lo, hi = s * opts.shard_size, min((s + 1) * opts.shard_size, len(items))
+    workers = opts.num_workers if opts.num_workers is not None else min(4, max(0, (os.cpu_count() or 2) - 2))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(items, range(lo, hi)), batch_size=opts.batch_size,
-                                         collate_fn=_collate, num_workers=opts.num_workers,
-                                         prefetch_factor=4 if opts.num_workers else None)
+                                         collate_fn=_collate, num_workers=workers,
+                                         prefetch_factor=4 if workers else None)
     latents, index, flip, bad, hashes = [], [], [], [], {}
     for batch in loader:
         good = [b for b in batch if b["x"] is not None]
@@ -152,7 +156,8 @@ def model_hash(vae) -> str:
     return h.hexdigest()
 
 
-def _merge_manifest(out: Path, n_shards: int, items: _Items, vae, opts: EncodeOptions, data: str) -> dict:
+def _merge_manifest(out: Path, n_shards: int, items: _Items, vae, vae_hash: str, opts: EncodeOptions,
+                    data: str) -> dict:
     count, bad, sources, shards = 0, [], {}, []
     total_sum = total_sumsq = None
     shape = None
@@ -184,7 +189,7 @@ def _merge_manifest(out: Path, n_shards: int, items: _Items, vae, opts: EncodeOp
         "dtype": opts.dtype, "posterior": "sample" if opts.sample else "mean", "flip_copies": opts.flip,
         "resolution": opts.resolution, "channel_mean": mean.tolist(), "channel_std": var.clamp_min(0).sqrt().tolist(),
         "std": std, "scaling_factor": 1.0 / std, "model_scaling_factor": float(vae.config.scaling_factor),
-        "model_hash": model_hash(vae), "data": data, "shard_size": opts.shard_size, "shards": shards,
+        "model_hash": vae_hash, "data": data, "shard_size": opts.shard_size, "shards": shards,
         "sources": [{"index": int(i), "source": items.ds.describe(int(i)), "sha256": h}
                     for i, h in sorted(sources.items(), key=lambda kv: int(kv[0]))],
         "bad": sorted(bad_unique.values(), key=lambda b: b["index"]),
@@ -219,11 +224,14 @@ def encode(model: str, data: str, out: str | Path, opts: EncodeOptions) -> dict:
     state = PartialState(cpu=not torch.cuda.is_available())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    vae = load_vae(model).to(state.device, memory_format=torch.channels_last)
+    vae = load_vae(model).to(state.device)
+    if opts.precision == "bf16":
+        vae = vae.to(memory_format=torch.channels_last)
     ds = build_image_dataset(data, resolution=opts.resolution, seed=opts.seed, random_crop=False,
                              random_flip=False)
     items = _Items(ds, opts.flip)
-    _claim(out, {"model_hash": model_hash(vae), "data": data, "items": len(items),
+    vae_hash = model_hash(vae)
+    _claim(out, {"model_hash": vae_hash, "data": data, "items": len(items),
                  **{k: v for k, v in vars(opts).items() if k not in ("num_workers", "progress", "batch_size")}}, state)
     n_shards = -(-len(items) // opts.shard_size)
     mine = [s for s in range(state.process_index, n_shards, state.num_processes)]
@@ -238,6 +246,6 @@ def encode(model: str, data: str, out: str | Path, opts: EncodeOptions) -> dict:
     state.wait_for_everyone()
     manifest = None
     if state.is_main_process:
-        manifest = _merge_manifest(out, n_shards, items, vae, opts, data)
+        manifest = _merge_manifest(out, n_shards, items, vae, vae_hash, opts, data)
     state.wait_for_everyone()
     return manifest if manifest is not None else json.loads((out / "manifest.json").read_text())

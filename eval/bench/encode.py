@@ -49,12 +49,13 @@ def reference_loop(model: str, folder: str, resolution: int, batch: int = 8) -> 
     return torch.cat(out)
 
 
-def aetk_encode(model: str, folder: str, resolution: int, precision: str, out: str) -> torch.Tensor:
+def aetk_encode(model: str, folder: str, resolution: int, precision: str, out: str,
+                batch_size: int = 8) -> torch.Tensor:
     from latent_diffusion.latents import LatentShardDataset
     from train.encode import EncodeOptions, encode
 
-    encode(model, folder, out, EncodeOptions(resolution=resolution, batch_size=8, precision=precision,
-                                             dtype="float32", num_workers=1, progress=False))
+    encode(model, folder, out, EncodeOptions(resolution=resolution, batch_size=batch_size, precision=precision,
+                                             dtype="float32", progress=False))
     ds = LatentShardDataset(out)
     z = [None] * len(ds)
     for i in range(len(ds)):
