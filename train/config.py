@@ -51,8 +51,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: Literal["kl_vae"] = "kl_vae"
-    """Model family; the builder is looked up in `train/registry.py`."""
+    kind: Literal["kl_vae", "vq_vae"] = "kl_vae"
+    """Model family (`train/registry.py`): `kl_vae` (continuous latents) or `vq_vae` (tokens; a
+    VQ-GAN when trained with the discriminator on)."""
     init_from: str | None = None
     """A VAE to fine-tune: a diffusers `AutoencoderKL` directory (its architecture wins over the
     keys below) or a Stable Diffusion / latent-diffusion single `.safetensors` file (architecture
@@ -66,7 +67,25 @@ class ModelConfig:
     mid_block_attention: bool = True
     """Self-attention in the lowest-resolution block (as Stable Diffusion's VAE)."""
     sample_posterior: bool = True
-    """Train on z ~ q(z|x) (True) or on its mean."""
+    """KL-VAE: train on z ~ q(z|x) (True) or on its mean."""
+    quantizer: Literal["vq", "fsq", "lfq"] = "vq"
+    """VQ-VAE: codebook lookup, finite scalar quantization or lookup-free quantization."""
+    codebook_size: int = 1024
+    """VQ: number of codes."""
+    codebook_dim: int | None = None
+    """VQ: factorised lookup in this many dimensions (ViT-VQGAN/LlamaGen); None: latent_channels."""
+    vq_ema_decay: float | None = 0.99
+    """VQ: EMA codebook updates (None: learned through the codebook loss)."""
+    dead_code_threshold: float = 0.0
+    """VQ: restart codes whose EMA cluster size (or recent usage) falls below this from batch vectors."""
+    kmeans_init: bool = False
+    """VQ: initialise the codebook with k-means on the first batch."""
+    cosine: bool = False
+    """VQ: l2-normalised codes and lookup by cosine similarity."""
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    """FSQ: levels per dimension (codebook size = product)."""
+    lfq_bits: int = 10
+    """LFQ: bits per token (codebook size 2**bits)."""
 
     def __post_init__(self) -> None:
         _check(len(self.block_out_channels) >= 1, "model.block_out_channels", "a non-empty list")
@@ -93,6 +112,12 @@ class LossConfig:
     of latent-diffusion's `kl_weight` (which summed both over values)."""
     learn_logvar: bool = False
     """Learned scalar log-variance on the reconstruction term (latent-diffusion's `logvar`)."""
+    commitment_weight: float = 0.25
+    """VQ/LFQ commitment loss weight (beta)."""
+    codebook_weight: float = 1.0
+    """VQ codebook loss weight (only without EMA updates)."""
+    entropy_weight: float = 0.1
+    """LFQ entropy loss weight."""
     disc_start: int = 5001
     """Optimizer step at which the discriminator starts; before it no discriminator work is done."""
     disc_weight: float = 0.5

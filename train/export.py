@@ -95,3 +95,39 @@ def warn_if_unmeasured(vae: AutoencoderKL) -> None:
     if abs(vae.config.scaling_factor - SD_DEFAULT_SCALING) < 1e-9:
         log.warning("scaling_factor is diffusers' default %.5f (Stable Diffusion's), not measured on this "
                     "model; pass --data to measure it or --scaling-factor to set it", SD_DEFAULT_SCALING)
+
+
+def vq_to_diffusers(model) -> "VQModel":
+    """A diffusers VQModel holding a VQVAE with a plain codebook lookup (EMA-trained included).
+
+    Raises ValueError saying why when the quantizer is not one VQModel can hold (FSQ, LFQ,
+    cosine or factorised lookups, residual VQ): diffusers' VQModel quantizes by Euclidean nearest
+    neighbour in `vq_embed_dim` dimensions against one codebook.
+    """
+    from diffusers import VQModel
+
+    from tokenizers_ae.quantizers import VectorQuantizer
+
+    q = model.quantizer
+    if not isinstance(q, VectorQuantizer):
+        raise ValueError(f"diffusers VQModel quantizes by codebook lookup; a {type(q).__name__} has no codebook "
+                         "(its codes are computed), so it is exported in aetk's native format")
+    if q.cosine or q.codebook_dim != q.dim:
+        raise ValueError("diffusers VQModel looks up raw latents by Euclidean distance; cosine or factorised "
+                         "(codebook_dim) lookups cannot be expressed in it, so they are exported natively")
+    vq = VQModel.from_config(model.backbone_config)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("quantizer.")}
+    state["quantize.embedding.weight"] = q.codebook.detach().clone()
+    vq.load_state_dict(state, strict=True)
+    return vq.eval()
+
+
+def save_native(model, out: str | Path, *, model_config: dict) -> Path:
+    """Any aetk model as `model.safetensors` + `aetk_model.json` (versioned)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, out / "model.safetensors")
+    (out / "aetk_model.json").write_text(json.dumps({"format": "aetk-model", "version": 1, **model_config}, indent=1))
+    return out

@@ -149,7 +149,12 @@ class Trainer:
             for name in active:
                 self.schedulers[name].step()
             if self.ema is not None:
-                self.ema.update_parameters(self.task.model_to_average())
+                live = self.task.model_to_average()
+                self.ema.update_parameters(live)
+                # Buffers are state, not weights (an EMA-updated codebook, counters): take them as they are.
+                with torch.no_grad():
+                    for b_ema, b in zip(self.ema.module.buffers(), live.buffers()):
+                        b_ema.copy_(b)
             self.nonfinite_in_row = 0
         else:
             self.nonfinite_in_row += 1

@@ -14,6 +14,8 @@ from tokenizers_ae.export.sd_single_file import CONFIG_METADATA_KEY
 from tokenizers_ae.losses.perceptual import LPIPS
 from tokenizers_ae.losses.reconstruction import ReconstructionLoss
 from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
+from tokenizers_ae.models.vq_vae import VQVAE, build_vq_backbone
+from tokenizers_ae.quantizers import FSQ, LFQ, VectorQuantizer
 from train.config import Config, ConfigError
 from train.tasks import AutoencoderGANTask
 
@@ -48,10 +50,38 @@ def build_kl_vae(cfg: Config) -> KLVAE:
     return KLVAE(vae, sample_posterior=m.sample_posterior)
 
 
-MODELS = {"kl_vae": build_kl_vae}
+def build_quantizer(cfg: Config):
+    m = cfg.model
+    if m.quantizer == "vq":
+        return VectorQuantizer(codebook_size=m.codebook_size, dim=m.latent_channels, ema_decay=m.vq_ema_decay,
+                               dead_code_threshold=m.dead_code_threshold, kmeans_init=m.kmeans_init,
+                               cosine=m.cosine, codebook_dim=m.codebook_dim,
+                               commitment_weight=cfg.loss.commitment_weight)
+    if m.quantizer == "fsq":
+        return FSQ(levels=m.fsq_levels, dim=m.latent_channels)
+    return LFQ(dim=m.latent_channels, codebook_bits=m.lfq_bits, entropy_weight=cfg.loss.entropy_weight,
+               commitment_weight=cfg.loss.commitment_weight)
+
+
+def build_vq_vae(cfg: Config) -> VQVAE:
+    m = cfg.model
+    if m.init_from:
+        raise ConfigError("model.init_from is not supported for model.kind=vq_vae yet")
+    backbone = build_vq_backbone(
+        in_channels=m.in_channels, block_out_channels=m.block_out_channels, layers_per_block=m.layers_per_block,
+        latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups,
+        mid_block_attention=m.mid_block_attention, codebook_size=m.codebook_size, sample_size=cfg.data.resolution)
+    return VQVAE(backbone, build_quantizer(cfg))
+
+
+MODELS = {"kl_vae": build_kl_vae, "vq_vae": build_vq_vae}
 """model.kind -> builder(Config) -> nn.Module returning AEOutput."""
 
-REG_WEIGHTS = {"kl_vae": lambda cfg: {"kl": cfg.loss.kl_weight}}
+REG_WEIGHTS = {
+    "kl_vae": lambda cfg: {"kl": cfg.loss.kl_weight},
+    "vq_vae": lambda cfg: {"vq/commitment": cfg.loss.commitment_weight, "vq/codebook": cfg.loss.codebook_weight,
+                           "lfq/commitment": cfg.loss.commitment_weight, "lfq/entropy": cfg.loss.entropy_weight},
+}
 """model.kind -> the weight of each regulariser the model reports."""
 
 

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from eval.image import reconstruction_metrics, save_reconstruction_grid
 from eval.latents import latent_statistics, set_scaling_factor
 from train.checkpoint import _fault
-from train.config import Config
+from tokenizers_ae.models.kl_vae import KLVAE
+from train.config import Config, config_to_dict
 from train.loop import Trainer
 
 log = logging.getLogger("aetk.train")
@@ -61,9 +62,24 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
 
 
 def export_model(trainer: Trainer, out_dir: Path) -> Path:
-    """The averaged weights as a diffusers AutoencoderKL, with the latent scaling factor measured on
-    the training data (1/std of posterior samples, as Stable Diffusion's 0.18215 was derived)."""
-    vae = trainer.averaged_model().vae
+    """The averaged weights in the ecosystem's format: a diffusers AutoencoderKL (KL-VAE) or VQModel
+    (VQ with a plain codebook), else aetk's native format with the reason logged."""
+    model = trainer.averaged_model()
+    if isinstance(model, KLVAE):
+        return _export_kl(trainer, model.vae, out_dir)
+    from train.export import save_native, vq_to_diffusers
+
+    try:
+        vq_to_diffusers(model).save_pretrained(out_dir, safe_serialization=True)
+    except ValueError as why:
+        log.warning("model/ is in aetk's native format: %s", why)
+        save_native(model, out_dir, model_config={"recipe": config_to_dict(trainer.cfg)["model"]})
+    return out_dir
+
+
+def _export_kl(trainer: Trainer, vae, out_dir: Path) -> Path:
+    """With the latent scaling factor measured on the training data (1/std of posterior samples, as
+    Stable Diffusion's 0.18215 was derived)."""
     ds = trainer.loaders.train_dataset
     n = min(trainer.cfg.train.latent_stats_images, len(ds))
     device = trainer.accelerator.device

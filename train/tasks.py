@@ -130,7 +130,10 @@ class AutoencoderGANTask:
         total = torch.zeros((), device=out.recon.device)
         logs = {}
         for name, value in out.reg.items():
-            total = total + self.reg_weights.get(name, 1.0) * value
+            if name not in self.reg_weights:  # never weigh a loss by accident
+                raise KeyError(f"the model reports a regulariser {name!r} with no configured weight "
+                               f"(known: {sorted(self.reg_weights)})")
+            total = total + self.reg_weights[name] * value
             logs[f"reg/{name}"] = value.detach()
         logs.update({k: v.detach() for k, v in out.stats.items()})
         return total, logs
