@@ -19,14 +19,28 @@ JPEG_CURVE = (5, 10, 20, 35, 50, 75, 90)
 
 
 @torch.no_grad()
-def reconstruct(vae: AutoencoderKL, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, float]:
-    """Posterior-mean reconstructions of x (B, 3, H, W) and throughput in images/s."""
-    vae.eval()
+def reconstruct(model, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, float]:
+    """Reconstructions of x (B, 3, H, W) (posterior means for a KL-VAE) and throughput in images/s."""
+    model.eval()
     outs = []
     start = time.perf_counter()
     for s in range(0, x.shape[0], batch):
-        outs.append(vae(x[s:s + batch], sample_posterior=False).sample.float().clamp(-1, 1))
+        xb = x[s:s + batch]
+        r = model(xb, sample_posterior=False).sample if isinstance(model, AutoencoderKL) else model(xb).recon
+        outs.append(r.float().clamp(-1, 1))
     return torch.cat(outs), x.shape[0] / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def codebook_report(model, x: torch.Tensor, batch: int = 16) -> dict:
+    """Token statistics of a VQ tokenizer on x: usage, perplexity, dead codes, grid shape."""
+    idx = torch.cat([model.encode(x[s:s + batch]).indices for s in range(0, x.shape[0], batch)])
+    k = int(model.quantizer.codebook_size)
+    counts = torch.bincount(idx[idx >= 0].flatten(), minlength=k).double()
+    p = counts / counts.sum()
+    return {"token_shape": list(idx.shape[1:]), "codebook_size": k, "codebook_usage": float((counts > 0).double().mean()),
+            "perplexity": float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())), "dead_codes": int((counts == 0).sum()),
+            "bits_per_token": float(torch.log2(torch.tensor(float(k))))}
 
 
 def _lpips_or_reason(weights: str | None):
@@ -52,26 +66,38 @@ def _rfid_or_reason(x: torch.Tensor, recon: torch.Tensor, weights: str | None):
     return float(fid.compute())
 
 
-def evaluate(vae: AutoencoderKL, x: torch.Tensor, *, fit_x: torch.Tensor | None = None,
+def evaluate(vae, x: torch.Tensor, *, fit_x: torch.Tensor | None = None,
              baselines: tuple[str, ...] = (), latent_bits: int = 16, lpips_weights: str | None = None,
              inception_weights: str | None = None, out_dir: str | Path | None = None) -> dict:
-    """x: (N, 3, H, W) evaluation images in [-1, 1]; fit_x: images PCA is fitted on."""
+    """`vae`: a diffusers AutoencoderKL or an aetk VQ tokenizer. x: (N, 3, H, W) evaluation images
+    in [-1, 1]; fit_x: images PCA is fitted on (with the tokenizer's stride and latent channels)."""
     lp, lp_reason = _lpips_or_reason(lpips_weights)
     recon, ips = reconstruct(vae, x)
     metrics = reconstruction_metrics(x, recon, lpips=lp)
     if lp is None:
         metrics["lpips"] = lp_reason
     metrics["rfid"] = _rfid_or_reason(x, recon, inception_weights)
-    stats = latent_statistics(vae, (x[s:s + 16] for s in range(0, x.shape[0], 16)))
-    c, h, w = stats["latent_shape"]
-    values = c * h * w
-    bpp = values * latent_bits / (x.shape[2] * x.shape[3])
+    pixels = x.shape[2] * x.shape[3]
+    if isinstance(vae, AutoencoderKL):
+        stats = latent_statistics(vae, (x[s:s + 16] for s in range(0, x.shape[0], 16)))
+        c, h, w = stats["latent_shape"]
+        values = c * h * w
+        bpp = values * latent_bits / pixels
+        extra = {"latents": {k: stats[k] for k in ("latent_shape", "mean", "std", "global_std", "scaling_factor")},
+                 "config_scaling_factor": float(vae.config.scaling_factor)}
+    else:  # a VQ tokenizer: the rate is log2(K) bits per token
+        cb = codebook_report(vae, x)
+        h, w = cb["token_shape"][-2:]
+        tokens = int(torch.tensor(cb["token_shape"]).prod())
+        c = int(vae.quantizer.dim) if hasattr(vae.quantizer, "dim") else 1
+        values, latent_bits = tokens, cb["bits_per_token"]
+        bpp = tokens * cb["bits_per_token"] / pixels
+        extra = {"codebook": cb}
     result = {
         "images": x.shape[0], "resolution": list(x.shape[2:]),
         "model": {**metrics, "latent_values": values, "latent_bits": latent_bits, "bpp": bpp,
                   "throughput_images_per_s": ips},
-        "latents": {k: stats[k] for k in ("latent_shape", "mean", "std", "global_std", "scaling_factor")},
-        "config_scaling_factor": float(vae.config.scaling_factor),
+        **extra,
     }
     grids, curves = [recon], {}
     if "jpeg" in baselines:

@@ -1,4 +1,4 @@
-"""Read latent shards written by `aetk encode` (memory-mapped; no whole-dataset load)."""
+"""Read latent or token shards written by `aetk encode` (memory-mapped; no whole-dataset load)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import torch
 from safetensors import safe_open
 
 SUPPORTED_VERSION = 1
+FORMATS = {"aetk-latents": ("latents", "latent"), "aetk-tokens": ("tokens", "tokens")}
+"""manifest format -> (tensor name in the shards, key in the returned items)"""
 
 
 class LatentShardDataset(torch.utils.data.Dataset):
-    """Item i -> {"latent": (c, h, w) float32, "index": source item, "flip": bool}.
+    """Item i -> {"latent": (c, h, w) float32, "index": source item, "flip": bool} for KL latents,
+    or {"tokens": (h, w) long, ...} for VQ tokens (`aetk-tokens` manifests).
 
     `scale=True` multiplies latents by the manifest's scaling factor (1/std, as Stable
     Diffusion's 0.18215), the normalisation a diffusion prior trains in; `unscale` inverts it.
@@ -26,10 +29,14 @@ class LatentShardDataset(torch.utils.data.Dataset):
         if not path.is_file():
             raise FileNotFoundError(f"{self.root}: no manifest.json (not an `aetk encode` output, or unfinished)")
         self.manifest = json.loads(path.read_text())
-        if self.manifest.get("format") != "aetk-latents" or self.manifest.get("version") != SUPPORTED_VERSION:
-            raise ValueError(f"{path}: format {self.manifest.get('format')} v{self.manifest.get('version')} is not "
-                             f"aetk-latents v{SUPPORTED_VERSION}")
-        self.scaling_factor = float(self.manifest["scaling_factor"])
+        fmt = self.manifest.get("format")
+        if fmt not in FORMATS or self.manifest.get("version") != SUPPORTED_VERSION:
+            raise ValueError(f"{path}: format {fmt} v{self.manifest.get('version')} is not one of "
+                             f"{sorted(FORMATS)} v{SUPPORTED_VERSION}")
+        self.tensor_key, self.item_key = FORMATS[fmt]
+        if scale and fmt != "aetk-latents":
+            raise ValueError("scale=True applies to KL latents, not to tokens")
+        self.scaling_factor = float(self.manifest.get("scaling_factor", 1.0))
         self.scale = scale
         counts = [s["count"] for s in self.manifest["shards"]]
         self._starts = [0]
@@ -50,10 +57,11 @@ class LatentShardDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} latents")
         s = bisect.bisect_right(self._starts, i) - 1
         f, j = self._shard(s), i - self._starts[s]
-        z = f.get_slice("latents")[j:j + 1][0].float()
+        z = f.get_slice(self.tensor_key)[j:j + 1][0]
+        z = z.long() if self.tensor_key == "tokens" else z.float()
         if self.scale:
             z = z * self.scaling_factor
-        return {"latent": z, "index": int(f.get_slice("index")[j:j + 1][0]),
+        return {self.item_key: z, "index": int(f.get_slice("index")[j:j + 1][0]),
                 "flip": bool(f.get_slice("flip")[j:j + 1][0])}
 
     def unscale(self, z: torch.Tensor) -> torch.Tensor:

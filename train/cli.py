@@ -86,8 +86,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
                          sample=args.sample, flip=args.flip, dtype=args.dtype, seed=args.seed,
                          precision=args.precision, num_workers=args.num_workers)
     m = encode(args.model, args.data, args.out, opts)
-    print(f"{m['count']} latents {m['latent_shape']} in {len(m['shards'])} shards at {args.out}; "
-          f"{len(m['bad'])} unreadable; scaling_factor {m['scaling_factor']:.5f}")
+    if m["format"] == "aetk-tokens":
+        detail = (f"{m['count']} token grids {m['token_shape']}; codebook usage {m['codebook_usage']:.1%}, "
+                  f"perplexity {m['perplexity']:.1f}")
+    else:
+        detail = f"{m['count']} latents {m['latent_shape']}; scaling_factor {m['scaling_factor']:.5f}"
+    print(f"{detail}; {len(m['shards'])} shards at {args.out}; {len(m['bad'])} unreadable")
     return 0
 
 
@@ -96,9 +100,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from eval.report import evaluate, write_json
     from train.data import build_image_dataset
-    from train.export import load_vae
+    from train.export import load_tokenizer
 
-    vae = load_vae(args.model, weights=args.weights)
+    vae = load_tokenizer(args.model, weights=args.weights)
     builtin = args.data.startswith("builtin:")
 
     def images(split: str, start: int, n: int):

@@ -1,5 +1,5 @@
-"""`aetk encode`: a dataset -> latent shards (safetensors) + `manifest.json`, resumable and split
-across processes.
+"""`aetk encode`: a dataset -> latent shards (KL-VAE) or token shards (VQ) as safetensors +
+`manifest.json`, resumable and split across processes.
 
 Items are numbered 0..N-1 (then N..2N-1 for horizontal-flip copies) and cut into fixed shards of
 `shard_size` items; process r encodes shards r, r+W, r+2W, ... Each shard is written to a
@@ -8,8 +8,9 @@ the shards it finished and ends with every item exactly once; a finished run is 
 shard carries its own statistics (sums per channel, bad items, content hashes) so the manifest is
 merged from shard headers alone.
 
-Shard format (version 1): tensors `latents` (n, c, h, w), `index` (n,) source item, `flip` (n,),
-`stat_sum`, `stat_sumsq` (c,) float64; metadata JSON `aetk` = {version, bad: [{index, source,
+Shard format (version 1): tensors `latents` (n, c, h, w) with `stat_sum`, `stat_sumsq` (c,)
+float64 — or `tokens` (n, h, w) int16/int32 with `code_counts` (K,) —, `index` (n,) source item,
+`flip` (n,); metadata JSON `aetk` = {version, bad: [{index, source,
 error}], hashes: {index: sha256 of the decoded RGB pixels}}.
 """
 
@@ -95,23 +96,84 @@ def _shard_done(path: Path) -> bool:
         return False
 
 
-@torch.no_grad()
-def _encode_batch(vae, xs: torch.Tensor, keys: list[int], opts: EncodeOptions) -> torch.Tensor:
+def _fast_input(model, xs: torch.Tensor, opts: EncodeOptions) -> torch.Tensor:
     # channels-last: oneDNN's fast (AMX) bf16 convolution path wants NHWC (~2x here). Not for fp32,
     # which stays bit-identical to a plain diffusers encode.
     fmt = torch.channels_last if opts.precision == "bf16" else torch.contiguous_format
-    xs = xs.to(vae.device, vae.dtype).contiguous(memory_format=fmt)
-    with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
-        post = vae.encode(xs).latent_dist
-    if not opts.sample:
-        return post.mean.float().cpu()
-    # Noise seeded per item: the same latents whatever the batch, shard or process split.
-    eps = torch.stack([torch.randn(post.mean.shape[1:], generator=torch.Generator().manual_seed(
-        opts.seed * 1_000_003 + k)) for k in keys])
-    return (post.mean.float().cpu() + post.std.float().cpu() * eps)
+    p = next(model.parameters())
+    return xs.to(p.device, p.dtype).contiguous(memory_format=fmt)
 
 
-def _encode_shard(vae, items: _Items, s: int, out: Path, opts: EncodeOptions, bar) -> None:
+class _Latents:
+    """KL-VAE: posterior means (or seeded samples), float shards, scaling factor from their std."""
+
+    key, fmt = "latents", "aetk-latents"
+
+    def __init__(self, vae, opts: EncodeOptions) -> None:
+        self.vae, self.opts = vae, opts
+
+    @torch.no_grad()
+    def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
+        vae, opts = self.vae, self.opts
+        with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
+            post = vae.encode(_fast_input(vae, xs, opts)).latent_dist
+        if not opts.sample:
+            return post.mean.float().cpu()
+        # Noise seeded per item: the same latents whatever the batch, shard or process split.
+        eps = torch.stack([torch.randn(post.mean.shape[1:], generator=torch.Generator().manual_seed(
+            opts.seed * 1_000_003 + k)) for k in keys])
+        return post.mean.float().cpu() + post.std.float().cpu() * eps
+
+    def store(self, z: torch.Tensor) -> torch.Tensor:
+        return z.to(getattr(torch, self.opts.dtype))
+
+    def shard_stats(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        dims = [0, *range(2, z.ndim)]
+        return {"stat_sum": z.double().sum(dims), "stat_sumsq": z.double().pow(2).sum(dims)}
+
+    def summarise(self, stats: dict[str, torch.Tensor], count: int, shape: list[int]) -> dict:
+        per_channel = int(np.prod(shape[1:]))
+        mean = stats["stat_sum"] / (count * per_channel)
+        var = stats["stat_sumsq"] / (count * per_channel) - mean.pow(2)
+        global_mean = mean.mean()
+        std = float(((var + mean.pow(2)).mean() - global_mean.pow(2)).sqrt())
+        return {"dtype": self.opts.dtype, "posterior": "sample" if self.opts.sample else "mean",
+                "channel_mean": mean.tolist(), "channel_std": var.clamp_min(0).sqrt().tolist(), "std": std,
+                "scaling_factor": 1.0 / std, "model_scaling_factor": float(self.vae.config.scaling_factor)}
+
+
+class _Tokens:
+    """VQ tokenizers: integer code grids (B, h, w) or (B, Q, h, w), with codebook usage statistics."""
+
+    key, fmt = "tokens", "aetk-tokens"
+
+    def __init__(self, model, opts: EncodeOptions) -> None:
+        self.model, self.opts = model, opts
+        self.codebook_size = int(model.quantizer.codebook_size)
+
+    @torch.no_grad()
+    def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
+        with torch.autocast(xs.device.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
+            return self.model.encode(_fast_input(self.model, xs, self.opts)).indices.cpu()
+
+    def store(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.int16 if self.codebook_size <= 32767 else torch.int32)
+
+    def shard_stats(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        valid = t[t >= 0]  # residual VQ marks unused levels with -1
+        return {"code_counts": torch.bincount(valid.flatten().long(), minlength=self.codebook_size)}
+
+    def summarise(self, stats: dict[str, torch.Tensor], count: int, shape: list[int]) -> dict:
+        counts = stats["code_counts"].double()
+        p = counts / counts.sum()
+        entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+        return {"dtype": str(self.store(torch.zeros(1)).dtype).removeprefix("torch."),
+                "codebook_size": self.codebook_size, "codebook_usage": float((counts > 0).double().mean()),
+                "perplexity": float(np.exp(entropy)), "dead_codes": int((counts == 0).sum()),
+                "bits_per_token": float(np.log2(self.codebook_size))}
+
+
+def _encode_shard(codec, items: _Items, s: int, out: Path, opts: EncodeOptions, bar) -> None:
     lo, hi = s * opts.shard_size, min((s + 1) * opts.shard_size, len(items))
     workers = opts.num_workers if opts.num_workers is not None else min(4, max(0, (os.cpu_count() or 2) - 2))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(items, range(lo, hi)), batch_size=opts.batch_size,
@@ -125,20 +187,15 @@ def _encode_shard(vae, items: _Items, s: int, out: Path, opts: EncodeOptions, ba
                 bad.append({"index": b["i"], "source": items.ds.describe(b["i"]), "error": b["error"]})
                 log.warning("skipping unreadable item %s (%s)", items.ds.describe(b["i"]), b["error"])
         if good:
-            latents.append(_encode_batch(vae, torch.stack([b["x"] for b in good]), [b["k"] for b in good], opts))
+            latents.append(codec.encode(torch.stack([b["x"] for b in good]), [b["k"] for b in good]))
             index += [b["i"] for b in good]
             flip += [b["k"] >= items.n for b in good]
             hashes.update({str(b["i"]): b["hash"] for b in good})
         bar.update(len(batch))
-    z = torch.cat(latents) if latents else torch.zeros(0)
-    dims = [0, *range(2, z.ndim)]
-    tensors = {
-        "latents": z.to(getattr(torch, opts.dtype)).contiguous(),
-        "index": torch.tensor(index, dtype=torch.long),
-        "flip": torch.tensor(flip, dtype=torch.bool),
-        "stat_sum": z.double().sum(dims) if latents else torch.zeros(0, dtype=torch.float64),
-        "stat_sumsq": z.double().pow(2).sum(dims) if latents else torch.zeros(0, dtype=torch.float64),
-    }
+    tensors = {"index": torch.tensor(index, dtype=torch.long), "flip": torch.tensor(flip, dtype=torch.bool)}
+    if latents:  # a shard of only unreadable files holds no data tensor
+        z = torch.cat(latents)
+        tensors.update({codec.key: codec.store(z).contiguous(), **codec.shard_stats(z)})
     meta = {"aetk": json.dumps({"version": FORMAT_VERSION, "bad": bad, "hashes": hashes})}
     path = _shard_path(out, s)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -146,20 +203,20 @@ def _encode_shard(vae, items: _Items, s: int, out: Path, opts: EncodeOptions, ba
     os.replace(tmp, path)
 
 
-def model_hash(vae) -> str:
+def model_hash(model) -> str:
     """sha256 over the weights (names, shapes, bytes): which model made these latents."""
     h = hashlib.sha256()
-    for name, t in sorted(vae.state_dict().items()):
+    for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
 
 
-def _merge_manifest(out: Path, n_shards: int, items: _Items, vae, vae_hash: str, opts: EncodeOptions,
+def _merge_manifest(out: Path, n_shards: int, items: _Items, codec, model_digest: str, opts: EncodeOptions,
                     data: str) -> dict:
     count, bad, sources, shards = 0, [], {}, []
-    total_sum = total_sumsq = None
+    stats: dict[str, torch.Tensor] = {}
     shape = None
     for s in range(n_shards):
         path = _shard_path(out, s)
@@ -167,29 +224,22 @@ def _merge_manifest(out: Path, n_shards: int, items: _Items, vae, vae_hash: str,
             meta = json.loads(f.metadata()["aetk"])
             n = f.get_slice("index").get_shape()[0]
             if n:
-                shape = f.get_slice("latents").get_shape()[1:]
-                ssum, ssq = f.get_tensor("stat_sum"), f.get_tensor("stat_sumsq")
-                total_sum = ssum if total_sum is None else total_sum + ssum
-                total_sumsq = ssq if total_sumsq is None else total_sumsq + ssq
+                shape = f.get_slice(codec.key).get_shape()[1:]
+                for k in f.keys():
+                    if k.startswith(("stat_", "code_counts")):
+                        stats[k] = stats[k] + f.get_tensor(k) if k in stats else f.get_tensor(k)
         count += n
         bad += meta["bad"]
         sources.update(meta["hashes"])
         shards.append({"file": path.name, "count": n})
     if count == 0:
         raise ValueError(f"no readable image in {data}: nothing was encoded ({len(bad)} unreadable)")
-    per_channel = int(np.prod(shape[1:]))
-    mean = total_sum / (count * per_channel)
-    var = total_sumsq / (count * per_channel) - mean.pow(2)
-    global_mean = mean.mean()
-    global_var = (var + mean.pow(2)).mean() - global_mean.pow(2)
-    std = float(global_var.sqrt())
     bad_unique = {b["index"]: b for b in bad}  # a bad image with --flip is listed once
     manifest = {
-        "format": "aetk-latents", "version": FORMAT_VERSION, "count": count, "latent_shape": list(shape),
-        "dtype": opts.dtype, "posterior": "sample" if opts.sample else "mean", "flip_copies": opts.flip,
-        "resolution": opts.resolution, "channel_mean": mean.tolist(), "channel_std": var.clamp_min(0).sqrt().tolist(),
-        "std": std, "scaling_factor": 1.0 / std, "model_scaling_factor": float(vae.config.scaling_factor),
-        "model_hash": vae_hash, "data": data, "shard_size": opts.shard_size, "shards": shards,
+        "format": codec.fmt, "version": FORMAT_VERSION, "count": count, f"{codec.key[:-1]}_shape": list(shape),
+        "flip_copies": opts.flip, "resolution": opts.resolution, "precision": opts.precision,
+        **codec.summarise(stats, count, list(shape)),
+        "model_hash": model_digest, "data": data, "shard_size": opts.shard_size, "shards": shards,
         "sources": [{"index": int(i), "source": items.ds.describe(int(i)), "sha256": h}
                     for i, h in sorted(sources.items(), key=lambda kv: int(kv[0]))],
         "bad": sorted(bad_unique.values(), key=lambda b: b["index"]),
@@ -218,20 +268,23 @@ def encode(model: str, data: str, out: str | Path, opts: EncodeOptions) -> dict:
     """Encode `data` with the KL-VAE at `model` into `out`. Collective under a launcher."""
     from accelerate import PartialState
 
+    from diffusers import AutoencoderKL
+
     from train.data import build_image_dataset
-    from train.export import load_vae
+    from train.export import load_tokenizer
 
     state = PartialState(cpu=not torch.cuda.is_available())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    vae = load_vae(model).to(state.device)
+    net = load_tokenizer(model).to(state.device)
     if opts.precision == "bf16":
-        vae = vae.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)
+    codec = _Latents(net, opts) if isinstance(net, AutoencoderKL) else _Tokens(net, opts)
     ds = build_image_dataset(data, resolution=opts.resolution, seed=opts.seed, random_crop=False,
                              random_flip=False)
     items = _Items(ds, opts.flip)
-    vae_hash = model_hash(vae)
-    _claim(out, {"model_hash": vae_hash, "data": data, "items": len(items),
+    digest = model_hash(net)
+    _claim(out, {"model_hash": digest, "data": data, "items": len(items),
                  **{k: v for k, v in vars(opts).items() if k not in ("num_workers", "progress", "batch_size")}}, state)
     n_shards = -(-len(items) // opts.shard_size)
     mine = [s for s in range(state.process_index, n_shards, state.num_processes)]
@@ -240,12 +293,12 @@ def encode(model: str, data: str, out: str | Path, opts: EncodeOptions) -> dict:
     bar = tqdm(total=total, desc=f"encode[{state.process_index}]", unit="img",
                disable=not (opts.progress and state.is_local_main_process), mininterval=1.0)
     for s in todo:
-        _encode_shard(vae, items, s, out, opts, bar)
+        _encode_shard(codec, items, s, out, opts, bar)
         _fault("kill_encode_after_shard", s)
     bar.close()
     state.wait_for_everyone()
     manifest = None
     if state.is_main_process:
-        manifest = _merge_manifest(out, n_shards, items, vae, vae_hash, opts, data)
+        manifest = _merge_manifest(out, n_shards, items, codec, digest, opts, data)
     state.wait_for_everyone()
     return manifest if manifest is not None else json.loads((out / "manifest.json").read_text())

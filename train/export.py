@@ -66,6 +66,67 @@ def load_vae(path: str | Path, *, weights: str = "ema") -> AutoencoderKL:
                             ".safetensors single file")
 
 
+def _checkpoint_of(p: Path) -> Path | None:
+    if (p / "COMPLETE").is_file():
+        return p
+    return latest_checkpoint(p / "checkpoints")
+
+
+def _vq_from_checkpoint(ckpt: Path, weights: str):
+    from train.registry import build_model
+
+    model = build_model(load_config(ckpt / "config.yaml"))
+    if weights == "ema":
+        state, prefix = load_file(ckpt / "extra.safetensors"), "ema.module."
+    else:
+        state, prefix = load_file(ckpt / "model.safetensors"), "autoencoder."
+    model.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)},
+                          strict=True)
+    return model.eval()
+
+
+def _vq_from_diffusers(path: Path):
+    from diffusers import VQModel
+
+    from tokenizers_ae.models.vq_vae import VQVAE
+    from tokenizers_ae.quantizers import VectorQuantizer
+
+    vq = VQModel.from_pretrained(path)
+    cb = vq.quantize.embedding.weight
+    q = VectorQuantizer(codebook_size=cb.shape[0], dim=cb.shape[1])
+    with torch.no_grad():
+        q.codebook.copy_(cb)
+    return VQVAE(vq, q).eval()
+
+
+def _vq_from_native(path: Path):
+    from train.config import config_from_dict
+    from train.registry import build_model
+
+    meta = json.loads((path / "aetk_model.json").read_text())
+    if meta.get("format") != "aetk-model" or meta.get("version") != 1:
+        raise ValueError(f"{path}: unsupported aetk model format {meta.get('format')} v{meta.get('version')}")
+    model = build_model(config_from_dict({"model": meta["recipe"]}))
+    model.load_state_dict(load_file(path / "model.safetensors"), strict=True)
+    return model.eval()
+
+
+def load_tokenizer(path: str | Path, *, weights: str = "ema"):
+    """A KL-VAE (diffusers AutoencoderKL) or a VQ tokenizer (aetk VQVAE), in eval mode, from a run
+    dir, checkpoint, diffusers directory (AutoencoderKL or VQModel), aetk native dir or single file."""
+    p = Path(path)
+    if (p / "aetk_model.json").is_file():
+        return _vq_from_native(p)
+    if (p / "config.json").is_file() and not (p / "checkpoints").exists():
+        if json.loads((p / "config.json").read_text()).get("_class_name") == "VQModel":
+            return _vq_from_diffusers(p)
+        return load_vae(p, weights=weights)
+    ckpt = _checkpoint_of(p) if p.is_dir() else None
+    if ckpt is not None and load_config(ckpt / "config.yaml").model.kind == "vq_vae":
+        return _vq_from_checkpoint(ckpt, weights)
+    return load_vae(p, weights=weights)
+
+
 def export_vae(vae: AutoencoderKL, fmt: str, out: str | Path) -> Path:
     out = Path(out)
     if fmt == "diffusers":

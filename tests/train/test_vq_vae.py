@@ -14,8 +14,19 @@ VQ = ["model.kind=vq_vae", "model.latent_channels=4", "model.codebook_size=64", 
       "train.checkpoint_every=4"]
 
 
-def test_tiny_vqgan_trains_and_exports_to_vqmodel_exactly(tmp_path, tiny_config):
-    trainer = train(tiny_config(tmp_path / "run", *VQ))
+@pytest.fixture(scope="module")
+def vq_run(tmp_path_factory):
+    from helpers import tiny_overrides
+    from train.config import config_from_dict
+
+    out = tmp_path_factory.mktemp("vq")
+    trainer = train(config_from_dict({}, tiny_overrides(out / "run", *VQ)))
+    yield out, trainer
+    trainer.close()
+
+
+def test_tiny_vqgan_trains_and_exports_to_vqmodel_exactly(vq_run):
+    tmp_path, trainer = vq_run
     rows = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "generator/loss" in r]
     assert all("vq/usage" in r and "vq/perplexity" in r and "reg/vq/commitment" in r for r in train_rows)
@@ -32,7 +43,45 @@ def test_tiny_vqgan_trains_and_exports_to_vqmodel_exactly(tmp_path, tiny_config)
     assert (ours - theirs).abs().max() < 1e-5
     assert torch.equal(tokens.flatten(), ref_idx.flatten())
     torch.testing.assert_close(model.decode_indices(tokens), ours)
-    trainer.close()
+
+
+@pytest.mark.parametrize("source", ["run", "run/model"])
+def test_encode_writes_token_shards_with_codebook_statistics(vq_run, tmp_path, source):
+    from latent_diffusion.latents import LatentShardDataset
+    from train.cli import main
+    from train.data import build_image_dataset
+
+    run, trainer = vq_run
+    out = tmp_path / "tok"
+    assert main(["encode", str(run / source), "--data", "builtin:skimage", "--resolution", "16", "--out", str(out),
+                 "--shard-size", "16", "--precision", "no"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["format"] == "aetk-tokens" and m["count"] == 512 and m["token_shape"] == [8, 8]
+    assert m["codebook_size"] == 64 and m["dtype"] == "int16"
+    ds = LatentShardDataset(out)
+    src = build_image_dataset("builtin:skimage", resolution=16, random_crop=False, random_flip=False)
+    model = trainer.averaged_model().eval()
+    items = [ds[i] for i in range(0, 512, 37)]
+    with torch.no_grad():
+        ref = model.encode(torch.stack([src[it["index"]]["x"] for it in items])).indices
+    assert torch.equal(torch.stack([it["tokens"] for it in items]), ref)
+    all_tokens = torch.stack([ds[i]["tokens"] for i in range(len(ds))])
+    counts = torch.bincount(all_tokens.flatten(), minlength=64)
+    assert m["dead_codes"] == int((counts == 0).sum())
+    assert m["codebook_usage"] == pytest.approx(float((counts > 0).double().mean()))
+
+
+def test_eval_reports_codebook_usage_and_token_rate(vq_run, tmp_path):
+    from train.cli import main
+
+    run, _ = vq_run
+    assert main(["eval", str(run / "run"), "--data", "builtin:skimage", "--resolution", "16", "--n", "8",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    cb = r["codebook"]
+    assert cb["codebook_size"] == 64 and cb["token_shape"] == [8, 8] and 0 < cb["codebook_usage"] <= 1
+    assert 1 <= cb["perplexity"] <= 64 and cb["dead_codes"] == round(64 * (1 - cb["codebook_usage"]))
+    assert r["model"]["bpp"] == pytest.approx(64 * 6 / 256)  # 8x8 tokens x log2(64) bits over 16x16 px
 
 
 @pytest.mark.parametrize("quantizer,extra", [("fsq", ["model.fsq_levels=[5,5,3]", "model.latent_channels=3"]),
