@@ -53,10 +53,24 @@ def cmd_bench_precision(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from eval.latents import set_scaling_factor
-    from train.export import export_vae, load_vae, measure_scaling, warn_if_unmeasured
+    from diffusers import AutoencoderKL
 
-    vae = load_vae(args.source, weights=args.weights)
+    from eval.latents import set_scaling_factor
+    from train.export import (export_vae, load_tokenizer, measure_scaling, save_native, vq_to_diffusers,
+                              warn_if_unmeasured)
+
+    model = load_tokenizer(args.source, weights=args.weights)
+    if not isinstance(model, AutoencoderKL):  # a VQ tokenizer
+        if args.format != "diffusers":
+            raise ConfigError(f"--format {args.format} is for KL-VAEs; VQ tokenizers export as diffusers VQModel")
+        try:
+            vq_to_diffusers(model).save_pretrained(args.out, safe_serialization=True)
+            print(f"wrote a diffusers VQModel to {args.out}")
+        except ValueError as why:
+            save_native(model, args.out, model_config={"recipe": _recipe_of(model)})
+            print(f"wrote aetk's native format to {args.out}: {why}")
+        return 0
+    vae = model
     if args.scaling_factor is not None:
         set_scaling_factor(vae, args.scaling_factor)
     elif args.data:
@@ -68,6 +82,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export_vae(vae, args.format, args.out)
     print(f"wrote {args.format} to {out} (scaling_factor {vae.config.scaling_factor:.5f})")
     return 0
+
+
+def _recipe_of(model) -> dict:
+    """The model section of the recipe that built `model` (kept on it by the registry)."""
+    return model.recipe
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from tokenizers_ae.losses.reconstruction import ReconstructionLoss
 from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
 from tokenizers_ae.models.vq_vae import VQVAE, build_vq_backbone
 from tokenizers_ae.quantizers import FSQ, LFQ, VectorQuantizer
-from train.config import Config, ConfigError
+from train.config import Config, ConfigError, config_to_dict
 from train.tasks import AutoencoderGANTask
 
 
@@ -71,7 +71,9 @@ def build_vq_vae(cfg: Config) -> VQVAE:
         in_channels=m.in_channels, block_out_channels=m.block_out_channels, layers_per_block=m.layers_per_block,
         latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups,
         mid_block_attention=m.mid_block_attention, codebook_size=m.codebook_size, sample_size=cfg.data.resolution)
-    return VQVAE(backbone, build_quantizer(cfg))
+    model = VQVAE(backbone, build_quantizer(cfg))
+    model.recipe = config_to_dict(cfg)["model"]  # lets a native export rebuild the same model
+    return model
 
 
 MODELS = {"kl_vae": build_kl_vae, "vq_vae": build_vq_vae}

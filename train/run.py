@@ -23,7 +23,7 @@ from eval.image import reconstruction_metrics, save_reconstruction_grid
 from eval.latents import latent_statistics, set_scaling_factor
 from train.checkpoint import _fault
 from tokenizers_ae.models.kl_vae import KLVAE
-from train.config import Config, config_to_dict
+from train.config import Config
 from train.loop import Trainer
 
 log = logging.getLogger("aetk.train")
@@ -73,7 +73,7 @@ def export_model(trainer: Trainer, out_dir: Path) -> Path:
         vq_to_diffusers(model).save_pretrained(out_dir, safe_serialization=True)
     except ValueError as why:
         log.warning("model/ is in aetk's native format: %s", why)
-        save_native(model, out_dir, model_config={"recipe": config_to_dict(trainer.cfg)["model"]})
+        save_native(model, out_dir, model_config={"recipe": model.recipe})
     return out_dir
 
 

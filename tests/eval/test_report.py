@@ -53,3 +53,27 @@ def test_eval_cli_writes_metrics_baselines_grid_and_plot(tmp_path):
     files = r["files"]
     for f in files.values():
         assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_numbers_match_a_direct_torchmetrics_computation():
+    from diffusers import AutoencoderKL
+    from torchmetrics.image import StructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
+    from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure
+
+    from eval.report import evaluate
+    from tokenizers_ae.models.kl_vae import build_autoencoder_kl
+
+    torch.manual_seed(0)
+    vae = build_autoencoder_kl(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=2).eval()
+    x = photos(n=4, r=64)
+    r = evaluate(vae, x)
+    with torch.no_grad():
+        recon = vae(x, sample_posterior=False).sample.clamp(-1, 1)
+    a, b = (recon + 1) / 2, (x + 1) / 2
+    psnr = torch.stack([PeakSignalNoiseRatio(data_range=1.0)(a[i:i + 1], b[i:i + 1]) for i in range(4)]).mean()
+    assert r["model"]["psnr"] == pytest.approx(psnr.item(), rel=1e-5)
+    assert r["model"]["ssim"] == pytest.approx(StructuralSimilarityIndexMeasure(data_range=1.0)(a, b).item(), rel=1e-5)
+    betas = (0.0448, 0.2856, 0.3001)
+    ms = MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0, betas=tuple(x / sum(betas) for x in betas))(a, b)
+    assert r["model"]["ms_ssim_scales"] == 3 and r["model"]["ms_ssim"] == pytest.approx(ms.item(), rel=1e-5)
+    assert r["model"]["bpp"] == pytest.approx(2 * 32 * 32 * 16 / 64 ** 2)
