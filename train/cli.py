@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "scaling factor 1/std, sources with hashes, model hash, unreadable files). "
                                    "Re-run the same command to resume; multi-process: torchrun --nproc_per_node N "
                                    "-m train.cli encode ...")
-    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL dir or SD single file")
+    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL/VQModel dir, aetk model dir or SD single file")
     p.add_argument("--data", required=True, help="image folder, datasets.save_to_disk dir or builtin:skimage")
     p.add_argument("--out", required=True)
     p.add_argument("--resolution", type=int, default=256, help="centre crop size (default 256)")
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(when Inception weights are present; else reported as unavailable), latent "
                                    "statistics and throughput, optionally beside JPEG at the same bits per pixel and "
                                    "patch PCA with the same number of latent values.")
-    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL dir or SD single file")
+    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL/VQModel dir, aetk model dir or SD single file")
     p.add_argument("--data", required=True)
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--n", type=int, default=64, help="evaluation images (default 64)")
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Times `aetk encode` (fp32 and bf16) and a plain diffusers loop (PIL decode, "
                                     "AutoencoderKL.encode fp32, batch 8) on the same PNG folder, each in a fresh "
                                     "process; reports images/s, latent error vs fp32 and peak RSS.")
-    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL dir or SD single file")
+    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL/VQModel dir, aetk model dir or SD single file")
     p.add_argument("--data", help="PNG/JPEG folder (default: write N crops of the built-in photos)")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--n", type=int, default=128, help="images in the default folder")

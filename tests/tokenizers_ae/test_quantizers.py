@@ -384,7 +384,7 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def test_two_processes_with_half_batches_match_one(tmp_path):
     """EMA + k-means init + dead-code restarts on 2 gloo processes = 1 process on the full batch."""
     torch.multiprocessing.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     single = _run_vq(_batches(), 0, 1)
     assert single["dead"].sum() > 0  # restarts really happened
     for key in ("codebook", "cluster_size"):
