@@ -132,11 +132,30 @@ class LossConfig:
     disc_norm: Literal["batch", "group", "none"] = "batch"
     """Normalisation in the PatchGAN. `batch` (taming's choice) keeps per-process statistics under
     data parallelism; `group` makes multi-process runs match single-process ones exactly."""
+    disc_ramp_steps: int = 0
+    """Ramp the adversarial weight linearly from 0 to 1 over this many steps after disc_start."""
+    max_d_weight: float = 1e4
+    """Clamp of the adaptive adversarial weight (taming's 1e4)."""
+    r1_weight: float = 0.0
+    """R1 penalty gamma/2 * E||grad_x D(x_real)||^2 on the discriminator (0: off)."""
+    guard: Literal["off", "warn", "lower", "stop"] = "warn"
+    """What to do when the GAN goes wrong after onset (reconstruction degrades beyond
+    `guard_rec_increase`, or the discriminator is saturated for `guard_saturation_steps`): log a
+    warning, halve the adversarial weight, or stop the run with a message."""
+    guard_window: int = 50
+    """Steps averaged for the reconstruction baseline (just before onset) and for the current value."""
+    guard_rec_increase: float = 0.25
+    """Relative increase of the reconstruction loss over its pre-onset baseline that trips the guard."""
+    guard_saturation_steps: int = 200
+    """Consecutive steps with the discriminator >= 99% right on real and fake that trip the guard."""
 
     def __post_init__(self) -> None:
-        for k in ("perceptual_weight", "kl_weight", "disc_weight"):
+        for k in ("perceptual_weight", "kl_weight", "disc_weight", "r1_weight", "guard_rec_increase"):
             _check(getattr(self, k) >= 0, f"loss.{k}", ">= 0")
         _check(self.disc_start >= 0, "loss.disc_start", ">= 0")
+        _check(self.disc_ramp_steps >= 0, "loss.disc_ramp_steps", ">= 0")
+        _check(self.guard_window >= 1 and self.guard_saturation_steps >= 1, "loss.guard_window",
+               ">= 1 (and guard_saturation_steps >= 1)")
 
 
 @dataclass

@@ -30,6 +30,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from train.checkpoint import _fault, latest_checkpoint, load_checkpoint, save_checkpoint
 from train.config import Config, ConfigError, config_to_dict
 from train.data.loader import build_loaders
+from train.guard import GanGuard
 from train.registry import build_task
 from train.tasks import StepContext
 
@@ -95,6 +96,8 @@ class Trainer:
         if t.ema_decay:
             self.ema = AveragedModel(self.task.model_to_average(), multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
             self.ema.requires_grad_(False)
+        # Adversarial tasks get the onset guardrails (train/guard.py).
+        self.guard = GanGuard(cfg.loss) if any(ph.name == "discriminator" for ph in self.phases) else None
         self.step_idx = 0
         self.nonfinite_in_row = 0
         self.bad_items: set[int] = set()
@@ -162,6 +165,8 @@ class Trainer:
                         {k: logs[k] for k in keys if k.endswith("loss")}, self.nonfinite_in_row)
         logs["skipped"] = 0.0 if finite else 1.0
         logs["lr"] = self.schedulers["generator"].get_last_lr()[0]
+        if finite and self.guard is not None and self.guard.update(step, logs, self.task):
+            logs["gan/guard_trip"] = 1.0
         self.step_idx += 1
         if self.nonfinite_in_row >= t.max_nonfinite:
             raise NonFiniteLossError(
@@ -194,7 +199,8 @@ class Trainer:
     def save(self) -> Path:
         extra = {f"ema.{k}": v for k, v in self.ema.state_dict().items()} if self.ema is not None else {}
         state = {"step": self.step_idx, "nonfinite_in_row": self.nonfinite_in_row,
-                 "bad_items": sorted(self.bad_items)}
+                 "bad_items": sorted(self.bad_items), "task": self.task.state(),
+                 "guard": self.guard.state() if self.guard is not None else None}
         return save_checkpoint(self.accelerator, self.run_dir / "checkpoints", self.step_idx, extra=extra,
                                state=state, config_yaml=self.config_yaml(), keep=self.cfg.train.keep_checkpoints)
 
@@ -209,6 +215,9 @@ class Trainer:
         self.step_idx = state["step"]
         self.nonfinite_in_row = state["nonfinite_in_row"]
         self.bad_items = set(state["bad_items"])
+        self.task.load_state(state["task"])
+        if self.guard is not None and state["guard"] is not None:
+            self.guard.load_state(state["guard"])
         if self.ema is not None:
             self.ema.load_state_dict({k.removeprefix("ema."): v for k, v in extra.items()}, strict=True)
         self.data_iter = None

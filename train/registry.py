@@ -111,4 +111,5 @@ def build_task(cfg: Config, model: nn.Module | None = None) -> AutoencoderGANTas
         autoencoder=model, rec_loss=rec, discriminator=disc, reg_weights=REG_WEIGHTS[cfg.model.kind](cfg),
         lr=t.lr, disc_lr=t.disc_lr, betas=t.betas, weight_decay=t.weight_decay,
         disc_start=loss.disc_start, disc_weight=loss.disc_weight, adaptive=loss.adaptive_weight,
-        disc_loss=loss.disc_loss, learn_logvar=loss.learn_logvar)
+        disc_loss=loss.disc_loss, learn_logvar=loss.learn_logvar, ramp_steps=loss.disc_ramp_steps,
+        max_d_weight=loss.max_d_weight, r1_weight=loss.r1_weight)

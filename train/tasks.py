@@ -53,6 +53,8 @@ class Task(Protocol):
              ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
     def model_to_average(self) -> nn.Module: ...
     def to(self, device: torch.device) -> "Task": ...
+    def state(self) -> dict: ...
+    def load_state(self, state: dict) -> None: ...
 
 
 class Generator(nn.Module):
@@ -85,13 +87,17 @@ class AutoencoderGANTask:
                  discriminator: nn.Module | None, reg_weights: dict[str, float], lr: float,
                  disc_lr: float | None = None, betas=(0.5, 0.9), weight_decay: float = 0.0,
                  disc_start: int = 0, disc_weight: float = 0.5, adaptive: bool = True,
-                 disc_loss: str = "hinge", learn_logvar: bool = False) -> None:
+                 disc_loss: str = "hinge", learn_logvar: bool = False, ramp_steps: int = 0,
+                 max_d_weight: float = 1e4, r1_weight: float = 0.0) -> None:
         self.generator = Generator(autoencoder, learn_logvar=learn_logvar)
         self.rec_loss = rec_loss  # frozen networks only: not trained, not checkpointed
         self.discriminator = discriminator
         self.reg_weights = reg_weights
         self.lr, self.disc_lr, self.betas, self.weight_decay = lr, disc_lr or lr, tuple(betas), weight_decay
         self.disc_start, self.disc_weight, self.adaptive, self.disc_loss = disc_start, disc_weight, adaptive, disc_loss
+        self.ramp_steps, self.max_d_weight, self.r1_weight = ramp_steps, max_d_weight, r1_weight
+        self.adv_scale = 1.0
+        """Multiplier on the adversarial weight; the trainer's GAN guard may lower it."""
         # Batch norm sees real and fake separately (taming); other norms let us batch them.
         self._separate_d_calls = discriminator is not None and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules())
@@ -104,6 +110,12 @@ class AutoencoderGANTask:
 
     def gan_on(self, step: int) -> bool:
         return self.discriminator is not None and step >= self.disc_start
+
+    def ramp(self, step: int) -> float:
+        """Adversarial weight factor: 0 before onset, then linear to 1 over `ramp_steps`."""
+        if not self.gan_on(step):
+            return 0.0
+        return min(1.0, (step - self.disc_start + 1) / self.ramp_steps) if self.ramp_steps else 1.0
 
     def active(self, phase: str, step: int) -> bool:
         return phase == "generator" or self.gan_on(step)
@@ -123,6 +135,13 @@ class AutoencoderGANTask:
         if phase == "generator":
             return self._generator_loss(models, out, batch["x"], ctx)
         return self._discriminator_loss(models["discriminator"], out.recon.detach(), batch["x"])
+
+    def state(self) -> dict:
+        """What a checkpoint must keep beyond weights (restored by `load_state`)."""
+        return {"adv_scale": self.adv_scale}
+
+    def load_state(self, state: dict) -> None:
+        self.adv_scale = float(state.get("adv_scale", 1.0))
 
     # --- phases ---------------------------------------------------------------------------------
 
@@ -162,9 +181,10 @@ class AutoencoderGANTask:
             (w_g,) = torch.autograd.grad(recon, last, grad_g, retain_graph=True)
             # The global batch's gradients, so N processes weigh exactly as one process would.
             w_nll, w_g = ctx.reduce_mean(torch.stack([w_nll.float(), w_g.float()])).unbind(0)
-            d_weight = adaptive_weight(w_nll, w_g, scale=self.disc_weight)
+            d_weight = adaptive_weight(w_nll, w_g, scale=self.disc_weight, max_weight=self.max_d_weight)
         else:
             d_weight = torch.tensor(self.disc_weight, device=x.device)
+        d_weight = d_weight * (self.ramp(ctx.step) * self.adv_scale)
         grad_out = (grad_nll.float() + d_weight * grad_g.float()).to(recon.dtype)
         # A surrogate whose gradient is the true one: d/d(recon) = grad_nll + w * grad_g.
         surrogate = (recon * grad_out).sum() + reg
@@ -172,14 +192,27 @@ class AutoencoderGANTask:
             surrogate = surrogate + (p * gp.detach()).sum()
         loss = nll.detach() + d_weight * g.detach() + reg.detach()
         logs.update({"loss": loss, "rec/nll": nll.detach(), "gan/g_loss": g.detach(),
-                     "gan/d_weight": d_weight.detach(), **rec_logs})
+                     "gan/d_weight": d_weight.detach(), "gan/ramp": torch.tensor(self.ramp(ctx.step)),
+                     "gan/adv_scale": torch.tensor(self.adv_scale), **rec_logs})
         return surrogate, logs
 
     def _discriminator_loss(self, disc: nn.Module, fake: torch.Tensor, real: torch.Tensor):
+        if self.r1_weight > 0:
+            real = real.detach().requires_grad_(True)
         if self._separate_d_calls:
             logits_real, logits_fake = disc(real), disc(fake)
         else:
             logits_real, logits_fake = disc(torch.cat([real, fake])).chunk(2)
         loss = d_loss(self.disc_loss, logits_real.float(), logits_fake.float())
-        return loss, {"disc/loss": loss.detach(), "disc/logits_real": logits_real.detach().float().mean(),
-                      "disc/logits_fake": logits_fake.detach().float().mean()}
+        logs = {"disc/logits_real": logits_real.detach().float().mean(),
+                "disc/logits_fake": logits_fake.detach().float().mean(),
+                # How often it is right: the guard watches these for saturation.
+                "disc/acc_real": (logits_real.detach() > 0).float().mean(),
+                "disc/acc_fake": (logits_fake.detach() < 0).float().mean()}
+        if self.r1_weight > 0:
+            (grad,) = torch.autograd.grad(logits_real.float().sum(), real, create_graph=True)
+            r1 = grad.pow(2).sum(dim=tuple(range(1, grad.ndim))).mean()
+            loss = loss + 0.5 * self.r1_weight * r1
+            logs["disc/r1"] = r1.detach()
+        logs["disc/loss"] = loss.detach()
+        return loss, logs
