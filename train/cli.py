@@ -136,6 +136,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or (str(Path(args.json).with_suffix("")) + "-files" if args.json else "eval-out")
     result = evaluate(vae, x, fit_x=fit, baselines=tuple(args.baseline), latent_bits=args.latent_bits,
                       lpips_weights=args.lpips_weights, inception_weights=args.inception_weights, out_dir=out_dir)
+    if args.precision_audit:
+        from diffusers import AutoencoderKL
+
+        from eval.precision import precision_audit
+
+        fn = (lambda m, t: m(t, sample_posterior=False).sample) if isinstance(vae, AutoencoderKL) else \
+            (lambda m, t: m(t).recon)
+        result["precision_audit"] = precision_audit(vae, x[:8], fn)
     print(json.dumps(result, indent=1))
     if args.json:
         write_json(result, args.json)
@@ -224,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=["ema", "raw"], default="ema")
     p.add_argument("--lpips-weights", help="torchvision VGG16 weights for LPIPS")
     p.add_argument("--inception-weights", help="torch-fidelity Inception weights for rFID")
+    p.add_argument("--precision-audit", action="store_true",
+                   help="also run fp32/bf16/fp16: per-layer peak activations vs the fp16 range, the first "
+                        "layer that overflows, each precision's output error")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--out-dir", help="where the grid and plot go (default: beside --json)")
     p.set_defaults(func=cmd_eval)

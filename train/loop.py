@@ -100,6 +100,7 @@ class Trainer:
         self.guard = GanGuard(cfg.loss) if any(ph.name == "discriminator" for ph in self.phases) else None
         self.step_idx = 0
         self.nonfinite_in_row = 0
+        self.last_nonfinite = ""
         self.bad_items: set[int] = set()
         self.data_iter = None
 
@@ -161,8 +162,12 @@ class Trainer:
             self.nonfinite_in_row = 0
         else:
             self.nonfinite_in_row += 1
-            log.warning("step %d: non-finite loss (%s); step skipped (%d in a row)", step,
-                        {k: logs[k] for k in keys if k.endswith("loss")}, self.nonfinite_in_row)
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision)
+            batch0 = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in micro_batches[0].items()}
+            self.last_nonfinite = self.task.diagnose_nonfinite(batch0, dtype)
+            log.warning("step %d: non-finite loss (%s), first non-finite value in %s; step skipped (%d in a row)",
+                        step, {k: logs[k] for k in keys if k.endswith("loss")}, self.last_nonfinite,
+                        self.nonfinite_in_row)
         logs["skipped"] = 0.0 if finite else 1.0
         logs["lr"] = self.schedulers["generator"].get_last_lr()[0]
         if finite and self.guard is not None and self.guard.update(step, logs, self.task):
@@ -171,7 +176,8 @@ class Trainer:
         if self.nonfinite_in_row >= t.max_nonfinite:
             raise NonFiniteLossError(
                 f"stopping: {self.nonfinite_in_row} consecutive steps had a non-finite loss (last at step "
-                f"{step}). Lower train.lr, use train.mixed_precision=bf16 instead of fp16, or check the data.")
+                f"{step}; first non-finite value in {self.last_nonfinite}). Lower train.lr, use "
+                "train.mixed_precision=bf16 instead of fp16, or check the data.")
         return logs
 
     # --- data -----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from eval.image import reconstruction_metrics, save_reconstruction_grid
 from eval.latents import latent_statistics, set_scaling_factor
+from eval.precision import precision_audit
 from train.checkpoint import _fault
 from tokenizers_ae.models.kl_vae import KLVAE
 from train.config import Config
@@ -86,6 +87,11 @@ def _export_kl(trainer: Trainer, vae, out_dir: Path) -> Path:
     batches = (torch.stack([ds[i]["x"] for i in range(s, min(s + 16, n))]).to(device) for s in range(0, n, 16))
     stats = latent_statistics(vae, batches, seed=trainer.cfg.seed)
     set_scaling_factor(vae, stats["scaling_factor"])
+    # diffusers pipelines upcast a VAE to fp32 when `force_upcast` is set: record whether it must.
+    audit = precision_audit(vae, torch.stack([ds[i]["x"] for i in range(min(8, n))]).to(device),
+                            lambda m, t: m(t, sample_posterior=False).sample)
+    vae.register_to_config(force_upcast=not audit["fp16_safe"])
+    stats["fp16_safe"] = audit["fp16_safe"]
     vae.save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "latent_stats.json").write_text(json.dumps(stats, indent=1))
     return out_dir

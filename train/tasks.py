@@ -55,6 +55,7 @@ class Task(Protocol):
     def to(self, device: torch.device) -> "Task": ...
     def state(self) -> dict: ...
     def load_state(self, state: dict) -> None: ...
+    def diagnose_nonfinite(self, batch: dict, autocast_dtype: torch.dtype | None) -> str: ...
 
 
 class Generator(nn.Module):
@@ -135,6 +136,17 @@ class AutoencoderGANTask:
         if phase == "generator":
             return self._generator_loss(models, out, batch["x"], ctx)
         return self._discriminator_loss(models["discriminator"], out.recon.detach(), batch["x"])
+
+    def diagnose_nonfinite(self, batch: dict, autocast_dtype: torch.dtype | None) -> str:
+        """Where a non-finite loss came from: the input, or the first module with a non-finite output."""
+        from eval.precision import first_nonfinite_module  # diagnostics only; never on the hot path
+
+        x = batch["x"]
+        if not torch.isfinite(x).all():
+            return "the input batch (check the data)"
+        ae = self.generator.autoencoder
+        name = first_nonfinite_module(ae, lambda m, t: m(t).recon, x, autocast_dtype)
+        return f"module autoencoder.{name}" if name else "the loss (the model's outputs were finite)"
 
     def state(self) -> dict:
         """What a checkpoint must keep beyond weights (restored by `load_state`)."""

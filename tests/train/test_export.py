@@ -36,6 +36,8 @@ def test_training_writes_a_measured_scaling_factor(trained):
     assert cfg["scaling_factor"] != pytest.approx(SD_DEFAULT_SCALING)
     assert stats["scaling_factor"] == pytest.approx(1 / stats["global_std"])
     assert len(stats["mean"]) == 2 and stats["n"] == 64  # tiny: 2 latent channels, 64 built-in crops
+    # fp16 safety recorded where diffusers pipelines look for it.
+    assert stats["fp16_safe"] is True and cfg["force_upcast"] is False
 
 
 @pytest.mark.parametrize("weights", ["ema", "raw"])

@@ -66,8 +66,18 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, tiny_config):
     assert trainer.step(good)["skipped"] == 0.0  # a finite step resets the count
     trainer.step(nan)
     trainer.step(nan)
-    with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps.*the input batch"):
         trainer.step(nan)
+    trainer.close()
+
+
+def test_nonfinite_guard_names_the_module(tmp_path, tiny_config):
+    trainer = Trainer(tiny_config(tmp_path / "run", "train.mixed_precision=no"))
+    with torch.no_grad():
+        trainer.task.generator.autoencoder.vae.decoder.conv_in.weight.fill_(float("inf"))
+    logs = trainer.step(trainer.next_micro_batches())
+    assert logs["skipped"] == 1.0
+    assert trainer.last_nonfinite == "module autoencoder.vae.decoder.conv_in"
     trainer.close()
 
 
