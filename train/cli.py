@@ -163,6 +163,35 @@ def cmd_bench_quantizer(args: argparse.Namespace) -> int:
                                  steps=args.steps, reference=not args.no_reference), args.json)
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+    from torchvision.utils import make_grid, save_image
+
+    from latent_diffusion.diffusion_prior import DiffusionPrior, sample
+    from train.export import load_vae
+
+    model_dir = Path(args.run) / "model" if (Path(args.run) / "model" / "prior.json").is_file() else Path(args.run)
+    if not (model_dir / "prior.json").is_file():
+        raise ConfigError(f"{args.run}: no prior.json (train a model.kind=diffusion_prior run first)")
+    meta = json.loads((model_dir / "prior.json").read_text())
+    unet = UNet2DModel.from_pretrained(model_dir / "unet")
+    prior = DiffusionPrior(unet)
+    prior.scheduler = DDPMScheduler.from_pretrained(model_dir / "scheduler")
+    z = sample(prior.eval(), n=args.n, shape=meta["latent_shape"], seed=args.seed, steps=args.steps,
+               sampler=args.sampler)
+    vae_path = args.vae or meta.get("first_stage")
+    if not vae_path:
+        raise ConfigError("no first stage to decode with: pass --vae PATH")
+    vae = load_vae(vae_path)
+    with torch.no_grad():
+        images = vae.decode(z / meta["scaling_factor"]).sample.float().clamp(-1, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_image(make_grid((images + 1) / 2, nrow=min(8, args.n), padding=2, pad_value=1.0), args.out)
+    print(f"wrote {args.n} samples to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aetk", description="Train, benchmark and export first-stage autoencoders.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results here")
     p.add_argument("--out-dir", help="where the grid and plot go (default: beside --json)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="sample images from a trained diffusion prior through its first stage",
+                       description="Latents from the prior (seeded; DDIM, DDPM or DPM-Solver++), decoded by the "
+                                   "KL-VAE recorded in the run (or --vae), written as a PNG grid.")
+    p.add_argument("run", help="a diffusion_prior run directory (or its model/)")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--out", required=True, help="PNG grid path")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++"], default="ddim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae", help="first stage to decode with (default: the run's model.first_stage)")
+    p.set_defaults(func=cmd_sample)
 
     bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print JSON.")
     bsub = bench.add_subparsers(dest="bench", required=True)

@@ -51,9 +51,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: Literal["kl_vae", "vq_vae"] = "kl_vae"
-    """Model family (`train/registry.py`): `kl_vae` (continuous latents) or `vq_vae` (tokens; a
-    VQ-GAN when trained with the discriminator on)."""
+    kind: Literal["kl_vae", "vq_vae", "diffusion_prior"] = "kl_vae"
+    """Model family (`train/registry.py`): `kl_vae` (continuous latents), `vq_vae` (tokens; a
+    VQ-GAN when trained with the discriminator on) or `diffusion_prior` (a UNet over the latents
+    of `aetk encode`; data.path is the encode directory, latent shape from its manifest)."""
     init_from: str | None = None
     """A VAE to fine-tune: a diffusers `AutoencoderKL` directory (its architecture wins over the
     keys below) or a Stable Diffusion / latent-diffusion single `.safetensors` file (architecture
@@ -86,6 +87,13 @@ class ModelConfig:
     """FSQ: levels per dimension (codebook size = product)."""
     lfq_bits: int = 10
     """LFQ: bits per token (codebook size 2**bits)."""
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    """Diffusion prior: what the UNet predicts."""
+    num_train_timesteps: int = 1000
+    """Diffusion prior: DDPM steps (Stable Diffusion's scaled-linear betas)."""
+    first_stage: str | None = None
+    """Diffusion prior: the KL-VAE (run dir, diffusers dir or single file) whose decoder turns sampled
+    latents into images for eval grids and `aetk sample`."""
 
     def __post_init__(self) -> None:
         _check(len(self.block_out_channels) >= 1, "model.block_out_channels", "a non-empty list")

@@ -41,16 +41,20 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN or infinite loss."""
 
 
-def _step_noise(seed: int, step: int, global_batch: int, start: int, stop: int):
-    """Noise for items [start, stop) of a step's global batch: the same however the batch is split
-    into processes and micro-batches."""
+KINDS = {"normal": 0, "uniform": 1}
 
-    def noise(shape: torch.Size) -> torch.Tensor:
-        g = torch.Generator().manual_seed(hash((seed, step, 0x5EED)) & 0x7FFF_FFFF_FFFF)
-        full = torch.randn((global_batch, *shape[1:]), generator=g)
-        return full[start:stop]
 
-    return noise
+def _step_noise(seed: int, step: int, global_batch: int, start: int, stop: int, *, kind: str = "normal"):
+    """Random draws for items [start, stop) of a step's global batch: the same however the batch is
+    split into processes and micro-batches."""
+
+    def draw(shape: torch.Size) -> torch.Tensor:
+        # Ints only: Python salts str hashes per process, ints and tuples of ints hash the same everywhere.
+        g = torch.Generator().manual_seed(hash((seed, step, KINDS[kind], 0x5EED)) & 0x7FFF_FFFF_FFFF)
+        fn = torch.randn if kind == "normal" else torch.rand
+        return fn((global_batch, *shape[1:]), generator=g)[start:stop]
+
+    return draw
 
 
 class Trainer:
@@ -111,7 +115,8 @@ class Trainer:
         # Position in the step's global batch, in the data sampler's order: micro-batch, process, item.
         start = micro * (t.batch_size // t.grad_accum) + acc.process_index * self.micro_batch
         reduce = (lambda x: acc.reduce(x, "mean")) if acc.num_processes > 1 else (lambda x: x)
-        return StepContext(step=step, noise=_step_noise(self.cfg.seed, step, t.batch_size, start, start + self.micro_batch),
+        span = (self.cfg.seed, step, t.batch_size, start, start + self.micro_batch)
+        return StepContext(step=step, noise=_step_noise(*span), uniform=_step_noise(*span, kind="uniform"),
                            reduce_mean=reduce, unwrap=acc.unwrap_model)
 
     def step(self, micro_batches: list[dict]) -> dict[str, float]:
@@ -169,7 +174,7 @@ class Trainer:
                         step, {k: logs[k] for k in keys if k.endswith("loss")}, self.last_nonfinite,
                         self.nonfinite_in_row)
         logs["skipped"] = 0.0 if finite else 1.0
-        logs["lr"] = self.schedulers["generator"].get_last_lr()[0]
+        logs["lr"] = self.schedulers[self.phases[0].name].get_last_lr()[0]  # the first phase's
         if finite and self.guard is not None and self.guard.update(step, logs, self.task):
             logs["gan/guard_trip"] = 1.0
         self.step_idx += 1

@@ -8,6 +8,7 @@ from diffusers import AutoencoderKL
 from safetensors import safe_open
 from torch import nn
 
+from latent_diffusion.diffusion_prior import DiffusionPrior, build_unet
 from tokenizers_ae.discriminators.patchgan import NLayerDiscriminator
 from tokenizers_ae.export import load_sd_single_file
 from tokenizers_ae.export.sd_single_file import CONFIG_METADATA_KEY
@@ -76,7 +77,7 @@ def build_vq_vae(cfg: Config) -> VQVAE:
     return model
 
 
-MODELS = {"kl_vae": build_kl_vae, "vq_vae": build_vq_vae}
+MODELS = {"kl_vae": build_kl_vae, "vq_vae": build_vq_vae, "diffusion_prior": lambda cfg: build_prior(cfg)}
 """model.kind -> builder(Config) -> nn.Module returning AEOutput."""
 
 REG_WEIGHTS = {
@@ -97,7 +98,27 @@ def build_perceptual(cfg: Config) -> LPIPS | None:
     return LPIPS(backbone=cfg.loss.perceptual_backbone, weights_path=cfg.loss.perceptual_weights)
 
 
-def build_task(cfg: Config, model: nn.Module | None = None) -> AutoencoderGANTask:
+def build_prior(cfg: Config) -> DiffusionPrior:
+    from train.data.latents import LatentItems, is_latent_dir
+
+    m = cfg.model
+    if not is_latent_dir(cfg.data.path):
+        raise ConfigError(f"data.path: {cfg.data.path} is not an `aetk encode` output (no manifest.json); "
+                          "a diffusion prior trains on encoded latents")
+    c, h, w = LatentItems(cfg.data.path).latent_shape
+    unet = build_unet(latent_channels=c, sample_size=h, block_out_channels=m.block_out_channels,
+                      layers_per_block=m.layers_per_block, norm_num_groups=m.norm_num_groups,
+                      attention=m.mid_block_attention)
+    return DiffusionPrior(unet, prediction_type=m.prediction_type, num_train_timesteps=m.num_train_timesteps)
+
+
+def build_task(cfg: Config, model: nn.Module | None = None):
+    if cfg.model.kind == "diffusion_prior":
+        from train.prior_task import DiffusionPriorTask
+
+        t = cfg.train
+        return DiffusionPriorTask(prior=model if model is not None else build_prior(cfg), lr=t.lr, betas=t.betas,
+                                  weight_decay=t.weight_decay)
     loss = cfg.loss
     model = model if model is not None else build_model(cfg)
     rec = ReconstructionLoss(kind=loss.rec_loss, perceptual=build_perceptual(cfg),

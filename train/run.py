@@ -47,7 +47,10 @@ class MetricsLog:
 
 @torch.no_grad()
 def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
-    """Reconstruct the validation batch with the averaged model; metrics + grid (main process)."""
+    """Reconstruct the validation batch with the averaged model; metrics + grid (main process).
+    A diffusion prior instead samples latents and, with a first stage, decodes a grid."""
+    if trainer.cfg.model.kind == "diffusion_prior":
+        return _evaluate_prior(trainer, step)
     model = trainer.averaged_model()
     was_training = model.training
     model.eval()
@@ -62,12 +65,49 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     return {f"eval/{k}": v for k, v in metrics.items()}
 
 
+def _first_stage(trainer: Trainer):
+    if not trainer.cfg.model.first_stage:
+        return None
+    if not hasattr(trainer, "_vae"):
+        from train.export import load_vae
+
+        trainer._vae = load_vae(trainer.cfg.model.first_stage).to(trainer.accelerator.device)
+    return trainer._vae
+
+
+def _evaluate_prior(trainer: Trainer, step: int) -> dict[str, float]:
+    from latent_diffusion.diffusion_prior import sample
+    from torchvision.utils import make_grid, save_image
+
+    prior = trainer.averaged_model()
+    prior.eval()
+    shape = trainer.loaders.train_dataset.latent_shape
+    z = sample(prior, n=trainer.cfg.data.val_size, shape=shape, seed=trainer.cfg.seed, steps=25)
+    prior.train()
+    out = {"eval/sample_mean": float(z.mean()), "eval/sample_std": float(z.std())}
+    vae = _first_stage(trainer)
+    if vae is not None:
+        images = vae.decode(z / trainer.loaders.train_dataset.scaling_factor).sample.float().clamp(-1, 1)
+        path = trainer.run_dir / "samples" / f"sample-{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(make_grid((images + 1) / 2, nrow=8, padding=2, pad_value=1.0), path)
+    return out
+
+
 def export_model(trainer: Trainer, out_dir: Path) -> Path:
     """The averaged weights in the ecosystem's format: a diffusers AutoencoderKL (KL-VAE) or VQModel
     (VQ with a plain codebook), else aetk's native format with the reason logged."""
     model = trainer.averaged_model()
     if isinstance(model, KLVAE):
         return _export_kl(trainer, model.vae, out_dir)
+    if trainer.cfg.model.kind == "diffusion_prior":
+        model.unet.save_pretrained(out_dir / "unet", safe_serialization=True)
+        model.scheduler.save_pretrained(out_dir / "scheduler")
+        meta = {"scaling_factor": trainer.loaders.train_dataset.scaling_factor,
+                "latent_shape": trainer.loaders.train_dataset.latent_shape,
+                "first_stage": trainer.cfg.model.first_stage}
+        (out_dir / "prior.json").write_text(json.dumps(meta, indent=1))
+        return out_dir
     from train.export import save_native, vq_to_diffusers
 
     try:

@@ -38,6 +38,8 @@ class StepContext:
     """Optimizer step being computed (0-based)."""
     noise: Callable[[torch.Size], torch.Tensor]
     """Noise for this process's slice of the global batch, independent of the process count."""
+    uniform: Callable[[torch.Size], torch.Tensor] = lambda shape: torch.rand(shape)
+    """U[0, 1) draws positioned like `noise` (e.g. diffusion timesteps)."""
     reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     """Mean over processes (identity on one process)."""
     unwrap: Callable[[nn.Module], nn.Module] = lambda m: m

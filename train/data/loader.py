@@ -84,11 +84,16 @@ class Loaders:
 
     def val_batch(self) -> dict:
         n = min(self.cfg.data.val_size, len(self.val_dataset))
-        return collate_images([self.val_dataset[i] for i in range(n)])
+        return collate_images([self.val_dataset[i] for i in range(n)])  # stacks "x" of any shape
 
 
 def build_loaders(cfg: Config, *, rank: int, world: int, micro_batch: int) -> Loaders:
     d = cfg.data
+    from train.data.latents import LatentItems, is_latent_dir
+
+    if is_latent_dir(d.path):  # `aetk encode` output: a prior trains on latents
+        latents = LatentItems(d.path)
+        return Loaders(cfg, rank, world, micro_batch, latents, LatentItems(d.val_path or d.path))
     common = dict(resolution=d.resolution, seed=cfg.seed, image_column=d.image_column, builtin_size=d.builtin_size)
     try:
         train = build_image_dataset(d.path, random_crop=d.random_crop, random_flip=d.random_flip,

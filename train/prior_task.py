@@ -1,0 +1,48 @@
+"""The diffusion-prior task: one phase, the denoising loss on scaled latents."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from latent_diffusion.diffusion_prior import DiffusionPrior
+from train.tasks import Phase, StepContext
+
+
+class DiffusionPriorTask:
+    """Timesteps and noise come from the loop's positional draws, so resume and multi-process
+    runs are exact like the autoencoder's."""
+
+    def __init__(self, *, prior: DiffusionPrior, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0) -> None:
+        self.prior = prior
+        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
+
+    def phases(self) -> list[Phase]:
+        return [Phase("prior", self.prior, self.lr, self.betas, self.weight_decay)]
+
+    def active(self, phase: str, step: int) -> bool:
+        return True
+
+    def model_to_average(self) -> nn.Module:
+        return self.prior
+
+    def to(self, device: torch.device) -> "DiffusionPriorTask":
+        return self
+
+    def forward(self, models, batch: dict, ctx: StepContext) -> torch.Tensor:
+        x0 = batch["x"]  # (B, c, h, w), scaled
+        n_t = self.prior.scheduler.config.num_train_timesteps
+        t = (ctx.uniform(torch.Size([x0.shape[0]])) * n_t).long().clamp_max(n_t - 1).to(x0.device)
+        return models["prior"](x0, ctx.noise(x0.shape).to(x0), t).mean()
+
+    def loss(self, phase, models, out: torch.Tensor, batch, ctx):
+        return out, {"loss": out.detach()}
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+    def diagnose_nonfinite(self, batch: dict, autocast_dtype) -> str:
+        return "the input batch (check the latents)" if not torch.isfinite(batch["x"]).all() else "the UNet"
