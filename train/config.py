@@ -69,8 +69,12 @@ class ModelConfig:
     """Self-attention in the lowest-resolution block (as Stable Diffusion's VAE)."""
     sample_posterior: bool = True
     """KL-VAE: train on z ~ q(z|x) (True) or on its mean."""
-    quantizer: Literal["vq", "fsq", "lfq"] = "vq"
-    """VQ-VAE: codebook lookup, finite scalar quantization or lookup-free quantization."""
+    quantizer: Literal["vq", "rvq", "fsq", "lfq"] = "vq"
+    """VQ-VAE: codebook lookup, residual VQ, finite scalar quantization or lookup-free quantization."""
+    rvq_levels: int = 4
+    """RVQ: number of residual quantizers (each with `codebook_size` codes and the VQ options)."""
+    quantizer_dropout: float = 0.0
+    """RVQ: probability of training with a random number of levels (SoundStream's bitrate scalability)."""
     codebook_size: int = 1024
     """VQ: number of codes."""
     codebook_dim: int | None = None

@@ -169,7 +169,12 @@ def vq_to_diffusers(model) -> "VQModel":
 
     from tokenizers_ae.quantizers import VectorQuantizer
 
+    from tokenizers_ae.quantizers import ResidualVQ
+
     q = model.quantizer
+    if isinstance(q, ResidualVQ):
+        raise ValueError("diffusers VQModel holds one codebook; residual VQ sums several levels, so it is "
+                         "exported in aetk's native format")
     if not isinstance(q, VectorQuantizer):
         raise ValueError(f"diffusers VQModel quantizes by codebook lookup; a {type(q).__name__} has no codebook "
                          "(its codes are computed), so it is exported in aetk's native format")

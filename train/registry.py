@@ -16,7 +16,7 @@ from tokenizers_ae.losses.perceptual import LPIPS
 from tokenizers_ae.losses.reconstruction import ReconstructionLoss
 from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
 from tokenizers_ae.models.vq_vae import VQVAE, build_vq_backbone
-from tokenizers_ae.quantizers import FSQ, LFQ, VectorQuantizer
+from tokenizers_ae.quantizers import FSQ, LFQ, ResidualVQ, VectorQuantizer
 from train.config import Config, ConfigError, config_to_dict
 from train.tasks import AutoencoderGANTask
 
@@ -53,11 +53,13 @@ def build_kl_vae(cfg: Config) -> KLVAE:
 
 def build_quantizer(cfg: Config):
     m = cfg.model
+    vq = dict(codebook_size=m.codebook_size, dim=m.latent_channels, ema_decay=m.vq_ema_decay,
+              dead_code_threshold=m.dead_code_threshold, kmeans_init=m.kmeans_init, cosine=m.cosine,
+              codebook_dim=m.codebook_dim, commitment_weight=cfg.loss.commitment_weight)
     if m.quantizer == "vq":
-        return VectorQuantizer(codebook_size=m.codebook_size, dim=m.latent_channels, ema_decay=m.vq_ema_decay,
-                               dead_code_threshold=m.dead_code_threshold, kmeans_init=m.kmeans_init,
-                               cosine=m.cosine, codebook_dim=m.codebook_dim,
-                               commitment_weight=cfg.loss.commitment_weight)
+        return VectorQuantizer(**vq)
+    if m.quantizer == "rvq":
+        return ResidualVQ(num_quantizers=m.rvq_levels, quantizer_dropout=m.quantizer_dropout, **vq)
     if m.quantizer == "fsq":
         return FSQ(levels=m.fsq_levels, dim=m.latent_channels)
     return LFQ(dim=m.latent_channels, codebook_bits=m.lfq_bits, entropy_weight=cfg.loss.entropy_weight,

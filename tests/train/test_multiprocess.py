@@ -15,13 +15,21 @@ COMMON = ["train.mixed_precision=no", "loss.disc_norm=group", "loss.disc_start=2
           "train.checkpoint_every=4", "train.eval_every=4", "train.lr=1e-4"]
 
 
+VQ = ["model.kind=vq_vae", "model.latent_channels=4", "model.codebook_size=32", "model.kmeans_init=true",
+      "model.dead_code_threshold=0.5"]
+
+
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("model", [[], VQ, [*VQ, "model.quantizer=rvq", "model.rvq_levels=3"]],
+                         ids=["kl_vae", "vq_ema_restarts_kmeans", "rvq"])
+def test_two_processes_match_one(tmp_path, model):
+    # For VQ: EMA statistics, k-means initialisation and dead-code restarts must be global, so the
+    # codebooks (in model.safetensors) match the one-process run too.
     one, two = tmp_path / "one", tmp_path / "two"
-    run_cli(["train", CFG, *tiny_overrides(one, *COMMON)])
+    run_cli(["train", CFG, *tiny_overrides(one, *COMMON, *model)])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "train.cli"]
-    proc = run_cli(["train", CFG, *tiny_overrides(two, *COMMON)], launcher=torchrun,
+    proc = run_cli(["train", CFG, *tiny_overrides(two, *COMMON, *model)], launcher=torchrun,
                    env={"OMP_NUM_THREADS": "1"})
     # Float tolerance: summation order differs across processes, and Adam turns a rounding-level
     # difference in a near-zero gradient into up to one lr-sized step. A wrong split (other data,
@@ -29,7 +37,12 @@ def test_two_processes_match_one(tmp_path):
     for f in ("model.safetensors", "model_1.safetensors", "extra.safetensors"):
         a, b = load_file(one / "checkpoints/step-4" / f), load_file(two / "checkpoints/step-4" / f)
         assert a.keys() == b.keys()
-        diff = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
+        if model and f != "model_1.safetensors":  # model_1 is the discriminator
+            assert any("codebook" in k for k in a)
+        for k in a:
+            if not a[k].is_floating_point():
+                assert torch.equal(a[k], b[k]), k
+        diff = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a if a[k].is_floating_point()])
         assert diff.max() < 1e-4, f"{f}: max difference {diff.max():.3g}"
         assert (diff > 1e-6).float().mean() < 1e-3, f"{f}: {(diff > 1e-6).float().mean():.2%} elements differ"
     # It really ran two processes: each wrote its own RNG state.
