@@ -31,7 +31,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded safely or at all."""
 
 
-def _fault(point: str, step: int) -> None:
+def fault_point(point: str, step: int) -> None:
     """Fault injection for the kill tests: AETK_FAULT=point:step SIGKILLs this process there."""
     spec = os.environ.get("AETK_FAULT", "")
     if spec == f"{point}:{step}":
@@ -82,7 +82,7 @@ def save_checkpoint(accelerator, root: Path, step: int, *, extra: dict[str, torc
         (tmp / "trainer_state.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **state}, indent=1))
         (tmp / "config.yaml").write_text(config_yaml)
     accelerator.wait_for_everyone()
-    _fault("kill_in_save", step)
+    fault_point("kill_in_save", step)
     if accelerator.is_main_process:
         _fsync_tree(tmp)
         (tmp / "COMPLETE").write_text(str(step))

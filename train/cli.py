@@ -67,7 +67,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             vq_to_diffusers(model).save_pretrained(args.out, safe_serialization=True)
             print(f"wrote a diffusers VQModel to {args.out}")
         except ValueError as why:
-            save_native(model, args.out, model_config={"recipe": _recipe_of(model)})
+            save_native(model, args.out, model_config={"recipe": model.recipe})
             print(f"wrote aetk's native format to {args.out}: {why}")
         return 0
     vae = model
@@ -82,11 +82,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export_vae(vae, args.format, args.out)
     print(f"wrote {args.format} to {out} (scaling_factor {vae.config.scaling_factor:.5f})")
     return 0
-
-
-def _recipe_of(model) -> dict:
-    """The model section of the recipe that built `model` (kept on it by the registry)."""
-    return model.recipe
 
 
 def cmd_import(args: argparse.Namespace) -> int:

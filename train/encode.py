@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from train.checkpoint import _fault
+from train.checkpoint import fault_point
 
 log = logging.getLogger("aetk.encode")
 FORMAT_VERSION = 1
@@ -294,7 +294,7 @@ def encode(model: str, data: str, out: str | Path, opts: EncodeOptions) -> dict:
                disable=not (opts.progress and state.is_local_main_process), mininterval=1.0)
     for s in todo:
         _encode_shard(codec, items, s, out, opts, bar)
-        _fault("kill_encode_after_shard", s)
+        fault_point("kill_encode_after_shard", s)
     bar.close()
     state.wait_for_everyone()
     manifest = None

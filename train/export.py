@@ -158,7 +158,7 @@ def warn_if_unmeasured(vae: AutoencoderKL) -> None:
                     "model; pass --data to measure it or --scaling-factor to set it", SD_DEFAULT_SCALING)
 
 
-def vq_to_diffusers(model) -> "VQModel":
+def vq_to_diffusers(model):
     """A diffusers VQModel holding a VQVAE with a plain codebook lookup (EMA-trained included).
 
     Raises ValueError saying why when the quantizer is not one VQModel can hold (FSQ, LFQ,

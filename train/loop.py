@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +25,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from train.checkpoint import _fault, latest_checkpoint, load_checkpoint, save_checkpoint
+from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from train.config import Config, ConfigError, config_to_dict
 from train.data.loader import build_loaders
 from train.guard import GanGuard

@@ -3,7 +3,7 @@
 Run directory:
   config.yaml          resolved config (resume/reproduce from it)
   checkpoints/step-N/  full resumable state (atomic)
-  model/               EMA weights as a diffusers model (safetensors + config.json)
+  model/               EMA weights: a diffusers AutoencoderKL / VQModel, aetk's native format, or a prior
   metrics.jsonl        one JSON object per log/eval event
   samples/             reconstruction grids (PNG)
   logs/                TensorBoard
@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from eval.image import reconstruction_metrics, save_reconstruction_grid
 from eval.latents import latent_statistics, set_scaling_factor
 from eval.precision import precision_audit
-from train.checkpoint import _fault
 from tokenizers_ae.models.kl_vae import KLVAE
+from train.checkpoint import fault_point
 from train.config import Config
 from train.loop import Trainer
 
@@ -155,7 +155,7 @@ def train(cfg: Config) -> Trainer:
     window_start, window_images = time.perf_counter(), 0
     try:
         while trainer.step_idx < t.max_steps:
-            _fault("kill_at_step", trainer.step_idx)
+            fault_point("kill_at_step", trainer.step_idx)
             batches = trainer.next_micro_batches()
             logs = trainer.step(batches)
             step = trainer.step_idx  # steps completed

@@ -2,7 +2,7 @@
 
 import pytest
 
-from train.cli import build_parser, main
+from train.cli import build_parser
 
 
 def test_train_step_bench_reports_both_phases_and_equal_gradients(tmp_path, tiny_config):

@@ -1,9 +1,8 @@
 """Precision audit: finds the layer that overflows fp16, and passes a model that does not."""
 
-import pytest
 import torch
 
-from eval.precision import FP16_MAX, first_nonfinite_module, precision_audit
+from eval.precision import first_nonfinite_module, precision_audit
 from tokenizers_ae.models.kl_vae import build_autoencoder_kl
 
 

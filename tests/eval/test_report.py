@@ -56,7 +56,6 @@ def test_eval_cli_writes_metrics_baselines_grid_and_plot(tmp_path):
 
 
 def test_eval_numbers_match_a_direct_torchmetrics_computation():
-    from diffusers import AutoencoderKL
     from torchmetrics.image import StructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
     from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure
 

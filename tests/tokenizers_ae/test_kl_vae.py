@@ -1,6 +1,5 @@
 """KL-VAE on diffusers AutoencoderKL: shapes, KL maths, injected noise."""
 
-import pytest
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, run_cli
+from helpers import run_cli
 from latent_diffusion.latents import LatentShardDataset
 from tokenizers_ae.models.kl_vae import build_autoencoder_kl
 

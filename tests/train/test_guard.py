@@ -1,10 +1,8 @@
 """GAN onset guardrails: ramp, R1, monitoring, and a guard that trips on an overpowered
 discriminator but not on a healthy run."""
 
-import json
 
 import pytest
-import torch
 
 from train.guard import GanGuard, GanGuardError
 from train.config import LossConfig

@@ -29,7 +29,7 @@ def test_two_processes_match_one(tmp_path, model):
     run_cli(["train", CFG, *tiny_overrides(one, *COMMON, *model)])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "train.cli"]
-    proc = run_cli(["train", CFG, *tiny_overrides(two, *COMMON, *model)], launcher=torchrun,
+    run_cli(["train", CFG, *tiny_overrides(two, *COMMON, *model)], launcher=torchrun,
                    env={"OMP_NUM_THREADS": "1"})
     # Float tolerance: summation order differs across processes, and Adam turns a rounding-level
     # difference in a near-zero gradient into up to one lr-sized step. A wrong split (other data,

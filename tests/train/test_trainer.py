@@ -19,7 +19,6 @@ def dirty_folder(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / "sub" / f"ok{i}.png")
-    good = root / "sub" / "ok0.png"
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "full.jpg", quality=95)
     data = (root / "full.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
