@@ -18,8 +18,9 @@ def test_train_step_bench_reports_both_phases_and_equal_gradients(tmp_path, tiny
     assert all(err < 1e-4 for err in res["gradient_max_rel_error_vs_reference"].values())
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["bench", "--help"],
-                                  ["bench", "train-step", "--help"], ["bench", "precision", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in
+                                                ("train", "export", "import", "encode", "eval", "sample", "bench")],
+                                  *[["bench", b, "--help"] for b in ("train-step", "precision", "encode", "quantizer")]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(argv)
