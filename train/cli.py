@@ -56,19 +56,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from diffusers import AutoencoderKL
 
     from eval.latents import set_scaling_factor
-    from train.export import (export_vae, load_tokenizer, measure_scaling, save_native, vq_to_diffusers,
-                              warn_if_unmeasured)
+    from train.export import export_vae, export_vq, load_tokenizer, measure_scaling, warn_if_unmeasured
 
     model = load_tokenizer(args.source, weights=args.weights)
     if not isinstance(model, AutoencoderKL):  # a VQ tokenizer
         if args.format != "diffusers":
             raise ConfigError(f"--format {args.format} is for KL-VAEs; VQ tokenizers export as diffusers VQModel")
-        try:
-            vq_to_diffusers(model).save_pretrained(args.out, safe_serialization=True)
-            print(f"wrote a diffusers VQModel to {args.out}")
-        except ValueError as why:
-            save_native(model, args.out, model_config={"recipe": model.recipe})
-            print(f"wrote aetk's native format to {args.out}: {why}")
+        print(f"wrote {export_vq(model, args.out)} to {args.out}")
         return 0
     vae = model
     if args.scaling_factor is not None:

@@ -25,6 +25,18 @@ log = logging.getLogger("aetk.export")
 SD_DEFAULT_SCALING = 0.18215  # diffusers' AutoencoderKL default, Stable Diffusion's measured value
 
 
+def _checkpoint_state(ckpt: Path, weights: str, sub: str = "") -> dict[str, torch.Tensor]:
+    """The averaged (`ema`) or raw weights of the trained model in a checkpoint, keyed like the
+    model itself (`sub` selects a submodule, e.g. "vae.")."""
+    if weights == "ema":
+        state, prefix = load_file(ckpt / "extra.safetensors"), "ema.module." + sub
+        if not any(k.startswith(prefix) for k in state):
+            raise ValueError(f"{ckpt} holds no EMA weights (train.ema_decay was off); use --weights raw")
+    else:
+        state, prefix = load_file(ckpt / "model.safetensors"), "autoencoder." + sub
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
 def _vae_from_checkpoint(ckpt: Path, weights: str) -> AutoencoderKL:
     from train.registry import build_model
 
@@ -32,14 +44,7 @@ def _vae_from_checkpoint(ckpt: Path, weights: str) -> AutoencoderKL:
     if cfg.model.kind != "kl_vae":
         raise ConfigError(f"{ckpt}: model.kind={cfg.model.kind} is not a KL-VAE")
     vae = build_model(cfg).vae
-    if weights == "ema":
-        state = load_file(ckpt / "extra.safetensors")
-        prefix = "ema.module.vae."
-        if not any(k.startswith(prefix) for k in state):
-            raise ValueError(f"{ckpt} holds no EMA weights (train.ema_decay was off); use --weights raw")
-    else:
-        state, prefix = load_file(ckpt / "model.safetensors"), "autoencoder.vae."
-    vae.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    vae.load_state_dict(_checkpoint_state(ckpt, weights, "vae."), strict=True)
     meta = ckpt.parent.parent / "model" / "config.json"  # the scaling factor measured at the end of training
     if meta.is_file():
         set_scaling_factor(vae, json.loads(meta.read_text()).get("scaling_factor", vae.config.scaling_factor))
@@ -76,12 +81,7 @@ def _vq_from_checkpoint(ckpt: Path, weights: str):
     from train.registry import build_model
 
     model = build_model(load_config(ckpt / "config.yaml"))
-    if weights == "ema":
-        state, prefix = load_file(ckpt / "extra.safetensors"), "ema.module."
-    else:
-        state, prefix = load_file(ckpt / "model.safetensors"), "autoencoder."
-    model.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)},
-                          strict=True)
+    model.load_state_dict(_checkpoint_state(ckpt, weights), strict=True)
     return model.eval()
 
 
@@ -186,6 +186,17 @@ def vq_to_diffusers(model):
     state["quantize.embedding.weight"] = q.codebook.detach().clone()
     vq.load_state_dict(state, strict=True)
     return vq.eval()
+
+
+def export_vq(model, out: str | Path) -> str:
+    """A VQ tokenizer as a diffusers VQModel when it can be one, else in aetk's native format.
+    Returns what was written (with the reason when native)."""
+    try:
+        vq_to_diffusers(model).save_pretrained(out, safe_serialization=True)
+        return "a diffusers VQModel"
+    except ValueError as why:
+        save_native(model, out, model_config={"recipe": model.recipe})
+        return f"aetk's native format ({why})"
 
 
 def save_native(model, out: str | Path, *, model_config: dict) -> Path:

@@ -141,17 +141,19 @@ class Trainer:
                         sums[key] = sums.get(key, 0.0) + v.float() / len(micro_batches)
         # One collective and one host sync per step for every logged value.
         keys = sorted(sums)
-        values = acc.reduce(torch.stack([sums[k] for k in keys]), "mean") if acc.num_processes > 1 else torch.stack([sums[k] for k in keys])
-        logs = dict(zip(keys, values.tolist()))
+        values = torch.stack([sums[k] for k in keys])
+        values = acc.reduce(values, "mean") if acc.num_processes > 1 else values
+        norms = {}
+        if t.max_grad_norm:  # clipping is harmless on a step that is then skipped
+            norms = {f"{n}/grad_norm": acc.clip_grad_norm_(self.models[n].parameters(), t.max_grad_norm)
+                     for n in active}
+        logs = dict(zip([*keys, *norms], torch.cat([values, torch.stack(
+            [v.float().to(values.device) for v in norms.values()]) if norms else values[:0]]).tolist()))
         finite = all(math.isfinite(logs[k]) for k in keys if k.endswith("loss"))
         for name in active:
-            opt = self.optimizers[name]
             if finite:
-                if t.max_grad_norm:
-                    norm = acc.clip_grad_norm_(self.models[name].parameters(), t.max_grad_norm)
-                    logs[f"{name}/grad_norm"] = float(norm)
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+                self.optimizers[name].step()
+            self.optimizers[name].zero_grad(set_to_none=True)
         if finite:
             for name in active:
                 self.schedulers[name].step()

@@ -108,13 +108,11 @@ def export_model(trainer: Trainer, out_dir: Path) -> Path:
                 "first_stage": trainer.cfg.model.first_stage}
         (out_dir / "prior.json").write_text(json.dumps(meta, indent=1))
         return out_dir
-    from train.export import save_native, vq_to_diffusers
+    from train.export import export_vq
 
-    try:
-        vq_to_diffusers(model).save_pretrained(out_dir, safe_serialization=True)
-    except ValueError as why:
-        log.warning("model/ is in aetk's native format: %s", why)
-        save_native(model, out_dir, model_config={"recipe": model.recipe})
+    written = export_vq(model, out_dir)
+    if "native" in written:
+        log.warning("model/ is in %s", written)
     return out_dir
 
 

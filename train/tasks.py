@@ -8,7 +8,7 @@ each returned loss. Losses come back with a dict of detached scalars to log.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
@@ -44,7 +44,6 @@ class StepContext:
     """Mean over processes (identity on one process)."""
     unwrap: Callable[[nn.Module], nn.Module] = lambda m: m
     """The bare module behind a distributed wrapper."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Task(Protocol):
