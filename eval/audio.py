@@ -1,0 +1,132 @@
+"""Audio reconstruction metrics: SI-SNR, multi-scale mel and log-STFT distances, bitrate, PESQ/STOI if installed.
+
+Inputs are waveforms (B, 1, T), (B, T) or (T,), estimate first and reference second. PESQ and STOI need the
+optional packages `pesq` and `pystoi` (not dependencies of aetk); without them their functions return None.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from audio_codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T) / (B, T) / (T,) -> (B, T) float64."""
+    if x.ndim == 3:
+        if x.shape[1] != 1:
+            raise ValueError(f"expected mono audio (B, 1, T), got shape {tuple(x.shape)}")
+        x = x[:, 0]
+    elif x.ndim == 1:
+        x = x[None]
+    elif x.ndim != 2:
+        raise ValueError(f"expected audio of shape (B, 1, T), (B, T) or (T,), got {tuple(x.shape)}")
+    return x.detach().double()
+
+
+@torch.no_grad()
+def si_snr(est: torch.Tensor, ref: torch.Tensor, *, max_db: float = 100.0) -> torch.Tensor:
+    """Scale-invariant SNR in dB: both zero-meaned, target = projection of est on ref, noise = est - target.
+
+    Returns (B,) for batched input, a scalar for (T,), computed in float64 and clamped to
+    [-max_db, max_db]: a perfect estimate gives max_db and an all-zero one -max_db, not inf. A silent
+    (constant) reference makes SI-SNR undefined: NaN for that item.
+    """
+    e, r = _flat(est), _flat(ref)
+    if e.shape != r.shape:
+        raise ValueError(f"estimate and reference differ in shape: {tuple(e.shape)} vs {tuple(r.shape)}")
+    e = e - e.mean(dim=-1, keepdim=True)
+    r = r - r.mean(dim=-1, keepdim=True)
+    ref_energy = r.pow(2).sum(-1, keepdim=True)  # (B, 1)
+    target = (e * r).sum(-1, keepdim=True) / ref_energy * r  # (B, T) projection of est on ref
+    noise = e - target
+    tiny = torch.finfo(torch.float64).tiny
+    ratio = target.pow(2).sum(-1) / noise.pow(2).sum(-1).clamp(min=tiny)  # (B,); 0 for a zero estimate
+    db = (10 * torch.log10(ratio)).clamp(-max_db, max_db)
+    db = torch.where(ref_energy[:, 0] > 0, db, torch.full_like(db, math.nan)).float()
+    return db[0] if est.ndim == 1 else db
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_loss(sample_rate: int) -> MultiScaleMelLoss:
+    return MultiScaleMelLoss(sample_rate=sample_rate).eval()
+
+
+@functools.lru_cache(maxsize=1)
+def _stft_loss() -> MultiScaleSTFTLoss:
+    return MultiScaleSTFTLoss(window_lengths=(2048, 1024, 512, 256, 128), log_weight=1.0, sc_weight=0.0).eval()
+
+
+@torch.no_grad()
+def mel_distance(est: torch.Tensor, ref: torch.Tensor, *, sample_rate: int) -> float:
+    """DAC's multi-scale mel distance (`MultiScaleMelLoss` defaults: windows 32..2048, log + magnitude L1)."""
+    return float(_mel_loss(sample_rate).to(est.device)(est, ref))
+
+
+@torch.no_grad()
+def stft_distance(est: torch.Tensor, ref: torch.Tensor) -> float:
+    """Multi-scale log10-magnitude STFT L1 over windows 2048..128 (no spectral convergence term)."""
+    return float(_stft_loss().to(est.device)(est, ref))
+
+
+def achieved_kbps(num_bytes: int, num_samples: int, sample_rate: int) -> float:
+    """Bitrate of a compressed file in kbit/s: num_bytes * 8 / duration / 1000."""
+    if num_samples <= 0 or sample_rate <= 0:
+        raise ValueError(f"need num_samples > 0 and sample_rate > 0, got {num_samples} and {sample_rate}")
+    return num_bytes * 8 / (num_samples / sample_rate) / 1000
+
+
+def _mono_numpy(x: torch.Tensor) -> list[np.ndarray]:
+    return [row.numpy() for row in _flat(x)]
+
+
+def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    if sr_in == sr_out:
+        return x
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(sr_in, sr_out)
+    return resample_poly(x, sr_out // g, sr_in // g)
+
+
+def pesq_score(est: torch.Tensor, ref: torch.Tensor, *, sample_rate: int) -> float | None:
+    """Wide-band PESQ (at 16 kHz, resampled), mean over the batch; None if `pesq` is not installed."""
+    try:
+        from pesq import pesq
+    except ImportError:
+        return None
+    scores = [pesq(16000, _resample(r, sample_rate, 16000), _resample(e, sample_rate, 16000), "wb")
+              for e, r in zip(_mono_numpy(est), _mono_numpy(ref))]
+    return float(np.mean(scores))
+
+
+def stoi_score(est: torch.Tensor, ref: torch.Tensor, *, sample_rate: int, extended: bool = False
+               ) -> float | None:
+    """STOI (or extended STOI), mean over the batch; None if `pystoi` is not installed."""
+    try:
+        from pystoi import stoi
+    except ImportError:
+        return None
+    scores = [stoi(r, e, sample_rate, extended=extended) for e, r in zip(_mono_numpy(est), _mono_numpy(ref))]
+    return float(np.mean(scores))
+
+
+@torch.no_grad()
+def audio_metrics(est: torch.Tensor, ref: torch.Tensor, *, sample_rate: int) -> dict[str, Any]:
+    """si_snr (mean dB over items with a non-silent reference), mel_distance and stft_distance, plus
+    pesq / stoi when their packages import."""
+    out: dict[str, Any] = {"si_snr": float(si_snr(est, ref).nanmean()),
+                           "mel_distance": mel_distance(est, ref, sample_rate=sample_rate),
+                           "stft_distance": stft_distance(est, ref)}
+    for name, fn in (("pesq", pesq_score), ("stoi", stoi_score)):
+        value = fn(est, ref, sample_rate=sample_rate)
+        if value is not None:
+            out[name] = value
+    return out
