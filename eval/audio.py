@@ -130,3 +130,42 @@ def audio_metrics(est: torch.Tensor, ref: torch.Tensor, *, sample_rate: int) -> 
         if value is not None:
             out[name] = value
     return out
+
+
+def save_audio_examples(ref: torch.Tensor, est: torch.Tensor, out_dir, *, sample_rate: int, n: int = 2) -> list:
+    """Write the first `n` clips of (B, 1, T) `ref` and `est` as 16-bit WAVs `{i}-ref.wav`, `{i}-recon.wav`."""
+    import soundfile as sf
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(min(n, ref.shape[0])):
+        for name, x in (("ref", ref[i]), ("recon", est[i])):
+            path = out_dir / f"{i}-{name}.wav"
+            sf.write(path, x.detach().float().clamp(-1, 1).reshape(-1).cpu().numpy(), sample_rate, subtype="PCM_16")
+            written.append(path)
+    return written
+
+
+def save_spectrogram_grid(ref: torch.Tensor, est: torch.Tensor, path, *, sample_rate: int, n: int = 4) -> None:
+    """Log-mel spectrograms of reference (top row) and reconstruction (bottom row), n clips, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    mel = _mel_loss(sample_rate)
+    n = min(n, ref.shape[0])
+    fig, axes = plt.subplots(2, n, figsize=(3 * n, 4.5), squeeze=False)
+    for i in range(n):
+        for row, (name, x) in enumerate((("reference", ref[i]), ("reconstruction", est[i]))):
+            spec = mel.mel(x.detach().float().reshape(1, -1).cpu(), 1024)[0].clamp_min(1e-5).log10()  # (mels, frames)
+            axes[row, i].imshow(spec.numpy(), origin="lower", aspect="auto", cmap="magma")
+            axes[row, i].set_title(f"{name} {i}", fontsize=8)
+            axes[row, i].axis("off")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

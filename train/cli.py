@@ -110,6 +110,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from train.data import build_image_dataset
     from train.export import load_tokenizer
 
+    from train.export import load_classic
+
+    classic = load_classic(args.model, weights=args.weights)
+    if classic is not None:
+        return _eval_classic(args, *classic)
+    if not args.data:
+        raise ConfigError("--data is required (only classic runs default to their own data)")
     vae = load_tokenizer(args.model, weights=args.weights)
     builtin = args.data.startswith("builtin:")
 
@@ -120,6 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return torch.stack([ds[i]["x"] for i in idx]) if len(idx) else None
 
     # Held-out images for the metrics; PCA is fitted on other images of the same source.
+    args.n = args.n or 64
     x = images("val" if builtin else "train", 0, args.n)
     fit = images("train", 0 if builtin else args.n, args.fit_n) if "pca" in args.baseline else None
     out_dir = args.out_dir or (str(Path(args.json).with_suffix("")) + "-files" if args.json else "eval-out")
@@ -139,6 +147,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_classic(args: argparse.Namespace, model, cfg) -> int:
+    """A classic run: its metrics (table row), reconstructions / samples / interpolations figure."""
+    from eval.classic import TABLE_HEADER, evaluate_classic, save_rows_figure, table_row
+    from eval.report import write_json
+
+    if args.data and args.data != cfg.data.path:
+        cfg.data.path = args.data  # same input shape required; the model decides
+    result = evaluate_classic(model, cfg, n=args.n or 512)
+    out_dir = Path(args.out_dir or (str(Path(args.json).with_suffix("")) + "-files" if args.json else "eval-out"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(args.model).resolve().name
+    (out_dir / "table.md").write_text(TABLE_HEADER + "\n" + table_row(name, result["metrics"]) + "\n")
+    files = {"table": str(out_dir / "table.md")}
+    if result["rows"]:
+        files["figure"] = str(save_rows_figure([(name, result["rows"])], out_dir / "figure.png"))
+    out = {**result["metrics"], "files": files}
+    print(json.dumps(out, indent=1))
+    if args.json:
+        write_json(out, args.json)
+    return 0
+
+
 def cmd_bench_encode(args: argparse.Namespace) -> int:
     from eval.bench.encode import bench_encode
 
@@ -150,6 +180,18 @@ def cmd_bench_quantizer(args: argparse.Namespace) -> int:
 
     return _emit(bench_quantizer(codebook_size=args.codebook_size, dim=args.dim, n_vectors=args.n_vectors,
                                  steps=args.steps, reference=not args.no_reference), args.json)
+
+
+def cmd_bench_classic(args: argparse.Namespace) -> int:
+    from eval.bench.classic import bench_classic
+
+    res = bench_classic(recipes=args.recipes, out=args.out, steps=args.steps,
+                        only=args.only.split(",") if args.only else None, threads=args.threads)
+    print(res["table"])
+    print(f"table, figure and results in {args.out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -239,10 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(when Inception weights are present; else reported as unavailable), latent "
                                    "statistics and throughput, optionally beside JPEG at the same bits per pixel and "
                                    "patch PCA with the same number of latent values.")
-    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL/VQModel dir, aetk model dir or SD single file")
-    p.add_argument("--data", required=True)
+    p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL/VQModel dir, aetk model dir or SD single "
+                                 "file; a classic run (model.kind: classic) gets its own report (eval/classic.py)")
+    p.add_argument("--data", help="evaluation data (required, except for classic runs: their own data)")
     p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--n", type=int, default=64, help="evaluation images (default 64)")
+    p.add_argument("--n", type=int, default=None, help="evaluation images (default 64; classic runs: up to 512 "
+                                                       "held-out examples)")
     p.add_argument("--fit-n", type=int, default=256, help="images PCA is fitted on (default 256)")
     p.add_argument("--baseline", action="append", choices=["jpeg", "pca"], default=[],
                    help="add a baseline (repeatable)")
@@ -313,6 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="time aetk only")
     p.add_argument("--json")
     p.set_defaults(func=cmd_bench_quantizer)
+
+    p = bsub.add_parser("classic", help="train + evaluate every classic autoencoder recipe: one table, one figure",
+                        description="Trains each recipe in configs/classic through `aetk train`'s code path, "
+                                    "evaluates it as `aetk eval` does (held-out MSE/PSNR, PCA with the same code "
+                                    "size, ELBO, sparsity, denoising gain, inpainting, anomaly AUC, SAE dead "
+                                    "latents) and writes table.md, figure.png and results.json to --out.")
+    p.add_argument("--recipes", default="configs/classic", help="directory of recipes (default configs/classic)")
+    p.add_argument("--out", default="runs/bench-classic", help="run directories, table and figure go here")
+    p.add_argument("--steps", type=int, help="train every recipe this many steps (default: each recipe's own)")
+    p.add_argument("--only", help="comma-separated recipe names, e.g. vae,beta-vae")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the models are tiny)")
+    p.add_argument("--json", help="also write the results here")
+    p.set_defaults(func=cmd_bench_classic)
     return parser
 
 

@@ -42,19 +42,146 @@ class DataConfig:
     """Images used for validation metrics and the reconstruction grid."""
     num_workers: int = 0
     """DataLoader worker processes per training process."""
+    segment_seconds: float = 1.0
+    """Audio (`model.kind: soundstream`): length of each training crop, seconds (validation clips too)."""
+    silence_db: float = -40.0
+    """Audio: a random crop quieter than this (dBFS RMS) is redrawn (a few times) so batches hold sound."""
+    holdout_class: int | None = None
+    """`builtin:digits`: leave this digit out of training (anomaly detection); validation keeps it."""
 
     def __post_init__(self) -> None:
+        _check(self.holdout_class is None or 0 <= self.holdout_class <= 9, "data.holdout_class", "a digit 0-9 or null")
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution", "a multiple of 8, >= 8")
         _check(self.val_size >= 1, "data.val_size", ">= 1")
         _check(self.num_workers >= 0, "data.num_workers", ">= 0")
+        _check(self.segment_seconds > 0, "data.segment_seconds", "> 0")
+
+
+@dataclass
+class ClassicConfig:
+    """`model.kind: classic`: the classic autoencoder family (`tokenizers_ae/classic/`). Each
+    variant reads only the keys it needs; `train/classic_registry.py` maps variants to builders."""
+
+    variant: Literal["linear", "mlp", "deep", "conv", "overcomplete", "denoising", "sparse_kl", "sparse_l1",
+                     "topk", "contractive", "stacked", "recurrent", "vae", "cvae", "aae", "wae", "mae",
+                     "sae"] = "mlp"
+    """Which autoencoder (`beta-VAE` is `vae` with beta > 1)."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [128])
+    """MLP widths between the input and the code (mirrored in the decoder); `stacked`: one layer each,
+    the last is the code; `recurrent`: the first is the RNN's hidden size."""
+    code_size: int = 16
+    """Units in the code (latent dimensions; SAE: dictionary size)."""
+    activation: Literal["relu", "sigmoid", "tanh", "gelu"] = "relu"
+    """Hidden nonlinearity of the MLPs."""
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    """`conv`: channels per stride-2 level."""
+    sparsity_weight: float = 0.1
+    """`sparse_kl`, `sparse_l1`, `overcomplete`: weight of the sparsity penalty (Ng's beta for KL)."""
+    rho: float = 0.05
+    """`sparse_kl`: target mean activation of each (sigmoid) code unit."""
+    k: int = 4
+    """`topk`, `sae`: active code units per input."""
+    auxk_weight: float = 0.03125
+    """`sae`: weight of the auxiliary top-k loss that revives dead latents (Gao et al.: 1/32)."""
+    dead_steps: int = 200
+    """`sae`: a latent that has not fired for this many training batches counts as dead."""
+    corruption: Literal["gaussian", "masking", "salt_pepper"] = "gaussian"
+    """`denoising`: additive Gaussian noise, masking (values set to 0, mid-range) or salt-and-pepper."""
+    corruption_level: float = 0.5
+    """`denoising`: noise std (on the [-1, 1] scale) or the fraction of values corrupted."""
+    contractive_weight: float = 0.1
+    """`contractive`: weight of the squared Frobenius norm of the encoder Jacobian."""
+    pretrain_steps: int = 100
+    """`stacked`: greedy steps per layer before fine-tuning the whole stack."""
+    rnn: Literal["gru", "lstm"] = "gru"
+    """`recurrent`: the cell of the encoder and decoder."""
+    beta: float = 1.0
+    """`vae`, `cvae`: weight of the KL term (beta-VAE when > 1)."""
+    decoder_std: float = 0.2
+    """`vae`, `cvae`: std of the Gaussian decoder p(x|z) on the [-1, 1] pixel scale (sets the ELBO)."""
+    num_classes: int = 10
+    """`cvae`: classes of the label the model is conditioned on."""
+    adv_weight: float = 1.0
+    """`aae`: weight of the generator's term from the latent discriminator."""
+    disc_hidden: int = 64
+    """`aae`: width of the latent discriminator's two hidden layers."""
+    mmd_weight: float = 10.0
+    """`wae`: weight of the MMD between the code distribution and the N(0, I) prior."""
+    mask_ratio: float = 0.75
+    """`mae`: fraction of patches hidden from the encoder."""
+    patch_size: int = 4
+    """`mae`: side of a square patch, pixels."""
+    vit_dim: int = 64
+    """`mae`: encoder width (the decoder is half as wide)."""
+    vit_depth: int = 2
+    """`mae`: encoder layers (the decoder has one)."""
+    vit_heads: int = 4
+    """`mae`: attention heads."""
+    lm: str | None = None
+    """`sae` on `builtin:lm-activations`: a local transformers causal-LM directory; null: a tiny
+    randomly initialised GPT-2 over bytes (nothing downloaded)."""
+    lm_layer: int = 1
+    """`sae`: residual stream after this many transformer blocks (0: the embeddings)."""
+    lm_tokens: int = 16384
+    """`sae`: tokens of offline text (Python's stdlib docstrings) whose activations are collected."""
+
+    def __post_init__(self) -> None:
+        _check(self.code_size >= 1, "model.classic.code_size", ">= 1")
+        _check(all(h >= 1 for h in self.hidden_sizes), "model.classic.hidden_sizes", "positive widths")
+        _check(len(self.channels) >= 1, "model.classic.channels", "a non-empty list")
+        _check(0 < self.rho < 1, "model.classic.rho", "in (0, 1)")
+        _check(1 <= self.k <= self.code_size, "model.classic.k", f"in [1, code_size={self.code_size}]")
+        _check(0 <= self.corruption_level, "model.classic.corruption_level", ">= 0")
+        _check(self.corruption == "gaussian" or self.corruption_level <= 1, "model.classic.corruption_level",
+               "<= 1 for masking and salt_pepper (a fraction)")
+        _check(0 <= self.mask_ratio < 1, "model.classic.mask_ratio", "in [0, 1)")
+        _check(self.decoder_std > 0, "model.classic.decoder_std", "> 0")
+        for key in ("sparsity_weight", "auxk_weight", "contractive_weight", "beta", "adv_weight", "mmd_weight"):
+            _check(getattr(self, key) >= 0, f"model.classic.{key}", ">= 0")
+        _check(self.pretrain_steps >= 1 and self.dead_steps >= 1, "model.classic.pretrain_steps", ">= 1 (and dead_steps)")
+        _check(self.lm_layer >= 0 and self.lm_tokens >= 64, "model.classic.lm_layer", ">= 0 (and lm_tokens >= 64)")
+
+
+@dataclass
+class CodecConfig:
+    """`model.kind: soundstream`: the causal SEANet encoder/decoder (`audio_codec/`). The residual
+    VQ between them reads `model.rvq_levels`, `codebook_size`, `quantizer_dropout` and the VQ keys."""
+
+    sample_rate: int = 24000
+    """Model rate, Hz (audio is resampled to it on load)."""
+    ratios: list[int] = field(default_factory=lambda: [8, 5, 4, 2])
+    """Decoder upsampling strides (the encoder uses them reversed); hop = their product."""
+    n_filters: int = 32
+    """Channels of the first stage, doubled at every downsampling (unless `stage_channels`)."""
+    stage_channels: list[int] | None = None
+    """Explicit widths, sample-rate stage first, len(ratios)+1 of them: compute sits in the early
+    (high-rate) stages, parameters in the late ones, so a fast codec is narrow early, wide late."""
+    dimension: int = 128
+    """Latent channels per frame (the quantizer's input)."""
+    lstm_layers: int = 2
+    """LSTM layers at the bottleneck (0: none)."""
+    n_residual_layers: int = 1
+    """Residual units per stage (dilations dilation_base**j)."""
+    dilation_base: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.sample_rate >= 1000, "model.codec.sample_rate", ">= 1000 Hz")
+        _check(len(self.ratios) >= 1 and all(r >= 1 for r in self.ratios), "model.codec.ratios", "positive strides")
+        _check(self.stage_channels is None or len(self.stage_channels) == len(self.ratios) + 1,
+               "model.codec.stage_channels", "null or len(ratios)+1 widths")
+        _check(self.dimension >= 1 and self.n_filters >= 1, "model.codec.dimension", ">= 1 (and n_filters)")
+        _check(self.lstm_layers >= 0 and self.n_residual_layers >= 1, "model.codec.lstm_layers",
+               ">= 0 (and n_residual_layers >= 1)")
 
 
 @dataclass
 class ModelConfig:
-    kind: Literal["kl_vae", "vq_vae", "diffusion_prior"] = "kl_vae"
+    kind: Literal["kl_vae", "vq_vae", "diffusion_prior", "classic", "soundstream"] = "kl_vae"
     """Model family (`train/registry.py`): `kl_vae` (continuous latents), `vq_vae` (tokens; a
-    VQ-GAN when trained with the discriminator on) or `diffusion_prior` (a UNet over the latents
-    of `aetk encode`; data.path is the encode directory, latent shape from its manifest)."""
+    VQ-GAN when trained with the discriminator on), `diffusion_prior` (a UNet over the latents
+    of `aetk encode`; data.path is the encode directory, latent shape from its manifest) or
+    `classic` (the classic autoencoder family; `model.classic` picks the variant) or
+    `soundstream` (the neural audio codec; `model.codec` and the RVQ keys)."""
     init_from: str | None = None
     """A VAE to fine-tune: a diffusers `AutoencoderKL` directory (its architecture wins over the
     keys below) or a Stable Diffusion / latent-diffusion single `.safetensors` file (architecture
@@ -98,6 +225,10 @@ class ModelConfig:
     first_stage: str | None = None
     """Diffusion prior: the KL-VAE (run dir, diffusers dir or single file) whose decoder turns sampled
     latents into images for eval grids and `aetk sample`."""
+    classic: ClassicConfig = field(default_factory=ClassicConfig)
+    """`model.kind: classic`: the variant and its settings."""
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    """`model.kind: soundstream`: the audio codec's encoder/decoder."""
 
     def __post_init__(self) -> None:
         _check(len(self.block_out_channels) >= 1, "model.block_out_channels", "a non-empty list")
@@ -150,6 +281,18 @@ class LossConfig:
     """Clamp of the adaptive adversarial weight (taming's 1e4)."""
     r1_weight: float = 0.0
     """R1 penalty gamma/2 * E||grad_x D(x_real)||^2 on the discriminator (0: off)."""
+    mel_weight: float = 15.0
+    """Audio: multi-scale mel L1 (log + magnitude, DAC's windows 32..2048) weight."""
+    stft_weight: float = 1.0
+    """Audio: multi-scale log-STFT + spectral convergence weight."""
+    waveform_weight: float = 0.1
+    """Audio: waveform L1 weight."""
+    feature_weight: float = 2.0
+    """Feature-matching weight (discriminators that return features: the audio ones)."""
+    audio_discriminators: list[Literal["msstft", "mpd"]] = field(default_factory=lambda: ["msstft", "mpd"])
+    """Audio: EnCodec's multi-scale STFT discriminator and/or HiFi-GAN's multi-period one."""
+    mpd_channels: list[int] = field(default_factory=lambda: [32, 128, 512, 1024, 1024])
+    """Audio: channels of each multi-period sub-discriminator (HiFi-GAN's; narrower trains faster)."""
     guard: Literal["off", "warn", "lower", "stop"] = "warn"
     """What to do when the GAN goes wrong after onset (reconstruction degrades beyond
     `guard_rec_increase`, or the discriminator is saturated for `guard_saturation_steps`): log a
@@ -162,7 +305,8 @@ class LossConfig:
     """Consecutive steps with the discriminator >= 99% right on real and fake that trip the guard."""
 
     def __post_init__(self) -> None:
-        for k in ("perceptual_weight", "kl_weight", "disc_weight", "r1_weight", "guard_rec_increase"):
+        for k in ("perceptual_weight", "kl_weight", "disc_weight", "r1_weight", "guard_rec_increase", "mel_weight",
+                  "stft_weight", "waveform_weight", "feature_weight"):
             _check(getattr(self, k) >= 0, f"loss.{k}", ">= 0")
         _check(self.disc_start >= 0, "loss.disc_start", ">= 0")
         _check(self.disc_ramp_steps >= 0, "loss.disc_ramp_steps", ">= 0")

@@ -106,9 +106,35 @@ def _vq_from_native(path: Path):
     meta = json.loads((path / "aetk_model.json").read_text())
     if meta.get("format") != "aetk-model" or meta.get("version") != 1:
         raise ValueError(f"{path}: unsupported aetk model format {meta.get('format')} v{meta.get('version')}")
-    model = build_model(config_from_dict({"model": meta["recipe"]}))
+    model = build_model(config_from_dict({"model": meta["recipe"], **({"data": meta["data"]} if "data" in meta else {})}))
     model.load_state_dict(load_file(path / "model.safetensors"), strict=True)
     return model.eval()
+
+
+def load_classic(path: str | Path, *, weights: str = "ema"):
+    """(model in eval mode, its Config) of a `model.kind: classic` run dir, checkpoint or exported
+    model/ dir; None when `path` holds something else."""
+    from train.config import config_from_dict
+    from train.registry import build_model
+
+    p = Path(path)
+    if (p / "aetk_model.json").is_file():
+        meta = json.loads((p / "aetk_model.json").read_text())
+        if meta.get("recipe", {}).get("kind") != "classic":
+            return None
+        cfg = config_from_dict({"model": meta["recipe"], "data": meta.get("data", {})})
+        return _vq_from_native(p), cfg
+    ckpt = _checkpoint_of(p) if p.is_dir() else None
+    if ckpt is None:
+        return None
+    cfg = load_config(ckpt / "config.yaml")
+    if cfg.model.kind != "classic":
+        return None
+    model = build_model(cfg)
+    if weights == "ema" and cfg.train.ema_decay is None:
+        weights = "raw"  # trained without an average: the raw weights are the model
+    model.load_state_dict(_checkpoint_state(ckpt, weights), strict=True)
+    return model.eval(), cfg
 
 
 def load_tokenizer(path: str | Path, *, weights: str = "ema"):

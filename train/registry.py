@@ -79,13 +79,52 @@ def build_vq_vae(cfg: Config) -> VQVAE:
     return model
 
 
-MODELS = {"kl_vae": build_kl_vae, "vq_vae": build_vq_vae, "diffusion_prior": lambda cfg: build_prior(cfg)}
+def build_codec(cfg: Config) -> nn.Module:
+    """The SoundStream codec: causal SEANets around a residual VQ with the recipe's VQ options."""
+    from audio_codec.model import build_soundstream
+
+    m, c = cfg.model, cfg.model.codec
+    model = build_soundstream(
+        sample_rate=c.sample_rate, n_filters=c.n_filters, ratios=tuple(c.ratios), dimension=c.dimension,
+        lstm_layers=c.lstm_layers, stage_channels=c.stage_channels, n_residual_layers=c.n_residual_layers,
+        dilation_base=c.dilation_base, num_quantizers=m.rvq_levels, codebook_size=m.codebook_size,
+        quantizer_dropout=m.quantizer_dropout, ema_decay=m.vq_ema_decay, dead_code_threshold=m.dead_code_threshold,
+        kmeans_init=m.kmeans_init, cosine=m.cosine, codebook_dim=m.codebook_dim,
+        commitment_weight=cfg.loss.commitment_weight)
+    model.recipe = config_to_dict(cfg)["model"]  # lets the native export rebuild the same model
+    return model
+
+
+def build_audio_losses(cfg: Config):
+    """Reconstruction loss and discriminator of the audio codec (mel + STFT + L1; MS-STFT + MPD)."""
+    from audio_codec.discriminators import CombinedDiscriminator, MultiPeriodDiscriminator, MultiScaleSTFTDiscriminator
+    from audio_codec.losses import AudioReconstructionLoss, MultiScaleMelLoss, MultiScaleSTFTLoss
+
+    loss = cfg.loss
+    rec = AudioReconstructionLoss(
+        mel=MultiScaleMelLoss(sample_rate=cfg.model.codec.sample_rate), stft=MultiScaleSTFTLoss(),
+        mel_weight=loss.mel_weight, stft_weight=loss.stft_weight, waveform_weight=loss.waveform_weight)
+    table = {"msstft": lambda: MultiScaleSTFTDiscriminator(filters=loss.disc_channels),
+             "mpd": lambda: MultiPeriodDiscriminator(channels=tuple(loss.mpd_channels))}
+    discs = [table[name]() for name in dict.fromkeys(loss.audio_discriminators)]
+    return rec, (CombinedDiscriminator(discs) if discs else None)
+
+
+def build_classic(cfg: Config) -> nn.Module:
+    from train.classic_registry import build_classic as build  # the variant table lives there
+
+    return build(cfg)
+
+
+MODELS = {"kl_vae": build_kl_vae, "vq_vae": build_vq_vae, "diffusion_prior": lambda cfg: build_prior(cfg),
+          "classic": build_classic, "soundstream": build_codec}
 """model.kind -> builder(Config) -> nn.Module returning AEOutput."""
 
 REG_WEIGHTS = {
     "kl_vae": lambda cfg: {"kl": cfg.loss.kl_weight},
     "vq_vae": lambda cfg: {"vq/commitment": cfg.loss.commitment_weight, "vq/codebook": cfg.loss.codebook_weight,
                            "lfq/commitment": cfg.loss.commitment_weight, "lfq/entropy": cfg.loss.entropy_weight},
+    "soundstream": lambda cfg: {"vq/commitment": cfg.loss.commitment_weight, "vq/codebook": cfg.loss.codebook_weight},
 }
 """model.kind -> the weight of each regulariser the model reports."""
 
@@ -115,6 +154,10 @@ def build_prior(cfg: Config) -> DiffusionPrior:
 
 
 def build_task(cfg: Config, model: nn.Module | None = None):
+    if cfg.model.kind == "classic":
+        from train.classic_registry import build_classic_task
+
+        return build_classic_task(cfg, model)
     if cfg.model.kind == "diffusion_prior":
         from train.prior_task import DiffusionPriorTask
 
@@ -123,16 +166,19 @@ def build_task(cfg: Config, model: nn.Module | None = None):
                                   weight_decay=t.weight_decay)
     loss = cfg.loss
     model = model if model is not None else build_model(cfg)
-    rec = ReconstructionLoss(kind=loss.rec_loss, perceptual=build_perceptual(cfg),
-                             perceptual_weight=loss.perceptual_weight)
-    # Always built (it costs memory, not time, before disc_start) so a run resumed with a larger
-    # max_steps finds the same checkpoint layout.
-    disc = NLayerDiscriminator(in_channels=cfg.model.in_channels, channels=loss.disc_channels,
-                               n_layers=loss.disc_layers, norm=loss.disc_norm)
+    # The discriminator is always built (it costs memory, not time, before disc_start) so a run
+    # resumed with a larger max_steps finds the same checkpoint layout.
+    if cfg.model.kind == "soundstream":
+        rec, disc = build_audio_losses(cfg)
+    else:
+        rec = ReconstructionLoss(kind=loss.rec_loss, perceptual=build_perceptual(cfg),
+                                 perceptual_weight=loss.perceptual_weight)
+        disc = NLayerDiscriminator(in_channels=cfg.model.in_channels, channels=loss.disc_channels,
+                                   n_layers=loss.disc_layers, norm=loss.disc_norm)
     t = cfg.train
     return AutoencoderGANTask(
         autoencoder=model, rec_loss=rec, discriminator=disc, reg_weights=REG_WEIGHTS[cfg.model.kind](cfg),
         lr=t.lr, disc_lr=t.disc_lr, betas=t.betas, weight_decay=t.weight_decay,
         disc_start=loss.disc_start, disc_weight=loss.disc_weight, adaptive=loss.adaptive_weight,
         disc_loss=loss.disc_loss, learn_logvar=loss.learn_logvar, ramp_steps=loss.disc_ramp_steps,
-        max_d_weight=loss.max_d_weight, r1_weight=loss.r1_weight)
+        max_d_weight=loss.max_d_weight, r1_weight=loss.r1_weight, feature_weight=loss.feature_weight)

@@ -51,6 +51,14 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     A diffusion prior instead samples latents and, with a first stage, decodes a grid."""
     if trainer.cfg.model.kind == "diffusion_prior":
         return _evaluate_prior(trainer, step)
+    if trainer.cfg.model.kind == "soundstream":
+        return _evaluate_audio(trainer, step)
+    if trainer.cfg.model.kind == "classic":
+        from eval.classic import evaluate_batch
+
+        batch = {k: v.to(trainer.accelerator.device) if torch.is_tensor(v) else v
+                 for k, v in trainer.loaders.val_batch().items()}
+        return evaluate_batch(trainer.averaged_model(), batch, grid=trainer.run_dir / "samples" / f"recon-{step:07d}.png")
     model = trainer.averaged_model()
     was_training = model.training
     model.eval()
@@ -63,6 +71,32 @@ def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     metrics = reconstruction_metrics(x, recon, lpips=lp if lp is not None and lp.pretrained else None)
     save_reconstruction_grid(x, recon, path=trainer.run_dir / "samples" / f"recon-{step:07d}.png")
     return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+def _evaluate_audio(trainer: Trainer, step: int) -> dict[str, float]:
+    """Codec: SI-SNR and mel distance of the validation clips at the full rate and at each standard
+    bitrate the model has (1.5/3/6/12 kbps at 24 kHz); WAVs and a spectrogram figure."""
+    from eval.audio import audio_metrics, save_audio_examples, save_spectrogram_grid
+
+    model = trainer.averaged_model()
+    was_training = model.training
+    model.eval()
+    x = trainer.loaders.val_batch()["x"].to(trainer.accelerator.device)
+    sr = model.sample_rate
+    out = {}
+    levels = sorted({n for n in (2, 4, 8, 16, model.num_quantizers) if n <= model.num_quantizers})
+    for n in levels:
+        with trainer.accelerator.autocast():
+            recon = model(x, n_quantizers=n).recon.float().clamp(-1, 1)
+        m = audio_metrics(recon, x, sample_rate=sr)
+        tag = f"{model.bitrate(n) / 1000:g}kbps"
+        out.update({f"eval/{k}@{tag}": v for k, v in m.items()})
+    out.update({f"eval/{k}": v for k, v in m.items()})  # at the full rate
+    model.train(was_training)
+    samples = trainer.run_dir / "samples"
+    save_audio_examples(x, recon, samples / f"audio-{step:07d}", sample_rate=sr)
+    save_spectrogram_grid(x, recon, samples / f"spectrogram-{step:07d}.png", sample_rate=sr)
+    return out
 
 
 def _first_stage(trainer: Trainer):
@@ -107,6 +141,18 @@ def export_model(trainer: Trainer, out_dir: Path) -> Path:
                 "latent_shape": trainer.loaders.train_dataset.latent_shape,
                 "first_stage": trainer.cfg.model.first_stage}
         (out_dir / "prior.json").write_text(json.dumps(meta, indent=1))
+        return out_dir
+    if trainer.cfg.model.kind == "soundstream":  # aetk's native format (+ the recipe to rebuild it)
+        from train.export import save_native
+
+        save_native(model, out_dir, model_config={"recipe": model.recipe})
+        return out_dir
+    if trainer.cfg.model.kind == "classic":  # plain nn.Modules: aetk's native format, with model + data keys
+        from train.config import config_to_dict
+        from train.export import save_native
+
+        cfg = config_to_dict(trainer.cfg)
+        save_native(model, out_dir, model_config={"recipe": cfg["model"], "data": cfg["data"]})
         return out_dir
     from train.export import export_vq
 

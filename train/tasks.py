@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
+from audio_codec.losses import feature_matching_loss
 from tokenizers_ae.losses.adversarial import adaptive_weight, d_loss, g_loss
 from tokenizers_ae.losses.reconstruction import ReconstructionLoss
 from tokenizers_ae.models.output import AEOutput
@@ -59,6 +60,15 @@ class Task(Protocol):
     def diagnose_nonfinite(self, batch: dict, autocast_dtype: torch.dtype | None) -> str: ...
 
 
+def _logits(out) -> list[torch.Tensor]:
+    """A discriminator's logits maps: one tensor (PatchGAN) or several (`DiscriminatorOutput`)."""
+    return list(out.logits) if hasattr(out, "logits") else [out]
+
+
+def _mean(losses: list[torch.Tensor]) -> torch.Tensor:
+    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+
 class Generator(nn.Module):
     """The generator phase's trainable state: the autoencoder plus the loss's own parameter
     (latent-diffusion's learned log-variance), so one optimizer and one wrapper hold both."""
@@ -90,7 +100,7 @@ class AutoencoderGANTask:
                  disc_lr: float | None = None, betas=(0.5, 0.9), weight_decay: float = 0.0,
                  disc_start: int = 0, disc_weight: float = 0.5, adaptive: bool = True,
                  disc_loss: str = "hinge", learn_logvar: bool = False, ramp_steps: int = 0,
-                 max_d_weight: float = 1e4, r1_weight: float = 0.0) -> None:
+                 max_d_weight: float = 1e4, r1_weight: float = 0.0, feature_weight: float = 0.0) -> None:
         self.generator = Generator(autoencoder, learn_logvar=learn_logvar)
         self.rec_loss = rec_loss  # frozen networks only: not trained, not checkpointed
         self.discriminator = discriminator
@@ -98,6 +108,8 @@ class AutoencoderGANTask:
         self.lr, self.disc_lr, self.betas, self.weight_decay = lr, disc_lr or lr, tuple(betas), weight_decay
         self.disc_start, self.disc_weight, self.adaptive, self.disc_loss = disc_start, disc_weight, adaptive, disc_loss
         self.ramp_steps, self.max_d_weight, self.r1_weight = ramp_steps, max_d_weight, r1_weight
+        self.feature_weight = feature_weight
+        """Feature matching (MelGAN/EnCodec), for discriminators that return hidden features."""
         self.adv_scale = 1.0
         """Multiplier on the adversarial weight; the trainer's GAN guard may lower it."""
         # Batch norm sees real and fake separately (taming); other norms let us batch them.
@@ -186,8 +198,15 @@ class AutoencoderGANTask:
         grad_nll = nll_grads[0]
         # The discriminator is frozen in this phase: call the bare module, take no parameter grads.
         disc = ctx.unwrap(models["discriminator"])
-        g = g_loss(self.disc_loss, disc(leaf))
-        (grad_g,) = torch.autograd.grad(g, leaf)
+        fake_out = disc(leaf)
+        g = _mean([g_loss(self.disc_loss, lg) for lg in _logits(fake_out)])
+        fm = None
+        if self.feature_weight > 0 and hasattr(fake_out, "features"):
+            with torch.no_grad():
+                real_features = disc(x).features
+            fm = feature_matching_loss(real_features, fake_out.features)
+        (grad_g,) = torch.autograd.grad(g, leaf, retain_graph=fm is not None)
+        grad_fm = torch.autograd.grad(fm, leaf)[0] if fm is not None else None
         if self.adaptive:
             last = gen.autoencoder.last_layer
             (w_nll,) = torch.autograd.grad(recon, last, grad_nll, retain_graph=True)
@@ -197,13 +216,18 @@ class AutoencoderGANTask:
             d_weight = adaptive_weight(w_nll, w_g, scale=self.disc_weight, max_weight=self.max_d_weight)
         else:
             d_weight = torch.tensor(self.disc_weight, device=x.device)
-        d_weight = d_weight * (self.ramp(ctx.step) * self.adv_scale)
-        grad_out = (grad_nll.float() + d_weight * grad_g.float()).to(recon.dtype)
-        # A surrogate whose gradient is the true one: d/d(recon) = grad_nll + w * grad_g.
-        surrogate = (recon * grad_out).sum() + reg
+        onset = self.ramp(ctx.step) * self.adv_scale
+        d_weight = d_weight * onset
+        grad_out = grad_nll.float() + d_weight * grad_g.float()
+        loss = nll.detach() + d_weight * g.detach() + reg.detach()
+        if fm is not None:
+            grad_out = grad_out + (self.feature_weight * onset) * grad_fm.float()
+            loss = loss + self.feature_weight * onset * fm.detach()
+            logs["gan/feature_matching"] = fm.detach()
+        # A surrogate whose gradient is the true one: d/d(recon) = grad_nll + w * grad_g (+ w_fm * grad_fm).
+        surrogate = (recon * grad_out.to(recon.dtype)).sum() + reg
         for p, gp in zip(loss_params, nll_grads[1:]):
             surrogate = surrogate + (p * gp.detach()).sum()
-        loss = nll.detach() + d_weight * g.detach() + reg.detach()
         logs.update({"loss": loss, "rec/nll": nll.detach(), "gan/g_loss": g.detach(),
                      "gan/d_weight": d_weight.detach(), "gan/ramp": torch.tensor(self.ramp(ctx.step)),
                      "gan/adv_scale": torch.tensor(self.adv_scale), **rec_logs})
@@ -213,17 +237,21 @@ class AutoencoderGANTask:
         if self.r1_weight > 0:
             real = real.detach().requires_grad_(True)
         if self._separate_d_calls:
-            logits_real, logits_fake = disc(real), disc(fake)
+            out_real, out_fake = disc(real), disc(fake)
         else:
-            logits_real, logits_fake = disc(torch.cat([real, fake])).chunk(2)
-        loss = d_loss(self.disc_loss, logits_real.float(), logits_fake.float())
+            out_real, out_fake = disc(torch.cat([real, fake])).chunk(2)
+        # Several sub-discriminators (audio): the mean of their losses, as EnCodec/DAC.
+        pairs = list(zip(_logits(out_real), _logits(out_fake)))
+        loss = _mean([d_loss(self.disc_loss, r.float(), f.float()) for r, f in pairs])
+        logits_real = torch.cat([r.detach().float().flatten() for r, _ in pairs])
+        logits_fake = torch.cat([f.detach().float().flatten() for _, f in pairs])
         logs = {"disc/logits_real": logits_real.detach().float().mean(),
                 "disc/logits_fake": logits_fake.detach().float().mean(),
                 # How often it is right: the guard watches these for saturation.
                 "disc/acc_real": (logits_real.detach() > 0).float().mean(),
                 "disc/acc_fake": (logits_fake.detach() < 0).float().mean()}
         if self.r1_weight > 0:
-            (grad,) = torch.autograd.grad(logits_real.float().sum(), real, create_graph=True)
+            (grad,) = torch.autograd.grad(sum(r.float().sum() for r, _ in pairs), real, create_graph=True)
             r1 = grad.pow(2).sum(dim=tuple(range(1, grad.ndim))).mean()
             loss = loss + 0.5 * self.r1_weight * r1
             logs["disc/r1"] = r1.detach()

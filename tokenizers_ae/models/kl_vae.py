@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from tokenizers_ae.models.output import AEOutput
+from tokenizers_ae.tiling import vae_decode, vae_moments
 
 NoiseFn = Callable[[torch.Size], torch.Tensor]
 
@@ -68,15 +69,16 @@ class KLVAE(nn.Module):
         """Weight of the decoder's output conv: where the adaptive GAN weight is measured."""
         return self.vae.decoder.conv_out.weight
 
-    def encode_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> mean, logvar each (B, c, h, w); logvar clamped as diffusers does."""
-        moments = self.vae._encode(x)  # (B, 2c, h, w), quant_conv applied
+    def encode_moments(self, x: torch.Tensor, tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> mean, logvar each (B, c, h, w); logvar clamped as diffusers does.
+        `tile`: run in exact tiles of that many pixels (bounded memory, inference only)."""
+        moments = vae_moments(self.vae, x, tile) if tile else self.vae._encode(x)  # (B, 2c, h, w)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, c, h, w) -> (B, C, H, W)."""
-        return self.vae._decode(z, return_dict=False)[0]
+    def decode(self, z: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+        """(B, c, h, w) -> (B, C, H, W); `tile` as in `encode_moments`."""
+        return vae_decode(self.vae, z, tile) if tile else self.vae._decode(z, return_dict=False)[0]
 
     def forward(self, x: torch.Tensor, noise: NoiseFn | None = None) -> AEOutput:
         """Reconstruct x. `noise(shape)` supplies the posterior noise (default: torch.randn) so a

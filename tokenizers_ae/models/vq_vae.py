@@ -12,6 +12,7 @@ from torch import nn
 
 from tokenizers_ae.models.output import AEOutput
 from tokenizers_ae.quantizers import Quantizer
+from tokenizers_ae.tiling import vae_decode, vae_moments
 
 
 def build_vq_backbone(*, in_channels: int = 3, block_out_channels: Sequence[int] = (64, 128),
@@ -46,16 +47,17 @@ class VQVAE(nn.Module):
     def last_layer(self) -> torch.Tensor:
         return self.decoder.conv_out.weight
 
-    def encode(self, x: torch.Tensor):
-        """(B, C, H, W) -> QuantizerOutput over (B, c, h, w) latents."""
-        return self.quantizer(self.quant_conv(self.encoder(x)))
+    def encode(self, x: torch.Tensor, tile: int | None = None):
+        """(B, C, H, W) -> QuantizerOutput over (B, c, h, w) latents. `tile`: run the encoder in exact
+        tiles of that many pixels (bounded memory, inference only)."""
+        return self.quantizer(vae_moments(self, x, tile))
 
-    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(quantized))
+    def decode(self, quantized: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+        return vae_decode(self, quantized, tile)
 
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+    def decode_indices(self, indices: torch.Tensor, tile: int | None = None) -> torch.Tensor:
         """Token grid (B, h, w) (or (B, Q, h, w) for residual VQ) -> images (B, C, H, W)."""
-        return self.decode(self.quantizer.indices_to_codes(indices))
+        return self.decode(self.quantizer.indices_to_codes(indices), tile)
 
     def forward(self, x: torch.Tensor, noise=None) -> AEOutput:  # noise: unused, deterministic model
         q = self.encode(x)

@@ -279,9 +279,14 @@ class SkimagePhotos(ImageDataset):
 
 def build_image_dataset(path: str, *, resolution: int, seed: int = 0, random_crop: bool = True,
                         random_flip: bool = True, image_column: str = "image", builtin_size: int = 512,
-                        split: str = "train") -> ImageDataset:
-    """"builtin:skimage" -> SkimagePhotos; a `save_to_disk` directory -> HFImageDataset; a .tar file or a
+                        split: str = "train", holdout_class: int | None = None) -> ImageDataset:
+    """"builtin:skimage" -> SkimagePhotos; "builtin:digits" -> scikit-learn's digits (train/data/digits.py,
+    `holdout_class` left out of its train split); a `save_to_disk` directory -> HFImageDataset; a .tar file or a
     directory of .tar shards -> TarShardImages; any other directory -> ImageFolder. Raises FileNotFoundError for a missing path, ValueError for a folder without images."""
+    if path == "builtin:digits":
+        from train.data.digits import Digits
+
+        return Digits(split=split, resolution=resolution, holdout_class=holdout_class)
     if path == "builtin:skimage":
         return SkimagePhotos(resolution=resolution, size=builtin_size, seed=seed, random_flip=random_flip,
                              split=split)
@@ -301,9 +306,13 @@ def build_image_dataset(path: str, *, resolution: int, seed: int = 0, random_cro
 
 
 def collate_images(items: list[dict]) -> dict[str, Any]:
-    """{"x": (B, 3, R, R), "index": LongTensor (B,), "bad": every item's bad indices, concatenated}."""
-    return {
+    """{"x": (B, 3, R, R), "index": LongTensor (B,), "bad": every item's bad indices, concatenated}, plus
+    "y": LongTensor (B,) when the items carry labels (builtin:digits)."""
+    out = {
         "x": torch.stack([it["x"] for it in items]),  # (B, 3, R, R)
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),  # (B,)
         "bad": [j for it in items for j in it["bad"]],
     }
+    if "y" in items[0]:
+        out["y"] = torch.tensor([it["y"] for it in items], dtype=torch.long)  # (B,)
+    return out

@@ -94,7 +94,29 @@ def build_loaders(cfg: Config, *, rank: int, world: int, micro_batch: int) -> Lo
     if is_latent_dir(d.path):  # `aetk encode` output: a prior trains on latents
         latents = LatentItems(d.path)
         return Loaders(cfg, rank, world, micro_batch, latents, LatentItems(d.val_path or d.path))
-    common = dict(resolution=d.resolution, seed=cfg.seed, image_column=d.image_column, builtin_size=d.builtin_size)
+    if cfg.model.kind == "soundstream":  # audio folders: crops of data.segment_seconds at the model's rate
+        from train.data.audio import AudioFolder
+
+        sr = cfg.model.codec.sample_rate
+        common = dict(sample_rate=sr, segment_samples=round(d.segment_seconds * sr), seed=cfg.seed,
+                      silence_db=d.silence_db)
+        try:
+            train = AudioFolder(d.path, random_crop=d.random_crop, **common)
+        except ConfigError as e:
+            raise ConfigError(f"data.path: {e}") from e
+        try:
+            val = AudioFolder(d.val_path or d.path, random_crop=False, **common)
+        except ConfigError as e:
+            raise ConfigError(f"data.val_path: {e}") from e
+        return Loaders(cfg, rank, world, micro_batch, train, val)
+    if d.path == "builtin:lm-activations":  # a sparse autoencoder trains on a language model's activations
+        from train.data.activations import LMActivations
+
+        c = cfg.model.classic
+        acts = {s: LMActivations(lm=c.lm, layer=c.lm_layer, n_tokens=c.lm_tokens, split=s) for s in ("train", "val")}
+        return Loaders(cfg, rank, world, micro_batch, acts["train"], acts["val"])
+    common = dict(resolution=d.resolution, seed=cfg.seed, image_column=d.image_column, builtin_size=d.builtin_size,
+                  holdout_class=d.holdout_class)
     try:
         train = build_image_dataset(d.path, random_crop=d.random_crop, random_flip=d.random_flip,
                                     split="train", **common)
