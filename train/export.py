@@ -137,6 +137,31 @@ def load_classic(path: str | Path, *, weights: str = "ema"):
     return model.eval(), cfg
 
 
+def load_codec(path: str | Path, *, weights: str = "ema"):
+    """A SoundStream audio codec in eval mode from a run dir, checkpoint or exported model/ dir.
+    Raises FileNotFoundError / ValueError naming what the path holds instead."""
+    from train.registry import build_model
+
+    p = Path(path)
+    for d in (p, p / "model"):
+        if (d / "aetk_model.json").is_file():
+            kind = json.loads((d / "aetk_model.json").read_text()).get("recipe", {}).get("kind")
+            if kind != "soundstream":
+                raise ValueError(f"{d} holds a {kind!r} model, not an audio codec (model.kind: soundstream)")
+            return _vq_from_native(d)
+    ckpt = _checkpoint_of(p) if p.is_dir() else None
+    if ckpt is None:
+        raise FileNotFoundError(f"{p}: not an audio codec run directory, checkpoint or exported model/ directory")
+    cfg = load_config(ckpt / "config.yaml")
+    if cfg.model.kind != "soundstream":
+        raise ValueError(f"{ckpt} is a {cfg.model.kind!r} run, not an audio codec (model.kind: soundstream)")
+    model = build_model(cfg)
+    if weights == "ema" and cfg.train.ema_decay is None:
+        weights = "raw"
+    model.load_state_dict(_checkpoint_state(ckpt, weights), strict=True)
+    return model.eval()
+
+
 def load_tokenizer(path: str | Path, *, weights: str = "ema"):
     """A KL-VAE (diffusers AutoencoderKL) or a VQ tokenizer (aetk VQVAE), in eval mode, from a run
     dir, checkpoint, diffusers directory (AutoencoderKL or VQModel), aetk native dir or single file."""
