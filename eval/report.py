@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from tokenizers_ae.tiling import vae_decode, vae_moments
+
 from eval.baselines import PatchPCA, jpeg_quality_for_bpp, jpeg_roundtrip
 from eval.image import reconstruction_metrics, save_reconstruction_grid
 from eval.latents import latent_statistics
@@ -19,14 +21,20 @@ JPEG_CURVE = (5, 10, 20, 35, 50, 75, 90)
 
 
 @torch.no_grad()
-def reconstruct(model, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, float]:
-    """Reconstructions of x (B, 3, H, W) (posterior means for a KL-VAE) and throughput in images/s."""
+def reconstruct(model, x: torch.Tensor, batch: int = 16, tile: int | None = None) -> tuple[torch.Tensor, float]:
+    """Reconstructions of x (B, 3, H, W) (posterior means for a KL-VAE) and throughput in images/s;
+    `tile`: encode and decode in exact tiles of that many pixels (bounded memory)."""
     model.eval()
     outs = []
     start = time.perf_counter()
     for s in range(0, x.shape[0], batch):
         xb = x[s:s + batch]
-        r = model(xb, sample_posterior=False).sample if isinstance(model, AutoencoderKL) else model(xb).recon
+        if tile and isinstance(model, AutoencoderKL):
+            r = vae_decode(model, vae_moments(model, xb, tile).chunk(2, dim=1)[0], tile)
+        elif tile:
+            r = model.decode(model.encode(xb, tile=tile).quantized, tile=tile)
+        else:
+            r = model(xb, sample_posterior=False).sample if isinstance(model, AutoencoderKL) else model(xb).recon
         outs.append(r.float().clamp(-1, 1))
     return torch.cat(outs), x.shape[0] / (time.perf_counter() - start)
 
@@ -68,11 +76,12 @@ def _rfid_or_reason(x: torch.Tensor, recon: torch.Tensor, weights: str | None):
 
 def evaluate(vae, x: torch.Tensor, *, fit_x: torch.Tensor | None = None,
              baselines: tuple[str, ...] = (), latent_bits: int = 16, lpips_weights: str | None = None,
-             inception_weights: str | None = None, out_dir: str | Path | None = None) -> dict:
+             inception_weights: str | None = None, out_dir: str | Path | None = None,
+             tile: int | None = None) -> dict:
     """`vae`: a diffusers AutoencoderKL or an aetk VQ tokenizer. x: (N, 3, H, W) evaluation images
     in [-1, 1]; fit_x: images PCA is fitted on (with the tokenizer's stride and latent channels)."""
     lp, lp_reason = _lpips_or_reason(lpips_weights)
-    recon, ips = reconstruct(vae, x)
+    recon, ips = reconstruct(vae, x, tile=tile)
     metrics = reconstruction_metrics(x, recon, lpips=lp)
     if lp is None:
         metrics["lpips"] = lp_reason

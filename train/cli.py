@@ -88,11 +88,15 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from train.codec import is_codec
     from train.encode import EncodeOptions, encode
+
+    if is_codec(args.model):
+        return _audio_command(lambda: _encode_audio(args))
 
     opts = EncodeOptions(resolution=args.resolution, batch_size=args.batch_size, shard_size=args.shard_size,
                          sample=args.sample, flip=args.flip, dtype=args.dtype, seed=args.seed,
-                         precision=args.precision, num_workers=args.num_workers)
+                         precision=args.precision, num_workers=args.num_workers, tile=args.tile)
     m = encode(args.model, args.data, args.out, opts)
     if m["format"] == "aetk-tokens":
         detail = (f"{m['count']} token grids {m['token_shape']}; codebook usage {m['codebook_usage']:.1%}, "
@@ -111,7 +115,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from train.export import load_tokenizer
 
     from train.export import load_classic
+    from train.codec import is_codec
 
+    if is_codec(args.model):
+        return _audio_command(lambda: _eval_audio(args))
     classic = load_classic(args.model, weights=args.weights)
     if classic is not None:
         return _eval_classic(args, *classic)
@@ -131,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     x = images("val" if builtin else "train", 0, args.n)
     fit = images("train", 0 if builtin else args.n, args.fit_n) if "pca" in args.baseline else None
     out_dir = args.out_dir or (str(Path(args.json).with_suffix("")) + "-files" if args.json else "eval-out")
-    result = evaluate(vae, x, fit_x=fit, baselines=tuple(args.baseline), latent_bits=args.latent_bits,
+    result = evaluate(vae, x, fit_x=fit, baselines=tuple(args.baseline), latent_bits=args.latent_bits, tile=args.tile,
                       lpips_weights=args.lpips_weights, inception_weights=args.inception_weights, out_dir=out_dir)
     if args.precision_audit:
         from diffusers import AutoencoderKL
@@ -200,6 +207,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from torchvision.utils import make_grid, save_image
 
     from latent_diffusion.diffusion_prior import DiffusionPrior, sample
+    from tokenizers_ae.tiling import vae_decode
     from train.export import load_vae
 
     model_dir = Path(args.run) / "model" if (Path(args.run) / "model" / "prior.json").is_file() else Path(args.run)
@@ -216,11 +224,62 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError("no first stage to decode with: pass --vae PATH")
     vae = load_vae(vae_path)
     with torch.no_grad():
-        images = vae.decode(z / meta["scaling_factor"]).sample.float().clamp(-1, 1)
+        images = vae_decode(vae, z / meta["scaling_factor"], args.tile).float().clamp(-1, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid((images + 1) / 2, nrow=min(8, args.n), padding=2, pad_value=1.0), args.out)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
+
+
+def _audio_command(run) -> int:
+    """Audio codec commands: a missing file, a model that is not a codec, a malformed `.aetk` or one
+    made by another model is one line on stderr and exit code 1 (config errors keep exit code 2)."""
+    try:
+        return run()
+    except ConfigError:
+        raise
+    except (FileNotFoundError, ValueError) as e:  # ContainerError and CodecMismatchError are ValueErrors
+        print(f"aetk: error: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_codec(args: argparse.Namespace) -> int:
+    from train import codec
+
+    def run() -> dict:
+        if args.codec == "compress":
+            return codec.compress(args.model, args.input, args.output, kbps=args.kbps, weights=args.weights)
+        if args.codec == "decompress":
+            return codec.decompress(args.model, args.input, args.output, weights=args.weights)
+        return codec.stream(args.model, args.input, args.output, kbps=args.kbps, chunk_ms=args.chunk_ms,
+                            threads=args.threads, weights=args.weights)
+
+    return _audio_command(lambda: _emit(run(), args.json))
+
+
+def _encode_audio(args: argparse.Namespace) -> int:
+    from train.codec import encode_audio
+
+    m = encode_audio(args.model, args.data, args.out, segment_seconds=args.segment_seconds,
+                     shard_size=args.shard_size, kbps=args.kbps, batch_size=args.batch_size,
+                     num_workers=args.num_workers)
+    print(f"{m['count']} token sequences {m['token_shape']} ({m['n_quantizers']} levels, {m['kbps']:g} kbps, "
+          f"{m['segment_seconds']:g} s segments); codebook usage {m['codebook_usage']:.1%}, perplexity "
+          f"{m['perplexity']:.1f}; {len(m['shards'])} shards at {args.out}; {len(m['bad'])} unreadable, "
+          f"{len(m['too_short'])} too short")
+    return 0
+
+
+def _eval_audio(args: argparse.Namespace) -> int:
+    from train.codec import evaluate_audio
+
+    if not args.data:
+        raise ConfigError("--data is required: a folder of held-out audio files")
+    out_dir = args.out_dir or (str(Path(args.json).with_suffix("")) + "-files" if args.json else "eval-out")
+    result = evaluate_audio(args.model, args.data, n=args.n or 16, segment_seconds=args.segment_seconds,
+                            kbps_list=tuple(args.kbps or (1.5, 3, 6, 12)), opus=not args.no_opus,
+                            out_dir=out_dir, weights=args.weights)
+    return _emit(result, args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Re-run the same command to resume; multi-process: torchrun --nproc_per_node N "
                                    "-m train.cli encode ...")
     p.add_argument("model", help="run dir, checkpoint, diffusers AutoencoderKL/VQModel dir, aetk model dir or SD single file")
-    p.add_argument("--data", required=True, help="image folder, datasets.save_to_disk dir or builtin:skimage")
+    p.add_argument("--data", required=True, help="image folder, datasets.save_to_disk dir or builtin:skimage "
+                                                  "(an audio folder for an audio codec: token shards for priors)")
     p.add_argument("--out", required=True)
     p.add_argument("--resolution", type=int, default=256, help="centre crop size (default 256)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -274,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder compute: bf16 autocast (default) or exact fp32")
     p.add_argument("--num-workers", type=int, default=None,
                    help="image-decoding workers (default: cores beyond 2, at most 4)")
+    p.add_argument("--segment-seconds", type=float, default=5.0,
+                   help="audio codec: split every file into segments this long (default 5; the last is "
+                        "zero-padded if at least half a segment, else dropped)")
+    p.add_argument("--kbps", type=float, help="audio codec: levels for this bitrate (default: all levels)")
+    p.add_argument("--tile", type=int, help="encode/decode in exact tiles of this many pixels: bounded memory for "
+                                           "large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("eval", help="reconstruction metrics, rate, latent stats; JPEG/PCA baselines; grid + RD plot",
@@ -299,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "layer that overflows, each precision's output error")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--out-dir", help="where the grid and plot go (default: beside --json)")
+    p.add_argument("--kbps", type=float, action="append",
+                   help="audio codec: a bitrate to evaluate (repeatable; default 1.5, 3, 6, 12)")
+    p.add_argument("--segment-seconds", type=float, default=5.0, help="audio codec: clip length (default 5)")
+    p.add_argument("--no-opus", action="store_true", help="audio codec: skip the Opus comparison")
+    p.add_argument("--tile", type=int, help="encode/decode in exact tiles of this many pixels: bounded memory for "
+                                           "large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="sample images from a trained diffusion prior through its first stage",
@@ -311,7 +383,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++"], default="ddim")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae", help="first stage to decode with (default: the run's model.first_stage)")
+    p.add_argument("--tile", type=int, help="encode/decode in exact tiles of this many pixels: bounded memory for "
+                                           "large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=cmd_sample)
+
+    codec = sub.add_parser("codec", help="audio codec: compress, decompress, stream",
+                           description="Compress audio to .aetk files, decompress them, or run the streaming "
+                                       "demo; each prints a JSON summary. --model: an audio codec run dir, "
+                                       "checkpoint or exported model/ dir (model.kind: soundstream).")
+    csub = codec.add_subparsers(dest="codec", required=True)
+    for name, help_text, out_help in (
+            ("compress", "audio file -> .aetk (mono, at the model rate)", "OUT.aetk"),
+            ("decompress", ".aetk -> 16-bit WAV (refuses files made by another model)", "OUT.wav"),
+            ("stream", "streaming demo: chunks through the streaming encoder and decoder -> WAV, with "
+                       "per-chunk latency and a check against a whole-file encode", "OUT.wav")):
+        p = csub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("input", help="IN.aetk" if name == "decompress" else "IN.wav (or FLAC / OGG)")
+        p.add_argument("output", help=out_help)
+        p.add_argument("--model", required=True, help="audio codec run dir, checkpoint or exported model/ dir")
+        p.add_argument("--weights", choices=["ema", "raw"], default="ema")
+        p.add_argument("--json", help="also write the summary here")
+        if name != "decompress":
+            p.add_argument("--kbps", type=float, default=6.0,
+                           help="target bitrate: the most levels at or under it (default 6)")
+        if name == "stream":
+            p.add_argument("--chunk-ms", type=float, default=20.0, help="audio per push, ms (default 20)")
+            p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+        p.set_defaults(func=cmd_codec)
 
     bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print JSON.")
     bsub = bench.add_subparsers(dest="bench", required=True)

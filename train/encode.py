@@ -25,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from tokenizers_ae.tiling import vae_moments
 from train.checkpoint import fault_point
 
 log = logging.getLogger("aetk.encode")
@@ -53,6 +55,8 @@ class EncodeOptions:
     """Decoding worker processes (overlap decoding with encoding). None: one per core beyond the two
     the encoder's threads use, at most 4 (0 on a 2-core machine, where a worker only steals time)."""
     progress: bool = True
+    tile: int | None = None
+    """Run the encoder in exact tiles of this many pixels (bounded memory for large images)."""
 
 
 class _Items(torch.utils.data.Dataset):
@@ -116,7 +120,7 @@ class _Latents:
     def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
         vae, opts = self.vae, self.opts
         with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
-            post = vae.encode(_fast_input(vae, xs, opts)).latent_dist
+            post = DiagonalGaussianDistribution(vae_moments(vae, _fast_input(vae, xs, opts), opts.tile))
         if not opts.sample:
             return post.mean.float().cpu()
         # Noise seeded per item: the same latents whatever the batch, shard or process split.
@@ -154,7 +158,7 @@ class _Tokens:
     @torch.no_grad()
     def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
         with torch.autocast(xs.device.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
-            return self.model.encode(_fast_input(self.model, xs, self.opts)).indices.cpu()
+            return self.model.encode(_fast_input(self.model, xs, self.opts), tile=self.opts.tile).indices.cpu()
 
     def store(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(torch.int16 if self.codebook_size <= 32767 else torch.int32)

@@ -7,7 +7,7 @@ from eval.bench.tiling import measure
 from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
 from tokenizers_ae.tiling import decode_tiled, encode_tiled
 
-SMALL = dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16)
+SMALL = dict(block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,249 @@
+"""`aetk codec compress/decompress/stream`, `aetk encode` and `aetk eval` of an audio codec, in-process:
+the round trip decodes what the model decodes, bad or foreign `.aetk` files are refused without writing
+anything, streaming gives the offline codes, token shards hold every segment, eval reports per bitrate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audio_codec.container import read_codes, state_dict_hash
+from latent_diffusion.latents import LatentShardDataset
+from train.cli import main
+from train.codec import evaluate_audio, is_codec, load_model, opus_tool
+from train.config import config_to_dict, load_config
+from train.export import save_native
+from train.registry import build_model
+
+SR, HOP, LEVELS, CODEBOOK = 8000, 16, 4, 16  # 500 frames/s x 4 bits: 2, 4, 6, 8 kbps
+TINY_CODEC = ["model.codec.sample_rate=8000", "model.codec.ratios=[4,4]", "model.codec.stage_channels=[4,8,8]",
+              "model.codec.dimension=8", "model.codec.lstm_layers=0", f"model.rvq_levels={LEVELS}",
+              f"model.codebook_size={CODEBOOK}", "model.kmeans_init=true"]
+
+
+def tone(n: int, seed: int = 0) -> np.ndarray:
+    t = np.arange(n) / SR
+    noise = np.random.default_rng(seed).standard_normal(n)
+    return (0.3 * np.sin(2 * np.pi * (220 + 50 * seed) * t) + 0.05 * noise).astype(np.float32)
+
+
+def tiny_codec_config(seed: int):
+    return load_config("configs/codec-tiny.yaml", [f"seed={seed}", *TINY_CODEC])
+
+
+def make_codec(path, seed: int):
+    """A tiny codec exported as `aetk train` exports one (model/ in aetk's native format), its codebooks
+    fitted by one k-means training forward so the codes vary."""
+    torch.manual_seed(seed)
+    model = build_model(tiny_codec_config(seed))
+    model.train()(torch.randn(2, 1, 1600) * 0.3, n_quantizers=LEVELS)
+    save_native(model.eval(), path, model_config={"recipe": model.recipe})
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost more than they save
+    root = tmp_path_factory.mktemp("codec-cli")
+    wav = root / "in.wav"
+    sf.write(wav, tone(2403), SR, subtype="FLOAT")  # not a whole number of frames
+    yield {"root": root, "model": make_codec(root / "model", 0), "other": make_codec(root / "other", 1), "wav": wav}
+    torch.set_num_threads(threads)
+
+
+def cli(capsys, *args) -> tuple[int, dict | None, str]:
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, (json.loads(out.out) if rc == 0 and out.out.startswith("{") else None), out.err
+
+
+def compress(capsys, env, out, kbps=6):
+    rc, summary, err = cli(capsys, "codec", "compress", env["wav"], out, "--model", env["model"], "--kbps", kbps)
+    assert rc == 0, err
+    return summary
+
+
+def test_round_trip_decodes_what_the_model_decodes(env, capsys, tmp_path):
+    aetk, wav = tmp_path / "x.aetk", tmp_path / "y.wav"
+    s = compress(capsys, env, aetk, kbps=6)
+    model = load_model(env["model"])
+    x = torch.from_numpy(sf.read(env["wav"], dtype="float32")[0])[None, None]  # (1, 1, T)
+    t = x.shape[-1]
+    codes, header = read_codes(aetk)
+    frames = math.ceil(t / HOP)
+    assert (s["levels"], s["frames"], s["samples"], s["nominal_kbps"]) == (3, frames, t, 6.0)
+    assert codes.shape == (1, 3, frames) and header.model_hash == state_dict_hash(model.state_dict())
+    # Achieved rate: the codes at the nominal rate (plus padding of the last frame) plus the header only.
+    size = aetk.stat().st_size
+    assert s["payload_bytes"] == math.ceil(frames * 3 * 4 / 8)
+    assert s["overhead_bytes"] == size - s["payload_bytes"] < 300
+    assert s["achieved_kbps"] == pytest.approx(size * 8 / (t / SR) / 1000)
+    payload_kbps = s["payload_bytes"] * 8 / (t / SR) / 1000
+    assert 6.0 <= payload_kbps <= 6.0 * (t + HOP) / t + 8 / (t / SR) / 1000  # < 1 frame + 1 byte of padding
+
+    rc, d, err = cli(capsys, "codec", "decompress", aetk, wav, "--model", env["model"])
+    assert rc == 0, err
+    y, sr = sf.read(wav, dtype="float32")
+    assert sr == SR and y.shape == (t,) and sf.info(wav).subtype == "PCM_16" and d["samples"] == t
+    with torch.no_grad():
+        ref = model.decode(model.encode(x, 3))[0, 0, :t].clamp(-1, 1)
+    assert ref.std() > 0  # not a trivial comparison
+    assert torch.allclose(torch.from_numpy(y), ref, atol=1e-3, rtol=0)  # 16-bit rounding only
+
+
+def test_fewer_levels_at_a_lower_bitrate_and_out_of_range_refused(env, capsys, tmp_path):
+    assert compress(capsys, env, tmp_path / "a.aetk", kbps=2.5)["levels"] == 1
+    rc, _, err = cli(capsys, "codec", "compress", env["wav"], tmp_path / "b.aetk", "--model", env["model"],
+                     "--kbps", 1)
+    assert rc == 1 and "outside this model's range" in err and not (tmp_path / "b.aetk").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flip", "CRC32 mismatch"), ("truncate", "truncated payload"), ("magic", "not an aetk audio file")])
+def test_corrupt_aetk_is_rejected_and_nothing_written(env, capsys, tmp_path, damage, message):
+    aetk, wav = tmp_path / "x.aetk", tmp_path / "y.wav"
+    compress(capsys, env, aetk)
+    data = bytearray(aetk.read_bytes())
+    if damage == "flip":
+        data[-10] ^= 0x01  # a payload byte
+    elif damage == "truncate":
+        data = data[:-7]
+    else:
+        data[:4] = b"RIFF"
+    aetk.write_bytes(bytes(data))
+    rc, _, err = cli(capsys, "codec", "decompress", aetk, wav, "--model", env["model"])
+    assert rc == 1 and message in err and err.startswith("aetk: error:")
+    assert list(tmp_path.iterdir()) == [aetk]  # no output, no temporary file
+
+
+def test_decompress_with_another_model_is_refused(env, capsys, tmp_path):
+    aetk, wav = tmp_path / "x.aetk", tmp_path / "y.wav"
+    compress(capsys, env, aetk)
+    rc, _, err = cli(capsys, "codec", "decompress", aetk, wav, "--model", env["other"])
+    ours, theirs = (state_dict_hash(load_model(env[k]).state_dict()) for k in ("model", "other"))
+    assert rc == 1 and "model hash" in err and ours in err and theirs in err
+    assert not wav.exists()
+
+
+def test_clear_errors_for_missing_files_and_non_codec_models(env, capsys, tmp_path):
+    rc, _, err = cli(capsys, "codec", "compress", tmp_path / "nope.wav", tmp_path / "x.aetk", "--model", env["model"])
+    assert rc == 1 and "nope.wav: no such file" in err
+    rc, _, err = cli(capsys, "codec", "decompress", tmp_path / "nope.aetk", tmp_path / "y.wav", "--model", env["model"])
+    assert rc == 1 and "nope.aetk: no such file" in err
+    rc, _, err = cli(capsys, "codec", "compress", env["wav"], tmp_path / "x.aetk", "--model", tmp_path / "no-model")
+    assert rc == 1 and "no-model: no such file or directory" in err
+    vq = tmp_path / "vq"
+    vq.mkdir()
+    meta = {"format": "aetk-model", "version": 1, "recipe": {"kind": "vq_vae"}}
+    (vq / "aetk_model.json").write_text(json.dumps(meta))
+    rc, _, err = cli(capsys, "codec", "stream", env["wav"], tmp_path / "y.wav", "--model", vq)
+    assert rc == 1 and "not an audio codec" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vq"]
+
+
+def test_is_codec_tells_codecs_from_other_models(env, tmp_path):
+    ckpt = tmp_path / "run" / "checkpoints" / "step-2"  # a checkpoint, before any export
+    ckpt.mkdir(parents=True)
+    (ckpt / "COMPLETE").write_text("")
+    import yaml
+
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config_to_dict(tiny_codec_config(0))))
+    kl = tmp_path / "kl"
+    kl.mkdir()
+    (kl / "COMPLETE").write_text("")
+    (kl / "config.yaml").write_text(yaml.safe_dump(config_to_dict(load_config("configs/kl-f4-tiny.yaml"))))
+    assert is_codec(env["model"]) and is_codec(ckpt) and is_codec(tmp_path / "run")
+    assert not is_codec(kl) and not is_codec(tmp_path / "missing") and not is_codec(env["wav"])
+
+
+def test_stream_gives_the_offline_codes_and_audio(env, capsys, tmp_path):
+    out = tmp_path / "s.wav"
+    rc, s, err = cli(capsys, "codec", "stream", env["wav"], out, "--model", env["model"], "--kbps", 6,
+                     "--chunk-ms", 7.5)  # 60 samples: not a multiple of the hop
+    assert rc == 0, err
+    assert s["codes_equal_offline"] is True and s["max_abs_diff_offline_audio"] < 1e-4
+    assert s["chunks"] == math.ceil(2403 / 60) and s["chunk_samples"] == 60 and s["levels"] == 3
+    assert s["frames"] == math.ceil(2403 / HOP)
+    assert s["algorithmic_latency_ms"] == pytest.approx(HOP / SR * 1000)
+    assert 0 < s["chunk_compute_ms"]["mean"] <= s["chunk_compute_ms"]["max"] and s["real_time_factor"] > 0
+    model = load_model(env["model"])
+    x = torch.from_numpy(sf.read(env["wav"], dtype="float32")[0])[None, None]
+    with torch.no_grad():
+        ref = model.decode(model.encode(x, 3))[0, 0, :2403].clamp(-1, 1)
+    y, sr = sf.read(out, dtype="float32")
+    assert sr == SR and torch.allclose(torch.from_numpy(y), ref, atol=1e-3, rtol=0)
+
+
+def test_encode_writes_one_token_sequence_per_segment(env, capsys, tmp_path):
+    data, out = tmp_path / "audio", tmp_path / "tokens"
+    data.mkdir()
+    seg = 800  # 0.1 s
+    lengths = {"a.wav": 2 * seg + seg // 2, "b.wav": 2 * seg + seg // 2 - 1, "c.wav": seg // 2 - 1}
+    for name, n in lengths.items():  # 3 segments (last half-full: padded), 2 (last dropped), 0 (too short)
+        sf.write(data / name, tone(n, seed=len(name) + n), SR)
+    (data / "d.wav").write_bytes(b"RIFF not really a wav file")
+    rc, _, err = cli(capsys, "encode", env["model"], "--data", data, "--out", out, "--segment-seconds", 0.1,
+                     "--shard-size", 2, "--kbps", 4)
+    assert rc == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["format"] == "aetk-tokens" and m["count"] == 5 and len(m["shards"]) == 3
+    assert m["token_shape"] == [2, seg // HOP] and m["n_quantizers"] == 2 and m["dtype"] == "int16"
+    assert (m["sample_rate"], m["hop_length"], m["frame_rate"]) == (SR, HOP, SR / HOP)
+    assert m["model_hash"] == state_dict_hash(load_model(env["model"]).state_dict())
+    assert [f["segments"] for f in m["files"]] == [3, 2, 0, 0]
+    assert m["too_short"] == [str(data / "c.wav")]
+    assert [b["source"] for b in m["bad"]] == [str(data / "d.wav")]
+    ds = LatentShardDataset(out)
+    tokens = torch.stack([ds[i]["tokens"] for i in range(len(ds))])  # (5, n_q, frames)
+    assert len(ds) == 5 and tokens.shape == (5, 2, seg // HOP)
+    assert tokens.min() >= 0 and tokens.max() < CODEBOOK and tokens.unique().numel() > 2
+    # The third segment of a.wav is its last half segment, zero-padded: the codes `compress` would give.
+    model = load_model(env["model"])
+    last = np.pad(sf.read(data / "a.wav", dtype="float32")[0][2 * seg:], (0, seg // 2))
+    with torch.no_grad():
+        assert torch.equal(tokens[2], model.encode(torch.from_numpy(last)[None, None], 2)[0])
+
+
+def test_eval_reports_metrics_per_bitrate(env, capsys, tmp_path):
+    data = tmp_path / "val"
+    data.mkdir()
+    for i in range(3):
+        sf.write(data / f"{i}.wav", tone(1600 + 37 * i, seed=i), SR)
+    rc, r, err = cli(capsys, "eval", env["model"], "--data", data, "--kbps", 2, "--kbps", 6, "--kbps", 24,
+                     "--segment-seconds", 0.2, "--no-opus", "--out-dir", tmp_path / "out",
+                     "--json", tmp_path / "r.json")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "r.json").read_text()) == r
+    assert r["clips"] == 3 and r["model_kbps"] == [2.0, 4.0, 6.0, 8.0]
+    assert [(c["kbps"], c["levels"]) for c in r["codec"]] == [(2, 1), (6, 3)]
+    for c in r["codec"]:
+        assert all(math.isfinite(c[k]) for k in ("si_snr", "mel_distance", "stft_distance"))
+        overhead = c["achieved_kbps"] - c["nominal_kbps"]  # one header per 0.2 s clip
+        assert 0 < overhead * 1000 / 8 * 0.2 < 300
+    assert r["skipped"] == [{"kbps": 24, "reason": "above the model's maximum (8 kbps)"}]
+    assert r["opus"] == {"available": False, "reason": "disabled (--no-opus)"}
+    assert (tmp_path / "out" / "spectrograms-6kbps.png").stat().st_size > 0
+
+
+def test_eval_compares_with_opus_or_says_why_not(env, tmp_path, monkeypatch):
+    data = tmp_path / "val"
+    data.mkdir()
+    sf.write(data / "0.wav", tone(1600), SR)
+    tool, why = opus_tool()
+    r = evaluate_audio(env["model"], data, n=1, segment_seconds=0.2, kbps_list=(2, 6))
+    if tool is None:
+        assert r["opus"] == {"available": False, "reason": why}
+    else:
+        assert r["opus"]["skipped"] == [{"kbps": 2, "reason": "below Opus's minimum of 6 kbps"}]
+        (o,) = r["opus"]["results"]
+        assert o["kbps"] == 6 and o["si_snr"] > 3 and o["achieved_kbps"] > 0  # Opus keeps a tone
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    r = evaluate_audio(env["model"], data, n=1, segment_seconds=0.2, kbps_list=(6,))
+    assert r["opus"]["available"] is False and "opus-tools" in r["opus"]["reason"] and len(r["codec"]) == 1
