@@ -189,6 +189,13 @@ def cmd_bench_quantizer(args: argparse.Namespace) -> int:
                                  steps=args.steps, reference=not args.no_reference), args.json)
 
 
+def cmd_bench_tiling(args: argparse.Namespace) -> int:
+    from eval.bench.tiling import bench_tiling
+
+    return _emit(bench_tiling(sizes=tuple(args.sizes), tile=args.tile, ops=tuple(args.ops), threads=args.threads),
+                 args.json)
+
+
 def cmd_bench_classic(args: argparse.Namespace) -> int:
     from eval.bench.classic import bench_classic
 
@@ -455,6 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="time aetk only")
     p.add_argument("--json")
     p.set_defaults(func=cmd_bench_quantizer)
+
+    p = bsub.add_parser("tiling", help="VAE decode/encode of large images: untiled vs aetk --tile vs diffusers tiling",
+                        description="Time, peak memory and max abs error against untiled, each in a fresh process, "
+                                    "for the kl-f8 (Stable Diffusion VAE) architecture with random weights.")
+    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="image sides (default 512 1024)")
+    p.add_argument("--tile", type=int, default=256, help="tile side, pixels (default 256)")
+    p.add_argument("--ops", nargs="+", choices=["decode", "encode"], default=["decode", "encode"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_bench_tiling)
 
     p = bsub.add_parser("classic", help="train + evaluate every classic autoencoder recipe: one table, one figure",
                         description="Trains each recipe in configs/classic through `aetk train`'s code path, "
