@@ -53,10 +53,10 @@ def test_klvae_encode_decode_accept_a_tile(vae, image):
 
 def test_peak_memory_falls_as_the_tile_shrinks():
     peaks = {}
-    for tile in (None, 256, 96):
+    for tile in (None, 128, 64):  # 256x256: each measurement is a fresh process; the bench does 512 and 1024
         method = "untiled" if tile is None else "aetk"
-        _, _, peaks[tile] = measure(dict(SMALL), 512, "decode", method, tile or 256, threads=2)
-    assert peaks[96] < peaks[256] < peaks[None], peaks
+        _, _, peaks[tile] = measure(dict(SMALL), 256, "decode", method, tile or 128, threads=1)
+    assert peaks[64] < peaks[128] < peaks[None], peaks
 
 
 def test_bad_tile_and_unsupported_blocks_are_clear_errors(vae, image):

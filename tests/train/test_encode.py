@@ -104,16 +104,19 @@ def test_two_process_encode_covers_every_item_once(vae_dir, folder, tmp_path):
 
 def test_tiled_encode_and_eval_match_untiled(vae_dir, folder, tmp_path):
     """--tile runs the exact tiled encoder: the same latents (and eval metrics) as untiled."""
+    from train.cli import main
+
+    common = ["--data", str(folder), "--resolution", "16"]
     plain, tiled = tmp_path / "plain", tmp_path / "tiled"
-    encode_cli(vae_dir, folder, plain, "--dtype", "float32", "--precision", "no")
-    encode_cli(vae_dir, folder, tiled, "--dtype", "float32", "--precision", "no", "--tile", "8")
+    for out, extra in ((plain, []), (tiled, ["--tile", "8"])):
+        assert main(["encode", str(vae_dir), *common, "--out", str(out), "--dtype", "float32", "--precision", "no",
+                     "--num-workers", "0", *extra]) == 0
     a, b = LatentShardDataset(plain), LatentShardDataset(tiled)
     for i in range(len(a)):
         torch.testing.assert_close(a[i]["latent"], b[i]["latent"], rtol=0, atol=1e-5)
     results = []
     for extra in ([], ["--tile", "8"]):
         out = tmp_path / f"eval{len(extra)}.json"
-        run_cli(["eval", str(vae_dir), "--data", str(folder), "--resolution", "16", "--n", "4", "--json", str(out),
-                 *extra])
+        assert main(["eval", str(vae_dir), *common, "--n", "4", "--json", str(out), *extra]) == 0
         results.append(json.loads(out.read_text())["model"]["psnr"])
     assert results[0] == pytest.approx(results[1], abs=1e-3)
