@@ -196,6 +196,13 @@ def cmd_bench_tiling(args: argparse.Namespace) -> int:
                  args.json)
 
 
+def cmd_bench_codec(args: argparse.Namespace) -> int:
+    from eval.bench.codec import bench_codec
+
+    return _emit(bench_codec(seconds=args.seconds, repeats=args.repeats, precision=args.precision, kbps=args.kbps,
+                             arch=args.arch, chunk_ms=tuple(args.chunk_ms), threads=args.threads), args.json)
+
+
 def cmd_bench_classic(args: argparse.Namespace) -> int:
     from eval.bench.classic import bench_classic
 
@@ -472,6 +479,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json")
     p.set_defaults(func=cmd_bench_tiling)
+
+    p = bsub.add_parser("codec", help="audio codec encode+decode speed vs transformers' EncodecModel (24 kHz, 6 kbps)",
+                        description="Real-time factors of EncodecModel (default config, random weights; also with "
+                                    "weight norm folded) and aetk's SoundStream (whole file and streaming chunks), "
+                                    "alternating in one run; medians. Run on a quiet machine.")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    p.add_argument("--kbps", type=float, default=6.0)
+    p.add_argument("--arch", choices=["fast", "encodec"], default="fast",
+                   help="ours: the fast architecture (configs/soundstream-24k.yaml) or EnCodec's own widths")
+    p.add_argument("--chunk-ms", type=float, nargs="+", default=[20, 80, 320, 640, 1280, 2560])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_bench_codec)
 
     p = bsub.add_parser("classic", help="train + evaluate every classic autoencoder recipe: one table, one figure",
                         description="Trains each recipe in configs/classic through `aetk train`'s code path, "
