@@ -9,18 +9,16 @@ A file that cannot be decoded never stops a run: it is logged once, reported in 
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-from typing import Any
 
 import numpy as np
 import torch
 
 from train.config import ConfigError
 from train.data.images import collate_images
+from train.data.skipping import SkippingDataset
 
-log = logging.getLogger("aetk.data")
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga")
 collate_audio = collate_images  # stacks "x" of any shape: (B, 1, S) here
@@ -53,7 +51,7 @@ def rms_db(x: np.ndarray) -> float:
     return 20 * math.log10(rms) if rms > 0 else -math.inf
 
 
-class AudioFolder(torch.utils.data.Dataset):
+class AudioFolder(SkippingDataset):
     """Every audio file (WAV, FLAC, OGG; any case) under `root`, recursively in sorted order; hidden files and
     directories skipped. Item i is a `segment_samples` crop of file i, mono at `sample_rate`.
 
@@ -63,6 +61,8 @@ class AudioFolder(torch.utils.data.Dataset):
     whole at every access: split long recordings into clips of seconds to minutes.
     """
 
+    what = "audio file"
+
     def __init__(self, root: str, *, sample_rate: int, segment_samples: int, seed: int = 0,
                  random_crop: bool = True, silence_db: float = -40.0, silence_tries: int = 5) -> None:
         if not os.path.isdir(root):
@@ -70,11 +70,9 @@ class AudioFolder(torch.utils.data.Dataset):
         if sample_rate < 1 or segment_samples < 1 or silence_tries < 1:
             raise ConfigError(f"sample_rate, segment_samples and silence_tries must be positive, got "
                               f"{sample_rate}, {segment_samples}, {silence_tries}")
-        self.path = str(root)
-        self.sample_rate, self.segment_samples, self.seed = sample_rate, segment_samples, seed
+        super().__init__(path=root, seed=seed)
+        self.sample_rate, self.segment_samples = sample_rate, segment_samples
         self.random_crop, self.silence_db, self.silence_tries = random_crop, silence_db, silence_tries
-        self.epoch = 0
-        self._bad: set[int] = set()  # per process: each DataLoader worker keeps its own
         files = []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -93,9 +91,6 @@ class AudioFolder(torch.utils.data.Dataset):
 
     def describe(self, i: int) -> str:
         return self.files[i]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def crop(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(T,) -> (segment_samples,): silence-aware random crop (or centre crop), zero-padded if short."""
@@ -116,40 +111,5 @@ class AudioFolder(torch.utils.data.Dataset):
                 break
         return best
 
-    def _try_load(self, j: int) -> np.ndarray | None:
-        if j in self._bad:  # known bad: don't pay for decoding it again, and warn only once
-            return None
-        try:
-            return self.load(j)
-        except Exception as e:  # noqa: BLE001 - any decoder failure must not stop a run
-            self._bad.add(j)
-            # DEBUG here: workers each hold a copy of `_bad`; the consumer warns once per file.
-            log.debug("skipping unreadable audio %s: %s: %s", self.describe(j), type(e).__name__, e)
-            return None
-
-    def why_unreadable(self, i: int) -> str:
-        """The decoder's error for item i ("" if it now reads), for a consumer's one warning."""
-        try:
-            self.load(i)
-            return ""
-        except Exception as e:  # noqa: BLE001
-            return f"{type(e).__name__}: {e}"
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        n = len(self)
-        i = int(i)
-        if not 0 <= i < n:
-            raise IndexError(f"index {i} out of range for dataset of size {n}")
-        bad: list[int] = []
-        for k in range(n):
-            j = (i + k) % n
-            audio = self._try_load(j)
-            if audio is None:
-                bad.append(j)
-                continue
-            # Seeded by the requested index i, so the stand-in for a bad item is itself deterministic.
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            seg = self.crop(audio, rng)
-            x = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.float32))[None]  # (1, S)
-            return {"x": x, "index": i, "bad": bad}
-        raise ValueError(f"no readable audio file in {self.path} ({n} files tried)")
+    def make(self, raw: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.crop(raw, rng), dtype=np.float32))[None]  # (1, S)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from train.data.skipping import SkippingDataset
+
 log = logging.getLogger("aetk.data")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -71,7 +73,7 @@ class ImageTransform:
         return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).contiguous()  # (3, R, R)
 
 
-class ImageDataset(torch.utils.data.Dataset):
+class ImageDataset(SkippingDataset):
     """Base: deterministic augmentation. `__getitem__(i)` returns {"x": Tensor(3,R,R) float32 in [-1,1],
     "index": int, "bad": list[int]}.
 
@@ -80,12 +82,11 @@ class ImageDataset(torch.utils.data.Dataset):
     Subclasses implement `__len__`, `load(i) -> PIL.Image` (may raise) and `describe(i) -> str`.
     """
 
+    what = "image"
+
     def __init__(self, *, path: str, transform: ImageTransform, seed: int = 0):
-        self.path = str(path)
+        super().__init__(path=path, seed=seed)
         self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-        self._bad: set[int] = set()  # per process: each DataLoader worker keeps its own
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -98,44 +99,8 @@ class ImageDataset(torch.utils.data.Dataset):
         """Human-readable source of item i, for reports of bad items."""
         raise NotImplementedError
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _try_load(self, j: int) -> Image.Image | None:
-        if j in self._bad:  # known bad: don't pay for decoding it again, and warn only once
-            return None
-        try:
-            return self.load(j)
-        except Exception as e:  # noqa: BLE001 - any decoder failure must not stop a run
-            self._bad.add(j)
-            # DEBUG here: workers each hold a copy of `_bad`; the consumer warns once per file.
-            log.debug("skipping unreadable image %s: %s: %s", self.describe(j), type(e).__name__, e)
-            return None
-
-    def why_unreadable(self, i: int) -> str:
-        """The decoder's error for item i ("" if it now reads), for a consumer's one warning."""
-        try:
-            self.load(i)
-            return ""
-        except Exception as e:  # noqa: BLE001
-            return f"{type(e).__name__}: {e}"
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        n = len(self)
-        i = int(i)
-        if not 0 <= i < n:
-            raise IndexError(f"index {i} out of range for dataset of size {n}")
-        bad: list[int] = []
-        for k in range(n):
-            j = (i + k) % n
-            img = self._try_load(j)
-            if img is None:
-                bad.append(j)
-                continue
-            # Seeded by the requested index i, so the stand-in for a bad item is itself deterministic.
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            return {"x": self.transform(img, rng), "index": i, "bad": bad}
-        raise ValueError(f"no readable image in dataset {self.path} ({n} items tried)")
+    def make(self, raw: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        return self.transform(raw, rng)
 
 
 def _open_file(path: str | Path) -> Image.Image:
