@@ -37,6 +37,13 @@ def _check_input(x: torch.Tensor) -> None:
         raise ValueError(f"discriminators take mono audio (B, 1, T), got shape {tuple(x.shape)}")
 
 
+def _run_all(discriminators: nn.ModuleList, x: torch.Tensor) -> DiscriminatorOutput:
+    """Each sub-discriminator's (logits, features) on the same input, as one output."""
+    _check_input(x)
+    outs = [d(x) for d in discriminators]
+    return DiscriminatorOutput([lg for lg, _ in outs], [fm for _, fm in outs])
+
+
 # --- EnCodec's MS-STFT discriminator -----------------------------------------------------------------------
 
 class STFTDiscriminator(nn.Module):
@@ -93,13 +100,7 @@ class MultiScaleSTFTDiscriminator(nn.Module):
             STFTDiscriminator(n_fft=n, filters=filters, dilations=dilations) for n in n_ffts)
 
     def forward(self, x: torch.Tensor) -> DiscriminatorOutput:
-        _check_input(x)
-        logits, features = [], []
-        for d in self.discriminators:
-            lg, fm = d(x)
-            logits.append(lg)
-            features.append(fm)
-        return DiscriminatorOutput(logits, features)
+        return _run_all(self.discriminators, x)
 
 
 # --- HiFi-GAN's multi-period discriminator ----------------------------------------------------------------
@@ -146,13 +147,7 @@ class MultiPeriodDiscriminator(nn.Module):
         self.discriminators = nn.ModuleList(PeriodDiscriminator(period=p, channels=channels) for p in periods)
 
     def forward(self, x: torch.Tensor) -> DiscriminatorOutput:
-        _check_input(x)
-        logits, features = [], []
-        for d in self.discriminators:
-            lg, fm = d(x)
-            logits.append(lg)
-            features.append(fm)
-        return DiscriminatorOutput(logits, features)
+        return _run_all(self.discriminators, x)
 
 
 class CombinedDiscriminator(nn.Module):

@@ -71,8 +71,8 @@ def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, f_min: float = 
 
 # --- shared STFT helpers --------------------------------------------------------------------------------
 
-def _as_batch(x: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T) / (B, T) / (T,) -> (B, T) float32."""
+def _as_batch(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, 1, T) / (B, T) / (T,) -> (B, T) in `dtype`."""
     if x.ndim == 3:
         if x.shape[1] != 1:
             raise ValueError(f"expected mono audio (B, 1, T), got shape {tuple(x.shape)}")
@@ -81,7 +81,7 @@ def _as_batch(x: torch.Tensor) -> torch.Tensor:
         x = x[None]
     elif x.ndim != 2:
         raise ValueError(f"expected audio of shape (B, 1, T), (B, T) or (T,), got {tuple(x.shape)}")
-    return x.float()
+    return x.to(dtype)
 
 
 def _check_pair(est: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

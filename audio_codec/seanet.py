@@ -213,7 +213,14 @@ class _SEANet(nn.Module):
     """What the encoder and decoder share: `layers`, `hop_length`, `forward`, `step`."""
 
     layers: StreamingSequential
-    hop_length: int
+
+    def __init__(self, *, channels: int, dimension: int, ratios: Sequence[int], n_filters: int,
+                 stage_channels: Sequence[int] | None) -> None:
+        super().__init__()
+        self.channels, self.dimension = channels, dimension
+        self.ratios = tuple(int(r) for r in ratios)
+        self.hop_length = math.prod(self.ratios)
+        self.stage_channels = _stage_channels(n_filters, len(self.ratios), stage_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
@@ -256,11 +263,8 @@ class SEANetEncoder(_SEANet):
                  n_filters: int = 32, stage_channels: Sequence[int] | None = None, n_residual_layers: int = 1,
                  kernel_size: int = 7, last_kernel_size: int = 7, residual_kernel_size: int = 3,
                  dilation_base: int = 2, compress: int = 2, true_skip: bool = False, lstm_layers: int = 2) -> None:
-        super().__init__()
-        self.channels, self.dimension = channels, dimension
-        self.ratios = tuple(int(r) for r in ratios)
-        self.hop_length = math.prod(self.ratios)
-        self.stage_channels = _stage_channels(n_filters, len(self.ratios), stage_channels)
+        super().__init__(channels=channels, dimension=dimension, ratios=ratios, n_filters=n_filters,
+                         stage_channels=stage_channels)
         widths = self.stage_channels
         layers: list[nn.Module] = [CausalConv1d(in_channels=channels, out_channels=widths[0], kernel_size=kernel_size)]
         for i, ratio in enumerate(reversed(self.ratios)):
@@ -291,11 +295,8 @@ class SEANetDecoder(_SEANet):
                  n_filters: int = 32, stage_channels: Sequence[int] | None = None, n_residual_layers: int = 1,
                  kernel_size: int = 7, last_kernel_size: int = 7, residual_kernel_size: int = 3,
                  dilation_base: int = 2, compress: int = 2, true_skip: bool = False, lstm_layers: int = 2) -> None:
-        super().__init__()
-        self.channels, self.dimension = channels, dimension
-        self.ratios = tuple(int(r) for r in ratios)
-        self.hop_length = math.prod(self.ratios)
-        self.stage_channels = _stage_channels(n_filters, len(self.ratios), stage_channels)
+        super().__init__(channels=channels, dimension=dimension, ratios=ratios, n_filters=n_filters,
+                         stage_channels=stage_channels)
         widths = self.stage_channels[::-1]  # bottleneck first
         layers: list[nn.Module] = [CausalConv1d(in_channels=dimension, out_channels=widths[0], kernel_size=kernel_size)]
         if lstm_layers:

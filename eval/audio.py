@@ -13,20 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from audio_codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss
+from audio_codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, _as_batch
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, T) / (B, T) / (T,) -> (B, T) float64."""
-    if x.ndim == 3:
-        if x.shape[1] != 1:
-            raise ValueError(f"expected mono audio (B, 1, T), got shape {tuple(x.shape)}")
-        x = x[:, 0]
-    elif x.ndim == 1:
-        x = x[None]
-    elif x.ndim != 2:
-        raise ValueError(f"expected audio of shape (B, 1, T), (B, T) or (T,), got {tuple(x.shape)}")
-    return x.detach().double()
+    return _as_batch(x.detach(), torch.float64)
 
 
 @torch.no_grad()
