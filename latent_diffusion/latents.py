@@ -16,7 +16,8 @@ FORMATS = {"aetk-latents": ("latents", "latent"), "aetk-tokens": ("tokens", "tok
 
 class LatentShardDataset(torch.utils.data.Dataset):
     """Item i -> {"latent": (c, h, w) float32, "index": source item, "flip": bool} for KL latents,
-    or {"tokens": (h, w) long, ...} for VQ tokens (`aetk-tokens` manifests).
+    or {"tokens": (h, w) long, ...} for VQ tokens (`aetk-tokens` manifests); plus "label": int
+    when the manifest has `num_classes` (a labelled source).
 
     `scale=True` multiplies latents by the manifest's scaling factor (1/std, as Stable
     Diffusion's 0.18215), the normalisation a diffusion prior trains in; `unscale` inverts it.
@@ -38,6 +39,9 @@ class LatentShardDataset(torch.utils.data.Dataset):
             raise ValueError("scale=True applies to KL latents, not to tokens")
         self.scaling_factor = float(self.manifest.get("scaling_factor", 1.0))
         self.scale = scale
+        self.num_classes = int(self.manifest.get("num_classes", 0))
+        """Classes of a labelled source (0: unlabelled); items then carry "label"."""
+        self.class_names = list(self.manifest.get("class_names", []))
         counts = [s["count"] for s in self.manifest["shards"]]
         self._starts = [0]
         for c in counts:
@@ -61,8 +65,11 @@ class LatentShardDataset(torch.utils.data.Dataset):
         z = z.long() if self.tensor_key == "tokens" else z.float()
         if self.scale:
             z = z * self.scaling_factor
-        return {self.item_key: z, "index": int(f.get_slice("index")[j:j + 1][0]),
+        item = {self.item_key: z, "index": int(f.get_slice("index")[j:j + 1][0]),
                 "flip": bool(f.get_slice("flip")[j:j + 1][0])}
+        if self.num_classes:
+            item["label"] = int(f.get_slice("label")[j:j + 1][0])
+        return item
 
     def unscale(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents back to the decoder's units."""

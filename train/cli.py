@@ -203,6 +203,14 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
                              arch=args.arch, chunk_ms=tuple(args.chunk_ms), threads=args.threads), args.json)
 
 
+def cmd_bench_prior(args: argparse.Namespace) -> int:
+    from eval.bench.prior import bench_prior
+
+    return _emit(bench_prior(resolution=args.resolution, factor=args.factor, widths=tuple(args.widths),
+                             batch=args.batch, n=args.n, sample_steps=args.sample_steps, repeats=args.repeats,
+                             precision=args.precision, threads=args.threads), args.json)
+
+
 def cmd_bench_classic(args: argparse.Namespace) -> int:
     from eval.bench.classic import bench_classic
 
@@ -217,28 +225,37 @@ def cmd_bench_classic(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
-    from diffusers import DDPMScheduler, UNet2DModel
     from torchvision.utils import make_grid, save_image
 
-    from latent_diffusion.diffusion_prior import DiffusionPrior, sample
+    from latent_diffusion.diffusion_prior import sample
     from tokenizers_ae.tiling import vae_decode
     from train.export import load_vae
+    from train.prior_export import load_prior
 
-    model_dir = Path(args.run) / "model" if (Path(args.run) / "model" / "prior.json").is_file() else Path(args.run)
-    if not (model_dir / "prior.json").is_file():
-        raise ConfigError(f"{args.run}: no prior.json (train a model.kind=diffusion_prior run first)")
-    meta = json.loads((model_dir / "prior.json").read_text())
-    unet = UNet2DModel.from_pretrained(model_dir / "unet")
-    prior = DiffusionPrior(unet)
-    prior.scheduler = DDPMScheduler.from_pretrained(model_dir / "scheduler")
-    z = sample(prior.eval(), n=args.n, shape=meta["latent_shape"], seed=args.seed, steps=args.steps,
-               sampler=args.sampler)
-    vae_path = args.vae or meta.get("first_stage")
-    if not vae_path:
-        raise ConfigError("no first stage to decode with: pass --vae PATH")
-    vae = load_vae(vae_path)
-    with torch.no_grad():
-        images = vae_decode(vae, z / meta["scaling_factor"], args.tile).float().clamp(-1, 1)
+    prior, meta = load_prior(args.run)
+    labels = None
+    if args.label is not None:
+        names = meta.get("class_names") or []
+        try:
+            ids = [names.index(v) if v in names else int(v) for v in args.label.split(",")]
+        except ValueError:
+            raise ConfigError(f"--label: {args.label!r} names no class (classes: {names or 'none'})") from None
+        labels = torch.tensor([ids[i % len(ids)] for i in range(args.n)])
+    elif prior.num_classes:  # a conditional prior with no --label: every class in turn
+        labels = torch.arange(args.n) % prior.num_classes
+    if labels is not None and not prior.num_classes:
+        raise ConfigError("--label: this prior is unconditional")
+    z = sample(prior, n=args.n, shape=meta["latent_shape"], seed=args.seed, steps=args.steps,
+               sampler=args.sampler, labels=labels, guidance=args.guidance, progress=True)
+    if meta.get("space") == "pixel":
+        images = z.float().clamp(-1, 1)
+    else:
+        vae_path = args.vae or meta.get("first_stage")
+        if not vae_path:
+            raise ConfigError("no first stage to decode with: pass --vae PATH")
+        vae = load_vae(vae_path)
+        with torch.no_grad():
+            images = vae_decode(vae, z / meta["scaling_factor"], args.tile).float().clamp(-1, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid((images + 1) / 2, nrow=min(8, args.n), padding=2, pad_value=1.0), args.out)
     print(f"wrote {args.n} samples to {args.out}")
@@ -388,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="sample images from a trained diffusion prior through its first stage",
-                       description="Latents from the prior (seeded; DDIM, DDPM or DPM-Solver++), decoded by the "
-                                   "KL-VAE recorded in the run (or --vae), written as a PNG grid.")
+                       description="Latents from the prior (seeded; DDIM, DDPM or DPM-Solver++; classifier-free "
+                                   "guidance for class-conditional priors), decoded by the KL-VAE recorded in the "
+                                   "run (or --vae), written as a PNG grid. Pixel-space priors need no decoder.")
     p.add_argument("run", help="a diffusion_prior run directory (or its model/)")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--out", required=True, help="PNG grid path")
@@ -397,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++"], default="ddim")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae", help="first stage to decode with (default: the run's model.first_stage)")
+    p.add_argument("--label", help="class-conditional priors: comma-separated class names or indices, cycled "
+                                   "over the samples (default: every class in turn)")
+    p.add_argument("--guidance", type=float, default=3.0,
+                   help="classifier-free guidance scale for class-conditional priors (1: none)")
     p.add_argument("--tile", type=int, help="encode/decode in exact tiles of this many pixels: bounded memory for "
                                            "large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=cmd_sample)
@@ -494,6 +516,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json")
     p.set_defaults(func=cmd_bench_codec)
+
+    p = bsub.add_parser("prior", help="latent vs pixel-space diffusion cost, and aetk's sampler vs diffusers' pipeline",
+                        description="Training step and sampling time of the same UNet over KL latents (f-times "
+                                    "smaller, random VAE) and over pixels, on the same photos; and aetk's sample + "
+                                    "decode against diffusers' LDMPipeline with the same UNet and DDIM scheduler. "
+                                    "Variants alternate; medians.")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--factor", type=int, default=8, help="VAE downsampling factor (latent side = resolution / f)")
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 128], help="UNet block_out_channels")
+    p.add_argument("--batch", type=int, default=8, help="training batch")
+    p.add_argument("--n", type=int, default=8, help="samples per sampling call")
+    p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_bench_prior)
 
     p = bsub.add_parser("classic", help="train + evaluate every classic autoencoder recipe: one table, one figure",
                         description="Trains each recipe in configs/classic through `aetk train`'s code path, "

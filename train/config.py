@@ -143,6 +143,22 @@ class ClassicConfig:
 
 
 @dataclass
+class DiTConfig:
+    """`model.denoiser: dit`: diffusers' DiTTransformer2DModel (adaLN-zero) as the diffusion prior."""
+
+    num_layers: int = 6
+    num_heads: int = 4
+    head_dim: int = 32
+    """Width = num_heads x head_dim."""
+    patch_size: int = 2
+    """Side of the square patches the latent is cut into (tokens = (h / p) x (w / p))."""
+
+    def __post_init__(self) -> None:
+        _check(min(self.num_layers, self.num_heads, self.head_dim, self.patch_size) >= 1, "model.dit",
+               "positive num_layers, num_heads, head_dim and patch_size")
+
+
+@dataclass
 class CodecConfig:
     """`model.kind: soundstream`: the causal SEANet encoder/decoder (`audio_codec/`). The residual
     VQ between them reads `model.rvq_levels`, `codebook_size`, `quantizer_dropout` and the VQ keys."""
@@ -178,8 +194,9 @@ class CodecConfig:
 class ModelConfig:
     kind: Literal["kl_vae", "vq_vae", "diffusion_prior", "classic", "soundstream"] = "kl_vae"
     """Model family (`train/registry.py`): `kl_vae` (continuous latents), `vq_vae` (tokens; a
-    VQ-GAN when trained with the discriminator on), `diffusion_prior` (a UNet over the latents
-    of `aetk encode`; data.path is the encode directory, latent shape from its manifest) or
+    VQ-GAN when trained with the discriminator on), `diffusion_prior` (a UNet or DiT over the
+    latents of `aetk encode`: data.path is the encode directory, latent shape from its manifest;
+    with an image source as data.path it is the pixel-space baseline) or
     `classic` (the classic autoencoder family; `model.classic` picks the variant) or
     `soundstream` (the neural audio codec; `model.codec` and the RVQ keys)."""
     init_from: str | None = None
@@ -222,6 +239,22 @@ class ModelConfig:
     """Diffusion prior: what the UNet predicts."""
     num_train_timesteps: int = 1000
     """Diffusion prior: DDPM steps (Stable Diffusion's scaled-linear betas)."""
+    denoiser: Literal["unet", "dit"] = "unet"
+    """Diffusion prior: diffusers' UNet2DModel (block_out_channels, layers_per_block, norm_num_groups,
+    mid_block_attention) or DiT (`model.dit`)."""
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    """`model.denoiser: dit`: the transformer's size and patch."""
+    beta_schedule: Literal["auto", "scaled_linear", "linear"] = "auto"
+    """Diffusion prior: noise schedule; auto = Stable Diffusion's scaled_linear for latents, DDPM's
+    linear for pixels."""
+    class_conditional: bool = False
+    """Diffusion prior: condition on the class label of each item (the encode manifest's
+    `num_classes`: class sub-folders, a `label` column, builtin:digits)."""
+    cond_dropout: float = 0.1
+    """Diffusion prior: fraction of labels replaced by the null class in training, so one model
+    also predicts unconditionally (classifier-free guidance)."""
+    guidance_scale: float = 3.0
+    """Diffusion prior: classifier-free guidance for eval samples of a class-conditional prior."""
     first_stage: str | None = None
     """Diffusion prior: the KL-VAE (run dir, diffusers dir or single file) whose decoder turns sampled
     latents into images for eval grids and `aetk sample`."""
@@ -236,6 +269,7 @@ class ModelConfig:
             _check(c % self.norm_num_groups == 0, "model.block_out_channels",
                    f"multiples of model.norm_num_groups={self.norm_num_groups} (got {self.block_out_channels})")
         _check(self.latent_channels >= 1, "model.latent_channels", ">= 1")
+        _check(0.0 <= self.cond_dropout < 1.0, "model.cond_dropout", "in [0, 1)")
         _check(self.layers_per_block >= 1, "model.layers_per_block", ">= 1")
 
 

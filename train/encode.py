@@ -10,7 +10,8 @@ merged from shard headers alone.
 
 Shard format (version 1): tensors `latents` (n, c, h, w) with `stat_sum`, `stat_sumsq` (c,)
 float64 — or `tokens` (n, h, w) int16/int32 with `code_counts` (K,) —, `index` (n,) source item,
-`flip` (n,); metadata JSON `aetk` = {version, bad: [{index, source,
+`flip` (n,), `label` (n,) int64 class indices when the source is labelled (class sub-folders, a
+`label` column, builtin:digits; the manifest then lists `num_classes` and `class_names`); metadata JSON `aetk` = {version, bad: [{index, source,
 error}], hashes: {index: sha256 of the decoded RGB pixels}}.
 """
 
@@ -71,15 +72,19 @@ class _Items(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> dict:
         i, flipped = k % self.n, k >= self.n
-        try:
-            img = self.ds.load(i)
-        except Exception as e:  # noqa: BLE001 - a bad file is listed in the manifest, never fatal
-            return {"k": k, "i": i, "x": None, "error": f"{type(e).__name__}: {e}"}
-        x = self.ds.transform(img, np.random.default_rng([0]))  # centre crop, no flip: rng unused
+        if hasattr(self.ds, "load"):  # file-backed images: decode here so a bad file is listed, not fatal
+            try:
+                img = self.ds.load(i)
+            except Exception as e:  # noqa: BLE001 - a bad file is listed in the manifest, never fatal
+                return {"k": k, "i": i, "x": None, "error": f"{type(e).__name__}: {e}"}
+            x = self.ds.transform(img, np.random.default_rng([0]))  # centre crop, no flip: rng unused
+            digest = hashlib.sha256(img.convert("RGB").tobytes()).hexdigest()
+        else:  # in-memory tensors (builtin:digits)
+            x = self.ds[i]["x"]
+            digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()
         if flipped:
             x = torch.flip(x, dims=[-1])
-        digest = hashlib.sha256(img.convert("RGB").tobytes()).hexdigest()
-        return {"k": k, "i": i, "x": x, "hash": digest}
+        return {"k": k, "i": i, "x": x, "hash": digest, "label": self.ds.label(i)}
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -183,7 +188,7 @@ def _encode_shard(codec, items: _Items, s: int, out: Path, opts: EncodeOptions, 
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(items, range(lo, hi)), batch_size=opts.batch_size,
                                          collate_fn=_collate, num_workers=workers,
                                          prefetch_factor=4 if workers else None)
-    latents, index, flip, bad, hashes = [], [], [], [], {}
+    latents, index, flip, labels, bad, hashes = [], [], [], [], [], {}
     for batch in loader:
         good = [b for b in batch if b["x"] is not None]
         for b in batch:
@@ -194,9 +199,12 @@ def _encode_shard(codec, items: _Items, s: int, out: Path, opts: EncodeOptions, 
             latents.append(codec.encode(torch.stack([b["x"] for b in good]), [b["k"] for b in good]))
             index += [b["i"] for b in good]
             flip += [b["k"] >= items.n for b in good]
+            labels += [b.get("label") for b in good]
             hashes.update({str(b["i"]): b["hash"] for b in good})
         bar.update(len(batch))
     tensors = {"index": torch.tensor(index, dtype=torch.long), "flip": torch.tensor(flip, dtype=torch.bool)}
+    if getattr(items.ds, "class_names", None):  # labelled source: a class per item for conditional priors
+        tensors["label"] = torch.tensor(labels, dtype=torch.long)
     if latents:  # a shard of only unreadable files holds no data tensor
         z = torch.cat(latents)
         tensors.update({codec.key: codec.store(z).contiguous(), **codec.shard_stats(z)})
@@ -243,6 +251,8 @@ def _merge_manifest(out: Path, n_shards: int, items: _Items, codec, model_digest
         "format": codec.fmt, "version": FORMAT_VERSION, "count": count, f"{codec.key[:-1]}_shape": list(shape),
         "flip_copies": opts.flip, "resolution": opts.resolution, "precision": opts.precision,
         **codec.summarise(stats, count, list(shape)),
+        **({"num_classes": len(items.ds.class_names), "class_names": list(items.ds.class_names)}
+           if getattr(items.ds, "class_names", None) else {}),
         "model_hash": model_digest, "data": data, "shard_size": opts.shard_size, "shards": shards,
         "sources": [{"index": int(i), "source": items.ds.describe(int(i)), "sha256": h}
                     for i, h in sorted(sources.items(), key=lambda kv: int(kv[0]))],

@@ -1,4 +1,4 @@
-"""The diffusion-prior task: one phase, the denoising loss on scaled latents."""
+"""The diffusion-prior task: one phase, the denoising loss on scaled latents (or pixels)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from train.tasks import Phase, StepContext
 
 
 class DiffusionPriorTask:
-    """Timesteps and noise come from the loop's positional draws, so resume and multi-process
-    runs are exact like the autoencoder's."""
+    """Timesteps, noise and label dropout come from the loop's positional draws, so resume and
+    multi-process runs are exact like the autoencoder's."""
 
-    def __init__(self, *, prior: DiffusionPrior, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0) -> None:
+    def __init__(self, *, prior: DiffusionPrior, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0,
+                 cond_dropout: float = 0.1) -> None:
         self.prior = prior
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
+        self.cond_dropout = cond_dropout
 
     def phases(self) -> list[Phase]:
         return [Phase("prior", self.prior, self.lr, self.betas, self.weight_decay)]
@@ -31,9 +33,16 @@ class DiffusionPriorTask:
 
     def forward(self, models, batch: dict, ctx: StepContext) -> torch.Tensor:
         x0 = batch["x"]  # (B, c, h, w), scaled
+        u = ctx.uniform(torch.Size([x0.shape[0], 2])).to(x0.device)  # (timestep, label dropout) per item
         n_t = self.prior.scheduler.config.num_train_timesteps
-        t = (ctx.uniform(torch.Size([x0.shape[0]])) * n_t).long().clamp_max(n_t - 1).to(x0.device)
-        return models["prior"](x0, ctx.noise(x0.shape).to(x0), t).mean()
+        t = (u[:, 0] * n_t).long().clamp_max(n_t - 1)
+        labels = None
+        if self.prior.num_classes:
+            if "y" not in batch:
+                raise ValueError("a class-conditional prior needs labelled items (the batch has no \"y\")")
+            # Classifier-free guidance: a fraction of items learn the null class's (unconditional) score.
+            labels = torch.where(u[:, 1] < self.cond_dropout, self.prior.null_label, batch["y"].to(x0.device))
+        return models["prior"](x0, ctx.noise(x0.shape).to(x0), t, labels).mean()
 
     def loss(self, phase, models, out: torch.Tensor, batch, ctx):
         return out, {"loss": out.detach()}
@@ -45,4 +54,4 @@ class DiffusionPriorTask:
         pass
 
     def diagnose_nonfinite(self, batch: dict, autocast_dtype) -> str:
-        return "the input batch (check the latents)" if not torch.isfinite(batch["x"]).all() else "the UNet"
+        return "the input batch (check the latents)" if not torch.isfinite(batch["x"]).all() else "the denoiser"

@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL
 from safetensors import safe_open
 from torch import nn
 
-from latent_diffusion.diffusion_prior import DiffusionPrior, build_unet
+from latent_diffusion.diffusion_prior import DiffusionPrior, build_dit, build_unet
 from tokenizers_ae.discriminators.patchgan import NLayerDiscriminator
 from tokenizers_ae.export import load_sd_single_file
 from tokenizers_ae.export.sd_single_file import CONFIG_METADATA_KEY
@@ -140,17 +140,31 @@ def build_perceptual(cfg: Config) -> LPIPS | None:
 
 
 def build_prior(cfg: Config) -> DiffusionPrior:
-    from train.data.latents import LatentItems, is_latent_dir
+    """A UNet or DiT sized to the data: encoded latents (their manifest's shape and classes) or, for
+    the pixel-space baseline, the images themselves."""
+    from train.data.latents import LatentItems, prior_items
 
     m = cfg.model
-    if not is_latent_dir(cfg.data.path):
-        raise ConfigError(f"data.path: {cfg.data.path} is not an `aetk encode` output (no manifest.json); "
-                          "a diffusion prior trains on encoded latents")
-    c, h, w = LatentItems(cfg.data.path).latent_shape
-    unet = build_unet(latent_channels=c, sample_size=h, block_out_channels=m.block_out_channels,
-                      layers_per_block=m.layers_per_block, norm_num_groups=m.norm_num_groups,
-                      attention=m.mid_block_attention)
-    return DiffusionPrior(unet, prediction_type=m.prediction_type, num_train_timesteps=m.num_train_timesteps)
+    items = prior_items(cfg)
+    latent = isinstance(items, LatentItems)
+    c, h, w = items.latent_shape
+    if m.class_conditional and not items.num_classes:
+        raise ConfigError(f"model.class_conditional: {cfg.data.path} has no class labels (encode a labelled "
+                          "source: class sub-folders, a `label` column or builtin:digits)")
+    k = items.num_classes if m.class_conditional else 0
+    if m.denoiser == "dit":
+        d = m.dit
+        if h % d.patch_size or w % d.patch_size:
+            raise ConfigError(f"model.dit.patch_size: {d.patch_size} does not divide the {h}x{w} latent")
+        net = build_dit(latent_channels=c, sample_size=h, num_layers=d.num_layers, num_heads=d.num_heads,
+                        head_dim=d.head_dim, patch_size=d.patch_size, num_classes=k)
+    else:
+        net = build_unet(latent_channels=c, sample_size=h, block_out_channels=m.block_out_channels,
+                         layers_per_block=m.layers_per_block, norm_num_groups=m.norm_num_groups,
+                         attention=m.mid_block_attention, num_classes=k)
+    schedule = m.beta_schedule if m.beta_schedule != "auto" else ("scaled_linear" if latent else "linear")
+    return DiffusionPrior(net, prediction_type=m.prediction_type, num_train_timesteps=m.num_train_timesteps,
+                          beta_schedule=schedule, num_classes=k)
 
 
 def build_task(cfg: Config, model: nn.Module | None = None):
@@ -163,7 +177,7 @@ def build_task(cfg: Config, model: nn.Module | None = None):
 
         t = cfg.train
         return DiffusionPriorTask(prior=model if model is not None else build_prior(cfg), lr=t.lr, betas=t.betas,
-                                  weight_decay=t.weight_decay)
+                                  weight_decay=t.weight_decay, cond_dropout=cfg.model.cond_dropout)
     loss = cfg.loss
     model = model if model is not None else build_model(cfg)
     # The discriminator is always built (it costs memory, not time, before disc_start) so a run

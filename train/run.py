@@ -110,21 +110,33 @@ def _first_stage(trainer: Trainer):
 
 
 def _evaluate_prior(trainer: Trainer, step: int) -> dict[str, float]:
+    """Seeded samples (classes in turn, guided, when conditional) -> images: decoded by the first
+    stage, or the samples themselves for the pixel-space baseline -> samples/sample-STEP.png."""
     from latent_diffusion.diffusion_prior import sample
     from torchvision.utils import make_grid, save_image
 
+    from train.data.latents import PixelItems
+
     prior = trainer.averaged_model()
     prior.eval()
-    shape = trainer.loaders.train_dataset.latent_shape
-    z = sample(prior, n=trainer.cfg.data.val_size, shape=shape, seed=trainer.cfg.seed, steps=25)
+    data, m = trainer.loaders.train_dataset, trainer.cfg.model
+    n = trainer.cfg.data.val_size
+    labels = torch.arange(n) % prior.num_classes if prior.num_classes else None
+    z = sample(prior, n=n, shape=data.latent_shape, seed=trainer.cfg.seed, steps=25, labels=labels,
+               guidance=m.guidance_scale)
     prior.train()
     out = {"eval/sample_mean": float(z.mean()), "eval/sample_std": float(z.std())}
     vae = _first_stage(trainer)
-    if vae is not None:
-        images = vae.decode(z / trainer.loaders.train_dataset.scaling_factor).sample.float().clamp(-1, 1)
-        path = trainer.run_dir / "samples" / f"sample-{step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(make_grid((images + 1) / 2, nrow=8, padding=2, pad_value=1.0), path)
+    if isinstance(data, PixelItems):
+        images = z.float().clamp(-1, 1)
+    elif vae is not None:
+        images = vae.decode(z / data.scaling_factor).sample.float().clamp(-1, 1)
+    else:
+        return out
+    path = trainer.run_dir / "samples" / f"sample-{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrow = prior.num_classes if prior.num_classes and prior.num_classes <= 16 else 8
+    save_image(make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0), path)
     return out
 
 
@@ -134,13 +146,14 @@ def export_model(trainer: Trainer, out_dir: Path) -> Path:
     model = trainer.averaged_model()
     if isinstance(model, KLVAE):
         return _export_kl(trainer, model.vae, out_dir)
-    if trainer.cfg.model.kind == "diffusion_prior":
-        model.unet.save_pretrained(out_dir / "unet", safe_serialization=True)
-        model.scheduler.save_pretrained(out_dir / "scheduler")
-        meta = {"scaling_factor": trainer.loaders.train_dataset.scaling_factor,
-                "latent_shape": trainer.loaders.train_dataset.latent_shape,
-                "first_stage": trainer.cfg.model.first_stage}
-        (out_dir / "prior.json").write_text(json.dumps(meta, indent=1))
+    if trainer.cfg.model.kind == "diffusion_prior":  # a diffusers pipeline directory when one fits
+        from train.data.latents import PixelItems
+        from train.prior_export import export_prior
+
+        data = trainer.loaders.train_dataset
+        export_prior(model, out_dir, latent_shape=data.latent_shape, scaling_factor=data.scaling_factor,
+                     pixel=isinstance(data, PixelItems), first_stage=trainer.cfg.model.first_stage,
+                     class_names=data.class_names if model.num_classes else [])
         return out_dir
     if trainer.cfg.model.kind == "soundstream":  # aetk's native format (+ the recipe to rebuild it)
         from train.export import save_native

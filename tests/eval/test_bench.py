@@ -21,10 +21,20 @@ def test_train_step_bench_reports_both_phases_and_equal_gradients(tmp_path, tiny
 @pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in
                                                 ("train", "export", "import", "encode", "eval", "sample", "bench", "codec")],
                                   *[["bench", b, "--help"] for b in ("train-step", "precision", "encode", "quantizer",
-                                                                     "classic", "tiling", "codec")],
+                                                                     "classic", "tiling", "codec", "prior")],
                                   *[["codec", c, "--help"] for c in ("compress", "decompress", "stream")]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(argv)
     assert e.value.code == 0
     assert "usage: aetk" in capsys.readouterr().out
+
+
+def test_bench_prior_times_latent_and_pixel_priors_and_matches_diffusers_pipeline():
+    from eval.bench.prior import bench_prior
+
+    res = bench_prior(resolution=16, factor=4, widths=(32, 32), batch=2, n=2, sample_steps=3, train_steps=1,
+                      repeats=1)
+    assert res["values_per_item"] == {"latent": 4 * 4 * 4, "pixel": 3 * 16 * 16} and res["value_ratio"] == 12.0
+    assert res["same_images_as_diffusers_max_abs"] < 1e-4  # aetk's sampler + decode is diffusers' pipeline
+    assert min(res[k] for k in res if k.startswith(("train_step_s/", "sample_s/"))) > 0

@@ -41,6 +41,8 @@ def digits_split(split: str = "train", *, holdout_class: int | None = None) -> t
 class Digits(torch.utils.data.Dataset):
     """One split of scikit-learn's digits, resized (bilinear) when `resolution` is not 8."""
 
+    class_names = [str(d) for d in range(10)]
+
     def __init__(self, *, split: str = "train", resolution: int = 8, holdout_class: int | None = None) -> None:
         self.path = "builtin:digits"
         self.x, self.y = digits_split(split, holdout_class=holdout_class)  # (N, 1, 8, 8), (N,)
@@ -53,6 +55,9 @@ class Digits(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"x": self.x[int(i)], "y": int(self.y[int(i)]), "index": int(i), "bad": []}
+
+    def label(self, i: int) -> int:
+        return int(self.y[int(i)])
 
     def set_epoch(self, epoch: int) -> None:
         """No augmentation, so nothing depends on the epoch."""

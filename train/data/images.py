@@ -83,6 +83,8 @@ class ImageDataset(SkippingDataset):
     """
 
     what = "image"
+    class_names: list[str] | None = None
+    """Class names when the source labels its images (class sub-folders, a `label` column)."""
 
     def __init__(self, *, path: str, transform: ImageTransform, seed: int = 0):
         super().__init__(path=path, seed=seed)
@@ -111,7 +113,11 @@ def _open_file(path: str | Path) -> Image.Image:
 
 
 class ImageFolder(ImageDataset):
-    """Every image file under `root`, found recursively in sorted order (hidden files and dirs skipped)."""
+    """Every image file under `root`, found recursively in sorted order (hidden files and dirs skipped).
+
+    torchvision's ImageFolder convention gives labels: when every image lies inside one of two or
+    more top-level sub-folders, the sub-folder is the class (sorted names -> indices 0..K-1).
+    """
 
     def __init__(self, root: str, *, transform: ImageTransform, seed: int = 0):
         super().__init__(path=root, transform=transform, seed=seed)
@@ -123,9 +129,17 @@ class ImageFolder(ImageDataset):
         self.files: list[str] = sorted(files)  # os.walk order depends on the filesystem
         if not self.files:
             raise ValueError(f"no images found in {root} (looked for {', '.join(IMAGE_SUFFIXES)}, any case)")
+        tops = [Path(os.path.relpath(f, root)).parts for f in self.files]
+        if all(len(t) > 1 for t in tops) and len({t[0] for t in tops}) > 1:
+            self.class_names = sorted({t[0] for t in tops})
+            index = {c: k for k, c in enumerate(self.class_names)}
+            self._labels = [index[t[0]] for t in tops]
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def label(self, i: int) -> int | None:
+        return self._labels[i] if self.class_names else None
 
     def load(self, i: int) -> Image.Image:
         return _open_file(self.files[i])
@@ -173,6 +187,10 @@ class HFImageDataset(ImageDataset):
         if image_column not in ds.column_names:
             raise ValueError(f"column {image_column!r} not in {path}; available columns: {ds.column_names}")
         self.column = image_column
+        if "label" in ds.column_names:  # the `datasets` convention for class labels (a ClassLabel feature)
+            feature = ds.features["label"]
+            self._labels = [int(v) for v in ds["label"]]
+            self.class_names = list(getattr(feature, "names", None) or map(str, range(max(self._labels) + 1)))
         self.ds = ds.select_columns([image_column])  # don't decode the other columns per item
 
     def __len__(self) -> int:
@@ -180,6 +198,9 @@ class HFImageDataset(ImageDataset):
 
     def load(self, i: int) -> Image.Image:
         return _decode_value(self.ds[i][self.column])
+
+    def label(self, i: int) -> int | None:
+        return self._labels[i] if self.class_names else None
 
     def describe(self, i: int) -> str:
         return f"{self.path}[{i}]"

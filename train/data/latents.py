@@ -14,7 +14,8 @@ def is_latent_dir(path: str) -> bool:
 
 
 class LatentItems(torch.utils.data.Dataset):
-    """{"x": (c, h, w) latent times the manifest's scaling factor, "index": i, "bad": []}.
+    """{"x": (c, h, w) latent times the manifest's scaling factor, "index": i, "bad": []}, plus
+    "y": class index when the encoded source was labelled.
 
     The interface of the image datasets (set_epoch, describe, why_unreadable) so the loader and
     trainer treat both alike; latents need no augmentation (encode's --flip made the copies).
@@ -25,12 +26,17 @@ class LatentItems(torch.utils.data.Dataset):
         self.path = path
         self.latent_shape = list(self.ds.manifest["latent_shape"])
         self.scaling_factor = self.ds.scaling_factor
+        self.num_classes, self.class_names = self.ds.num_classes, self.ds.class_names
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, i: int) -> dict:
-        return {"x": self.ds[i]["latent"], "index": int(i), "bad": []}
+        item = self.ds[i]
+        out = {"x": item["latent"], "index": int(i), "bad": []}
+        if "label" in item:
+            out["y"] = item["label"]
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         pass
@@ -40,3 +46,40 @@ class LatentItems(torch.utils.data.Dataset):
 
     def why_unreadable(self, i: int) -> str:
         return ""
+
+
+class PixelItems(torch.utils.data.Dataset):
+    """An image dataset seen as a prior's data (the pixel-space baseline): items pass through, the
+    "latent" is the (C, R, R) image in [-1, 1] and the scaling factor is 1."""
+
+    def __init__(self, images) -> None:
+        self.images = images
+        self.latent_shape = list(images[0]["x"].shape)
+        self.scaling_factor = 1.0
+        self.class_names = list(getattr(images, "class_names", None) or [])
+        self.num_classes = len(self.class_names)
+        self.path = images.path
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.images[i]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.images.set_epoch(epoch)
+
+    def describe(self, i: int) -> str:
+        return self.images.describe(i)
+
+    def why_unreadable(self, i: int) -> str:
+        return self.images.why_unreadable(i)
+
+
+def prior_items(cfg) -> LatentItems | PixelItems:
+    """The training data of a diffusion prior: encoded latents, or images for the pixel baseline."""
+    if is_latent_dir(cfg.data.path):
+        return LatentItems(cfg.data.path)
+    from train.data.loader import image_datasets
+
+    return PixelItems(image_datasets(cfg)[0])

@@ -115,6 +115,17 @@ def build_loaders(cfg: Config, *, rank: int, world: int, micro_batch: int) -> Lo
         c = cfg.model.classic
         acts = {s: LMActivations(lm=c.lm, layer=c.lm_layer, n_tokens=c.lm_tokens, split=s) for s in ("train", "val")}
         return Loaders(cfg, rank, world, micro_batch, acts["train"], acts["val"])
+    train, val = image_datasets(cfg)
+    if cfg.model.kind == "diffusion_prior":  # the pixel-space baseline: the prior's "latents" are images
+        from train.data.latents import PixelItems
+
+        train, val = PixelItems(train), PixelItems(val)
+    return Loaders(cfg, rank, world, micro_batch, train, val)
+
+
+def image_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
+    """data.path / data.val_path as image datasets (train split augmented, validation plain)."""
+    d = cfg.data
     common = dict(resolution=d.resolution, seed=cfg.seed, image_column=d.image_column, builtin_size=d.builtin_size,
                   holdout_class=d.holdout_class)
     try:
@@ -128,4 +139,4 @@ def build_loaders(cfg: Config, *, rank: int, world: int, micro_batch: int) -> Lo
                                   split="val" if val_path.startswith("builtin:") else "train", **common)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"data.val_path: {e}") from e
-    return Loaders(cfg, rank, world, micro_batch, train, val)
+    return train, val

@@ -42,6 +42,10 @@ class SkippingDataset(torch.utils.data.Dataset):
         """The training tensor from a decoded item (augmentation, crops)."""
         raise NotImplementedError
 
+    def label(self, i: int) -> int | None:
+        """Class index of item i for labelled sources, else None (items then carry no "y")."""
+        return None
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
@@ -76,5 +80,9 @@ class SkippingDataset(torch.utils.data.Dataset):
             if raw is None:
                 bad.append(j)
                 continue
-            return {"x": self.make(raw, np.random.default_rng([self.seed, self.epoch, i])), "index": i, "bad": bad}
+            item = {"x": self.make(raw, np.random.default_rng([self.seed, self.epoch, i])), "index": i, "bad": bad}
+            label = self.label(j)
+            if label is not None:  # the stand-in's own label: a skipped file never mislabels an image
+                item["y"] = label
+            return item
         raise ValueError(f"no readable {self.what} in {self.path} ({n} items tried)")

@@ -1,0 +1,180 @@
+"""Class labels through encode, label dropout, classifier-free guidance, DiT, the pixel baseline and
+the diffusers pipeline export (loaded offline, same sample as aetk for the same seed)."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from latent_diffusion.diffusion_prior import DiffusionPrior, build_dit, build_unet, sample
+from train.cli import main
+from train.config import ConfigError
+
+PRIOR = ["model.kind=diffusion_prior", "model.block_out_channels=[16,32]", "model.norm_num_groups=8",
+         "train.max_steps=3", "train.eval_every=3", "train.checkpoint_every=3", "data.val_size=10"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """A tiny random 1-channel KL-VAE and its labelled latents of builtin:digits at 16 px."""
+    from tokenizers_ae.models.kl_vae import build_autoencoder_kl
+
+    root = tmp_path_factory.mktemp("digits")
+    torch.manual_seed(0)
+    build_autoencoder_kl(in_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
+                         latent_channels=4).save_pretrained(root / "vae")
+    assert main(["encode", str(root / "vae"), "--data", "builtin:digits", "--resolution", "16", "--out",
+                 str(root / "lat"), "--precision", "no", "--shard-size", "512"]) == 0
+    return root
+
+
+def test_encode_stores_each_items_label(digits):
+    from latent_diffusion.latents import LatentShardDataset
+    from train.data.digits import digits_split
+
+    ds = LatentShardDataset(digits / "lat")
+    manifest = json.loads((digits / "lat/manifest.json").read_text())
+    assert manifest["num_classes"] == 10 and manifest["class_names"][3] == "3"
+    _, y = digits_split("train")
+    assert [ds[i]["label"] for i in (0, 7, 600, len(ds) - 1)] == [int(y[ds[i]["index"]]) for i in
+                                                                  (0, 7, 600, len(ds) - 1)]
+
+
+def test_image_folder_classes_come_from_subfolders(tmp_path):
+    from PIL import Image
+
+    from train.data.images import build_image_dataset
+
+    for cls, n in (("cat", 2), ("dog", 1)):
+        (tmp_path / cls).mkdir()
+        for i in range(n):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    ds = build_image_dataset(str(tmp_path), resolution=8)
+    assert ds.class_names == ["cat", "dog"]
+    assert [ds[i]["y"] for i in range(3)] == [0, 0, 1]
+    (tmp_path / "loose.png").write_bytes((tmp_path / "dog/0.png").read_bytes())  # not all in class folders
+    assert build_image_dataset(str(tmp_path), resolution=8).class_names is None
+
+
+def test_label_dropout_sends_the_drawn_fraction_to_the_null_class():
+    from train.prior_task import DiffusionPriorTask
+    from train.tasks import StepContext
+
+    prior = DiffusionPrior(build_unet(latent_channels=2, sample_size=8, block_out_channels=(16, 32),
+                                      norm_num_groups=8, num_classes=3), num_classes=3)
+    seen = {}
+
+    def spy(x, t, class_labels=None):  # what the denoiser is asked to condition on
+        seen["y"] = class_labels
+        return type("Out", (), {"sample": x})()
+
+    prior.net.forward = spy
+    u = torch.tensor([[0.5, 0.05], [0.5, 0.5], [0.1, 0.09], [0.9, 0.95]])
+    ctx = StepContext(step=0, noise=lambda s: torch.zeros(s), uniform=lambda s: u[:, :s[1]])
+    task = DiffusionPriorTask(prior=prior, lr=1e-3, cond_dropout=0.1)
+    task.forward({"prior": prior}, {"x": torch.zeros(4, 2, 8, 8), "y": torch.tensor([0, 1, 2, 1])}, ctx)
+    assert seen["y"].tolist() == [3, 1, 3, 1]  # items drawing < 0.1 learn the null class (index 3)
+
+
+def test_guidance_one_is_conditional_sampling_and_labels_are_checked():
+    torch.manual_seed(0)
+    prior = DiffusionPrior(build_unet(latent_channels=2, sample_size=8, block_out_channels=(16, 32),
+                                      norm_num_groups=8, num_classes=3), num_classes=3).eval()
+    y = torch.tensor([0, 2])
+    plain = sample(prior, n=2, shape=(2, 8, 8), seed=1, steps=3, labels=y)
+    assert torch.equal(plain, sample(prior, n=2, shape=(2, 8, 8), seed=1, steps=3, labels=y, guidance=1.0))
+    assert not torch.allclose(plain, sample(prior, n=2, shape=(2, 8, 8), seed=1, steps=3, labels=y, guidance=4.0))
+    with pytest.raises(ValueError, match="0..2"):
+        sample(prior, n=1, shape=(2, 8, 8), steps=2, labels=torch.tensor([3]))
+
+
+def _pipeline_images(model_dir, **kwargs) -> torch.Tensor:
+    pipe = DiffusionPipeline.from_pretrained(model_dir)  # local directory: nothing downloaded
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(generator=torch.Generator().manual_seed(5), num_inference_steps=4, **kwargs).images
+    return torch.as_tensor(out).permute(0, 3, 1, 2) if not torch.is_tensor(out) else out
+
+
+def _aetk_images(model_dir, n, labels=None, guidance=1.0) -> torch.Tensor:
+    from train.export import load_vae
+    from train.prior_export import load_prior
+
+    prior, meta = load_prior(model_dir)
+    z = sample(prior, n=n, shape=meta["latent_shape"], seed=5, steps=4, labels=labels, guidance=guidance)
+    if meta["space"] == "pixel":
+        return (z / 2 + 0.5).clamp(0, 1)
+    with torch.no_grad():
+        return (load_vae(model_dir / "vae" if (model_dir / "vae").is_dir() else model_dir / "vqvae")
+                .decode(z / meta["scaling_factor"]).sample / 2 + 0.5).clamp(0, 1)
+
+
+@pytest.mark.parametrize("denoiser", ["unet", "dit"])
+def test_conditional_prior_trains_and_exports_a_dit_pipeline_with_the_same_samples(digits, tmp_path, tiny_config,
+                                                                                     denoiser):
+    from train.run import train
+
+    cfg = tiny_config(tmp_path / "run", *PRIOR, f"data.path={digits / 'lat'}", f"model.first_stage={digits / 'vae'}",
+                      "model.class_conditional=true", f"model.denoiser={denoiser}", "model.dit.num_layers=2",
+                      "model.dit.head_dim=8", "model.dit.num_heads=2")
+    train(cfg).close()
+    model = tmp_path / "run/model"
+    meta = json.loads((model / "prior.json").read_text())
+    assert meta["pipeline"] == "DiTPipeline" and meta["num_classes"] == 10 and meta["null_label"] == 1000
+    assert (tmp_path / "run/samples/sample-0000003.png").is_file()
+    ours = _aetk_images(model, 3, labels=torch.tensor([1, 7, 3]), guidance=3.0)
+    theirs = _pipeline_images(model, class_labels=[1, 7, 3], guidance_scale=3.0, output_type="pt")
+    torch.testing.assert_close(theirs, ours, atol=2e-4, rtol=0)
+    assert main(["sample", str(tmp_path / "run"), "--n", "4", "--steps", "2", "--label", "3,7",
+                 "--out", str(tmp_path / "g.png")]) == 0
+
+
+def test_unconditional_latent_prior_exports_an_ldm_pipeline_with_the_same_samples(digits, tmp_path):
+    from train.export import load_vae
+    from train.prior_export import export_prior
+
+    torch.manual_seed(0)
+    prior = DiffusionPrior(build_unet(latent_channels=4, sample_size=8, block_out_channels=(16, 32),
+                                      norm_num_groups=8), prediction_type="v_prediction")
+    sf = json.loads((digits / "lat/manifest.json").read_text())["scaling_factor"]
+    assert export_prior(prior, tmp_path / "m", latent_shape=[4, 8, 8], scaling_factor=sf, pixel=False,
+                        first_stage=str(digits / "vae"), class_names=[]) == "LDMPipeline"
+    assert load_vae(tmp_path / "m/vqvae").config.scaling_factor == pytest.approx(sf)
+    ours = _aetk_images(tmp_path / "m", 2)
+    theirs = _pipeline_images(tmp_path / "m", batch_size=2, output_type="np")
+    torch.testing.assert_close(theirs, ours, atol=2e-4, rtol=0)
+
+
+def test_pixel_baseline_trains_on_images_and_exports_a_ddpm_pipeline(tmp_path, tiny_config):
+    from train.prior_export import load_prior
+    from train.run import train
+
+    cfg = tiny_config(tmp_path / "px", *PRIOR, "data.path=builtin:digits", "data.resolution=16")
+    train(cfg).close()
+    prior, meta = load_prior(tmp_path / "px")
+    assert meta["space"] == "pixel" and meta["latent_shape"] == [1, 16, 16] and meta["pipeline"] == "DDPMPipeline"
+    assert prior.scheduler.config.beta_schedule == "linear"  # DDPM's schedule for pixels
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "px/model")
+    assert type(pipe).__name__ == "DDPMPipeline"
+    assert (tmp_path / "px/samples/sample-0000003.png").is_file()
+
+
+def test_class_conditional_on_unlabelled_latents_is_a_config_error(tmp_path, tiny_config):
+    from tokenizers_ae.models.kl_vae import build_autoencoder_kl
+    from train.registry import build_prior
+
+    build_autoencoder_kl(block_out_channels=(8,), norm_num_groups=4, latent_channels=2).save_pretrained(tmp_path / "v")
+    assert main(["encode", str(tmp_path / "v"), "--data", "builtin:skimage", "--resolution", "8", "--out",
+                 str(tmp_path / "lat"), "--precision", "no"]) == 0
+    cfg = tiny_config(tmp_path / "r", *PRIOR, f"data.path={tmp_path / 'lat'}", "model.class_conditional=true")
+    with pytest.raises(ConfigError, match="no class labels"):
+        build_prior(cfg)
+
+
+def test_dit_denoiser_is_exact_under_its_own_label_dropout_switched_off():
+    dit = build_dit(latent_channels=2, sample_size=8, num_layers=1, num_heads=2, head_dim=8, num_classes=3).train()
+    x, t, y = torch.randn(2, 2, 8, 8), torch.tensor([10, 500]), torch.tensor([0, 2])
+    torch.manual_seed(0)
+    a = dit(x, t, class_labels=y).sample
+    torch.manual_seed(1)  # diffusers' own dropout would draw from the global RNG here
+    assert torch.equal(a, dit(x, t, class_labels=y).sample)
