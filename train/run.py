@@ -111,28 +111,41 @@ def _first_stage(trainer: Trainer):
 
 def _evaluate_prior(trainer: Trainer, step: int) -> dict[str, float]:
     """Seeded samples (classes in turn, guided, when conditional) -> images: decoded by the first
-    stage, or the samples themselves for the pixel-space baseline -> samples/sample-STEP.png."""
+    stage, or the samples themselves for the pixel-space baseline -> samples/sample-STEP.png; the
+    held-out denoising loss; nearest-neighbour distances of samples and of held-out images to the
+    training images (samples far below the held-out distance are copies)."""
     from latent_diffusion.diffusion_prior import sample
     from torchvision.utils import make_grid, save_image
 
+    from eval.prior import denoising_loss, nn_rms
     from train.data.latents import PixelItems
 
     prior = trainer.averaged_model()
     prior.eval()
     data, m = trainer.loaders.train_dataset, trainer.cfg.model
     n = trainer.cfg.data.val_size
+    device = trainer.accelerator.device
     labels = torch.arange(n) % prior.num_classes if prior.num_classes else None
     z = sample(prior, n=n, shape=data.latent_shape, seed=trainer.cfg.seed, steps=25, labels=labels,
                guidance=m.guidance_scale)
+    val = trainer.loaders.val_batch()
+    val_x, val_y = val["x"].to(device), val.get("y") if prior.num_classes else None
+    out = {"eval/sample_mean": float(z.mean()), "eval/sample_std": float(z.std()),
+           "eval/val_denoise_loss": denoising_loss(prior, val_x, val_y, seed=trainer.cfg.seed)}
     prior.train()
-    out = {"eval/sample_mean": float(z.mean()), "eval/sample_std": float(z.std())}
     vae = _first_stage(trainer)
-    if isinstance(data, PixelItems):
-        images = z.float().clamp(-1, 1)
-    elif vae is not None:
-        images = vae.decode(z / data.scaling_factor).sample.float().clamp(-1, 1)
-    else:
+    pixel = isinstance(data, PixelItems)
+    if not pixel and vae is None:
         return out
+    to_images = (lambda t: t.float().clamp(-1, 1)) if pixel else \
+        (lambda t: vae.decode(t.to(device) / data.scaling_factor).sample.float().clamp(-1, 1))
+    if not hasattr(trainer, "_prior_reference"):  # training images for the copy check, decoded once
+        k = min(256, len(data))
+        trainer._prior_reference = torch.cat([to_images(torch.stack([data[i]["x"] for i in range(s, min(s + 32, k))]))
+                                              for s in range(0, k, 32)])
+    images = to_images(z)
+    out["eval/nn_rms_sample_to_train"] = float(nn_rms(images, trainer._prior_reference).median())
+    out["eval/nn_rms_val_to_train"] = float(nn_rms(to_images(val_x), trainer._prior_reference).median())
     path = trainer.run_dir / "samples" / f"sample-{step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     nrow = prior.num_classes if prior.num_classes and prior.num_classes <= 16 else 8

@@ -157,6 +157,9 @@ def test_pixel_baseline_trains_on_images_and_exports_a_ddpm_pipeline(tmp_path, t
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "px/model")
     assert type(pipe).__name__ == "DDPMPipeline"
     assert (tmp_path / "px/samples/sample-0000003.png").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "px/metrics.jsonl").read_text().splitlines()]
+    ev = next(r for r in rows if "eval/nn_rms_sample_to_train" in r)
+    assert ev["eval/nn_rms_val_to_train"] > 0 and ev["eval/val_denoise_loss"] > 0
 
 
 def test_class_conditional_on_unlabelled_latents_is_a_config_error(tmp_path, tiny_config):
@@ -178,3 +181,15 @@ def test_dit_denoiser_is_exact_under_its_own_label_dropout_switched_off():
     a = dit(x, t, class_labels=y).sample
     torch.manual_seed(1)  # diffusers' own dropout would draw from the global RNG here
     assert torch.equal(a, dit(x, t, class_labels=y).sample)
+
+
+def test_nearest_neighbour_distance_flags_copies_and_denoising_loss_is_repeatable():
+    from eval.prior import denoising_loss, nn_rms
+
+    train = torch.rand(20, 1, 8, 8) * 2 - 1
+    copies, fresh = train[[3, 11]].clone(), torch.rand(2, 1, 8, 8) * 2 - 1
+    assert nn_rms(copies, train).max() < 1e-6 and nn_rms(fresh, train).min() > 0.1
+    prior = DiffusionPrior(build_unet(latent_channels=1, sample_size=8, block_out_channels=(16, 32),
+                                      norm_num_groups=8)).eval()
+    assert denoising_loss(prior, train[:4]) == denoising_loss(prior, train[:4])
+    assert denoising_loss(prior, train[:4], seed=1) != denoising_loss(prior, train[:4])
