@@ -226,8 +226,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     model_dir = Path(args.run) / "model" if (Path(args.run) / "model" / "prior.json").is_file() else Path(args.run)
     if not (model_dir / "prior.json").is_file():
-        raise ConfigError(f"{args.run}: no prior.json (train a model.kind=diffusion_prior run first)")
+        raise ConfigError(f"{args.run}: no prior.json (train a model.kind=diffusion_prior or ar_prior run first)")
     meta = json.loads((model_dir / "prior.json").read_text())
+    if meta.get("kind") == "ar_prior":
+        from train.ar_sample import sample_command
+
+        return sample_command(model_dir, args)
     unet = UNet2DModel.from_pretrained(model_dir / "unet")
     prior = DiffusionPrior(unet)
     prior.scheduler = DDPMScheduler.from_pretrained(model_dir / "scheduler")
@@ -387,16 +391,25 @@ def build_parser() -> argparse.ArgumentParser:
                                            "large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("sample", help="sample images from a trained diffusion prior through its first stage",
-                       description="Latents from the prior (seeded; DDIM, DDPM or DPM-Solver++), decoded by the "
-                                   "KL-VAE recorded in the run (or --vae), written as a PNG grid.")
-    p.add_argument("run", help="a diffusion_prior run directory (or its model/)")
+    p = sub.add_parser("sample", help="sample images (or audio) from a trained prior through its first stage",
+                       description="Diffusion prior: latents (seeded; DDIM, DDPM or DPM-Solver++) decoded by the "
+                                   "KL-VAE recorded in the run (or --vae), written as a PNG grid. AR prior: tokens "
+                                   "(seeded; temperature, top-k, top-p) decoded by the VQ tokenizer -> PNG grid, or "
+                                   "by the audio codec -> one WAV per sample in the --out directory.")
+    p.add_argument("run", help="a diffusion_prior or ar_prior run directory (or its model/)")
     p.add_argument("--n", type=int, default=16)
-    p.add_argument("--out", required=True, help="PNG grid path")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++"], default="ddim")
+    p.add_argument("--out", required=True, help="PNG grid path (AR prior over audio tokens: a directory for WAVs)")
+    p.add_argument("--steps", type=int, default=50, help="diffusion: sampler steps (default 50)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++"], default="ddim", help="diffusion: the scheduler")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae", help="first stage to decode with (default: the run's model.first_stage)")
+    p.add_argument("--top-k", type=int, help="AR: keep the k likeliest codes at each step (0: all; default: "
+                                             "the recipe's model.ar.top_k)")
+    p.add_argument("--top-p", type=float, help="AR: nucleus sampling mass (1: off; default: model.ar.top_p)")
+    p.add_argument("--temperature", type=float, help="AR: softmax temperature (default: model.ar.temperature)")
+    p.add_argument("--label", help="AR, class-conditional: class index or name for every sample (default: "
+                                   "the classes in turn)")
+    p.add_argument("--vae", help="first stage to decode with (default: the run's model.first_stage): a KL-VAE "
+                                 "(diffusion), a VQ tokenizer or an audio codec (AR)")
     p.add_argument("--tile", type=int, help="encode/decode in exact tiles of this many pixels: bounded memory for "
                                            "large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=cmd_sample)
