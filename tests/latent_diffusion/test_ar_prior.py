@@ -132,6 +132,21 @@ def test_position_mask_never_yields_an_invalid_token():
     assert torch.isfinite(scores).sum(-1).eq(layout.codebook_size).all()
 
 
+def test_sample_labels_by_index_or_name_and_every_class_by_default():
+    from train.ar_sample import labels_for
+    from train.config import ConfigError
+
+    layout, names = LAYOUTS["codec+class"], ["cat", "dog"]
+    assert labels_for(5, layout, None).tolist() == [0, 1, 0, 1, 0]
+    assert labels_for(3, layout, "dog", names).tolist() == [1, 1, 1]
+    assert labels_for(2, layout, "0", names).tolist() == [0, 0]
+    for bad in ("2", "bird"):
+        with pytest.raises(ConfigError, match="--label"):
+            labels_for(2, layout, bad, names)
+    with pytest.raises(ConfigError, match="unconditional"):
+        labels_for(2, LAYOUTS["grid"], "0")
+
+
 # --- training, export, CLI ------------------------------------------------------------------------
 
 AR = ["model.kind=ar_prior", "model.ar.width=32", "model.ar.layers=2", "model.ar.heads=2", "train.lr=3e-3",
