@@ -73,6 +73,15 @@ def test_layout_from_manifests():
                                       "n_quantizers": 2, "num_classes": 3}, class_conditional=False).num_classes == 0
 
 
+@pytest.mark.parametrize("override, key", [("model.ar.heads=3", "model.ar.heads"), ("model.ar.top_p=0", "model.ar.top_p"),
+                                           ("model.ar.arch=rnn", "model.ar.arch"), ("model.ar.depth=2", "depth")])
+def test_ar_config_is_validated_at_load(override, key):
+    from train.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict({}, ["model.kind=ar_prior", "model.ar.width=32", override])
+
+
 # --- sampling -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
