@@ -1,1 +1,1 @@
-"""Priors in latent space (diffusion over KL latents, autoregressive over tokens). Planned: issue 6."""
+"""Priors in latent space: diffusion over KL latents (diffusion_prior), autoregressive over tokens (ar_prior)."""

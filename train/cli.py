@@ -230,21 +230,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from latent_diffusion.diffusion_prior import sample
     from tokenizers_ae.tiling import vae_decode
     from train.export import load_vae
+    from train.labels import sample_labels
     from train.prior_export import load_prior
 
+    model_dir = Path(args.run) / "model" if (Path(args.run) / "model" / "prior.json").is_file() else Path(args.run)
+    if (model_dir / "prior.json").is_file() and json.loads((model_dir / "prior.json").read_text()).get("kind") == \
+            "ar_prior":
+        from train.ar_sample import sample_command
+
+        return sample_command(model_dir, args)
     prior, meta = load_prior(args.run)
-    labels = None
-    if args.label is not None:
-        names = meta.get("class_names") or []
-        try:
-            ids = [names.index(v) if v in names else int(v) for v in args.label.split(",")]
-        except ValueError:
-            raise ConfigError(f"--label: {args.label!r} names no class (classes: {names or 'none'})") from None
-        labels = torch.tensor([ids[i % len(ids)] for i in range(args.n)])
-    elif prior.num_classes:  # a conditional prior with no --label: every class in turn
-        labels = torch.arange(args.n) % prior.num_classes
-    if labels is not None and not prior.num_classes:
-        raise ConfigError("--label: this prior is unconditional")
+    labels = sample_labels(args.n, prior.num_classes, args.label, meta.get("class_names"))
     z = sample(prior, n=args.n, shape=meta["latent_shape"], seed=args.seed, steps=args.steps,
                sampler=args.sampler, labels=labels, guidance=args.guidance, progress=True)
     if meta.get("space") == "pixel":
@@ -404,21 +400,28 @@ def build_parser() -> argparse.ArgumentParser:
                                            "large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("sample", help="sample images from a trained diffusion prior through its first stage",
-                       description="Latents from the prior (seeded; DDIM, DDPM or DPM-Solver++; classifier-free "
-                                   "guidance for class-conditional priors), decoded by the KL-VAE recorded in the "
-                                   "run (or --vae), written as a PNG grid. Pixel-space priors need no decoder.")
-    p.add_argument("run", help="a diffusion_prior run directory (or its model/)")
+    p = sub.add_parser("sample", help="sample images (or audio) from a trained prior through its first stage",
+                       description="Diffusion prior: latents (seeded; DDIM, DDPM or DPM-Solver++; classifier-free "
+                                   "guidance when class-conditional) decoded by the KL-VAE recorded in the run (or "
+                                   "--vae; pixel-space priors need none), written as a PNG grid. AR prior: tokens "
+                                   "(seeded; temperature, top-k, top-p) decoded by the VQ tokenizer -> PNG grid, or "
+                                   "by the audio codec -> one WAV per sample in the --out directory.")
+    p.add_argument("run", help="a diffusion_prior or ar_prior run directory (or its model/)")
     p.add_argument("--n", type=int, default=16)
-    p.add_argument("--out", required=True, help="PNG grid path")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++"], default="ddim")
+    p.add_argument("--out", required=True, help="PNG grid path (AR prior over audio tokens: a directory for WAVs)")
+    p.add_argument("--steps", type=int, default=50, help="diffusion: sampler steps (default 50)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++"], default="ddim", help="diffusion: the scheduler")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae", help="first stage to decode with (default: the run's model.first_stage)")
-    p.add_argument("--label", help="class-conditional priors: comma-separated class names or indices, cycled "
-                                   "over the samples (default: every class in turn)")
+    p.add_argument("--top-k", type=int, help="AR: keep the k likeliest codes at each step (0: all; default: "
+                                             "the recipe's model.ar.top_k)")
+    p.add_argument("--top-p", type=float, help="AR: nucleus sampling mass (1: off; default: model.ar.top_p)")
+    p.add_argument("--temperature", type=float, help="AR: softmax temperature (default: model.ar.temperature)")
+    p.add_argument("--label", help="class-conditional priors: a class index or name, or a comma-separated list "
+                                   "cycled over the samples (default: every class in turn)")
     p.add_argument("--guidance", type=float, default=3.0,
-                   help="classifier-free guidance scale for class-conditional priors (1: none)")
+                   help="diffusion: classifier-free guidance scale for class-conditional priors (1: none)")
+    p.add_argument("--vae", help="first stage to decode with (default: the run's model.first_stage): a KL-VAE "
+                                 "(diffusion), a VQ tokenizer or an audio codec (AR)")
     p.add_argument("--tile", type=int, help="encode/decode in exact tiles of this many pixels: bounded memory for "
                                            "large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=cmd_sample)

@@ -191,14 +191,48 @@ class CodecConfig:
 
 
 @dataclass
+class ARConfig:
+    """`model.kind: ar_prior`: a transformers causal LM over the token shards of `aetk encode`
+    (sequence layout: `latent_diffusion/ar_prior.py`)."""
+
+    arch: Literal["gpt2", "llama"] = "gpt2"
+    """`gpt2` (learned positions, GELU MLP) or `llama` (RoPE, SwiGLU, RMSNorm)."""
+    width: int = 256
+    """Hidden size."""
+    layers: int = 6
+    """Transformer blocks."""
+    heads: int = 8
+    """Attention heads (must divide width)."""
+    dropout: float = 0.0
+    """Dropout of attention (and, for gpt2, of embeddings and residuals)."""
+    class_conditional: bool = True
+    """Prepend a class token when the shards carry labels (manifest `num_classes`); false: unconditional."""
+    top_k: int = 0
+    """Sampling in eval steps and the default of `aetk sample --top-k`: keep the k likeliest codes (0: all)."""
+    top_p: float = 1.0
+    """Sampling: nucleus mass kept (1: all)."""
+    temperature: float = 1.0
+    """Sampling: logits divided by this (> 0)."""
+
+    def __post_init__(self) -> None:
+        _check(self.width >= 1 and self.layers >= 1 and self.heads >= 1, "model.ar.width", ">= 1 (and layers, heads)")
+        _check(self.width % self.heads == 0, "model.ar.heads", f"a divisor of model.ar.width={self.width}")
+        _check(0 <= self.dropout < 1, "model.ar.dropout", "in [0, 1)")
+        _check(self.top_k >= 0, "model.ar.top_k", ">= 0")
+        _check(0 < self.top_p <= 1, "model.ar.top_p", "in (0, 1]")
+        _check(self.temperature > 0, "model.ar.temperature", "> 0")
+
+
+@dataclass
 class ModelConfig:
-    kind: Literal["kl_vae", "vq_vae", "diffusion_prior", "classic", "soundstream"] = "kl_vae"
+    kind: Literal["kl_vae", "vq_vae", "diffusion_prior", "classic", "soundstream", "ar_prior"] = "kl_vae"
     """Model family (`train/registry.py`): `kl_vae` (continuous latents), `vq_vae` (tokens; a
     VQ-GAN when trained with the discriminator on), `diffusion_prior` (a UNet or DiT over the
     latents of `aetk encode`: data.path is the encode directory, latent shape from its manifest;
     with an image source as data.path it is the pixel-space baseline) or
     `classic` (the classic autoencoder family; `model.classic` picks the variant) or
-    `soundstream` (the neural audio codec; `model.codec` and the RVQ keys)."""
+    `soundstream` (the neural audio codec; `model.codec` and the RVQ keys) or `ar_prior` (a causal
+    LM over the token shards of `aetk encode`; `model.ar`)."""
     init_from: str | None = None
     """A VAE to fine-tune: a diffusers `AutoencoderKL` directory (its architecture wins over the
     keys below) or a Stable Diffusion / latent-diffusion single `.safetensors` file (architecture
@@ -257,11 +291,14 @@ class ModelConfig:
     """Diffusion prior: classifier-free guidance for eval samples of a class-conditional prior."""
     first_stage: str | None = None
     """Diffusion prior: the KL-VAE (run dir, diffusers dir or single file) whose decoder turns sampled
-    latents into images for eval grids and `aetk sample`."""
+    latents into images for eval grids and `aetk sample`. AR prior: the VQ tokenizer or audio codec
+    that made the tokens."""
     classic: ClassicConfig = field(default_factory=ClassicConfig)
     """`model.kind: classic`: the variant and its settings."""
     codec: CodecConfig = field(default_factory=CodecConfig)
     """`model.kind: soundstream`: the audio codec's encoder/decoder."""
+    ar: ARConfig = field(default_factory=ARConfig)
+    """`model.kind: ar_prior`: the transformer and its sampling."""
 
     def __post_init__(self) -> None:
         _check(len(self.block_out_channels) >= 1, "model.block_out_channels", "a non-empty list")

@@ -117,7 +117,7 @@ def build_classic(cfg: Config) -> nn.Module:
 
 
 MODELS = {"kl_vae": build_kl_vae, "vq_vae": build_vq_vae, "diffusion_prior": lambda cfg: build_prior(cfg),
-          "classic": build_classic, "soundstream": build_codec}
+          "classic": build_classic, "soundstream": build_codec, "ar_prior": lambda cfg: build_ar_prior(cfg)}
 """model.kind -> builder(Config) -> nn.Module returning AEOutput."""
 
 REG_WEIGHTS = {
@@ -167,7 +167,17 @@ def build_prior(cfg: Config) -> DiffusionPrior:
                           beta_schedule=schedule, num_classes=k)
 
 
+def build_ar_prior(cfg: Config) -> nn.Module:
+    from train.ar_task import build_ar_prior as build  # the layout comes from the token manifest
+
+    return build(cfg)
+
+
 def build_task(cfg: Config, model: nn.Module | None = None):
+    if cfg.model.kind == "ar_prior":
+        from train.ar_task import build_ar_task
+
+        return build_ar_task(cfg, model)
     if cfg.model.kind == "classic":
         from train.classic_registry import build_classic_task
 

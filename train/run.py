@@ -48,9 +48,13 @@ class MetricsLog:
 @torch.no_grad()
 def evaluate(trainer: Trainer, step: int) -> dict[str, float]:
     """Reconstruct the validation batch with the averaged model; metrics + grid (main process).
-    A diffusion prior instead samples latents and, with a first stage, decodes a grid."""
+    A diffusion or AR prior instead samples latents or tokens and, with a first stage, decodes them."""
     if trainer.cfg.model.kind == "diffusion_prior":
         return _evaluate_prior(trainer, step)
+    if trainer.cfg.model.kind == "ar_prior":
+        from train.ar_sample import evaluate_ar
+
+        return evaluate_ar(trainer, step)
     if trainer.cfg.model.kind == "soundstream":
         return _evaluate_audio(trainer, step)
     if trainer.cfg.model.kind == "classic":
@@ -168,6 +172,13 @@ def export_model(trainer: Trainer, out_dir: Path) -> Path:
                      pixel=isinstance(data, PixelItems), first_stage=trainer.cfg.model.first_stage,
                      class_names=data.class_names if model.num_classes else [])
         return out_dir
+    if trainer.cfg.model.kind == "ar_prior":  # transformers' save_pretrained + prior.json
+        from train.ar_sample import export_ar
+
+        a = trainer.cfg.model.ar
+        return export_ar(model, out_dir, first_stage=trainer.cfg.model.first_stage,
+                         sampling={"top_k": a.top_k, "top_p": a.top_p, "temperature": a.temperature},
+                         class_names=trainer.loaders.train_dataset.manifest.get("class_names"))
     if trainer.cfg.model.kind == "soundstream":  # aetk's native format (+ the recipe to rebuild it)
         from train.export import save_native
 

@@ -91,6 +91,10 @@ def build_loaders(cfg: Config, *, rank: int, world: int, micro_batch: int) -> Lo
     d = cfg.data
     from train.data.latents import LatentItems, is_latent_dir
 
+    if cfg.model.kind == "ar_prior":  # token shards of `aetk encode`
+        from train.data.tokens import TokenItems
+
+        return Loaders(cfg, rank, world, micro_batch, TokenItems(d.path), TokenItems(d.val_path or d.path))
     if is_latent_dir(d.path):  # `aetk encode` output: a prior trains on latents
         latents = LatentItems(d.path)
         return Loaders(cfg, rank, world, micro_batch, latents, LatentItems(d.val_path or d.path))
