@@ -96,7 +96,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     opts = EncodeOptions(resolution=args.resolution, batch_size=args.batch_size, shard_size=args.shard_size,
                          sample=args.sample, flip=args.flip, dtype=args.dtype, seed=args.seed,
-                         precision=args.precision, num_workers=args.num_workers, tile=args.tile)
+                         precision=args.precision, num_workers=args.num_workers, tile=args.tile,
+                         split=args.split)
     m = encode(args.model, args.data, args.out, opts)
     if m["format"] == "aetk-tokens":
         detail = (f"{m['count']} token grids {m['token_shape']}; codebook usage {m['codebook_usage']:.1%}, "
@@ -355,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1024, help="items per shard (default 1024)")
     p.add_argument("--sample", action="store_true", help="posterior samples instead of means")
     p.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies")
+    p.add_argument("--split", default="train", help="split of a builtin source or a saved DatasetDict (`val`: the "
+                                                    "held-out items, for a prior's data.val_path)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["bf16", "no"], default="bf16",

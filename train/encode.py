@@ -57,6 +57,8 @@ class EncodeOptions:
     the encoder's threads use, at most 4 (0 on a 2-core machine, where a worker only steals time)."""
     progress: bool = True
     tile: int | None = None
+    split: str = "train"
+    """Split of a builtin source or a `datasets` DatasetDict (`val`: builtin held-out items)."""
     """Run the encoder in exact tiles of this many pixels (bounded memory for large images)."""
 
 
@@ -295,11 +297,12 @@ def encode(model: str, data: str, out: str | Path, opts: EncodeOptions) -> dict:
         net = net.to(memory_format=torch.channels_last)
     codec = _Latents(net, opts) if isinstance(net, AutoencoderKL) else _Tokens(net, opts)
     ds = build_image_dataset(data, resolution=opts.resolution, seed=opts.seed, random_crop=False,
-                             random_flip=False)
+                             random_flip=False, split=opts.split)
     items = _Items(ds, opts.flip)
     digest = model_hash(net)
     _claim(out, {"model_hash": digest, "data": data, "items": len(items),
-                 **{k: v for k, v in vars(opts).items() if k not in ("num_workers", "progress", "batch_size")}}, state)
+                 **{k: v for k, v in vars(opts).items() if k not in ("num_workers", "progress", "batch_size")
+                    and not (k == "split" and v == "train")}}, state)  # older encode dirs had no split
     n_shards = -(-len(items) // opts.shard_size)
     mine = [s for s in range(state.process_index, n_shards, state.num_processes)]
     todo = [s for s in mine if not _shard_done(_shard_path(out, s))]

@@ -41,6 +41,17 @@ def test_encode_stores_each_items_label(digits):
                                                                   (0, 7, 600, len(ds) - 1)]
 
 
+def test_encode_split_val_holds_the_held_out_digits(digits, tmp_path):
+    from latent_diffusion.latents import LatentShardDataset
+    from train.data.digits import digits_split
+
+    assert main(["encode", str(digits / "vae"), "--data", "builtin:digits", "--resolution", "16", "--split", "val",
+                 "--out", str(tmp_path / "val"), "--precision", "no"]) == 0
+    ds = LatentShardDataset(tmp_path / "val")
+    _, y = digits_split("val")
+    assert len(ds) == len(y) and [ds[i]["label"] for i in range(5)] == y[:5].tolist()
+
+
 def test_image_folder_classes_come_from_subfolders(tmp_path):
     from PIL import Image
 

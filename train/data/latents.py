@@ -21,8 +21,10 @@ class LatentItems(torch.utils.data.Dataset):
     trainer treat both alike; latents need no augmentation (encode's --flip made the copies).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, scaling_factor: float | None = None) -> None:
         self.ds = LatentShardDataset(path, scale=True)
+        if scaling_factor is not None:  # validation latents scale like the training latents they sit beside
+            self.ds.scaling_factor = scaling_factor
         self.path = path
         self.latent_shape = list(self.ds.manifest["latent_shape"])
         self.scaling_factor = self.ds.scaling_factor

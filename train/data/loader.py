@@ -97,7 +97,8 @@ def build_loaders(cfg: Config, *, rank: int, world: int, micro_batch: int) -> Lo
         return Loaders(cfg, rank, world, micro_batch, TokenItems(d.path), TokenItems(d.val_path or d.path))
     if is_latent_dir(d.path):  # `aetk encode` output: a prior trains on latents
         latents = LatentItems(d.path)
-        return Loaders(cfg, rank, world, micro_batch, latents, LatentItems(d.val_path or d.path))
+        val = LatentItems(d.val_path or d.path, scaling_factor=latents.scaling_factor)
+        return Loaders(cfg, rank, world, micro_batch, latents, val)
     if cfg.model.kind == "soundstream":  # audio folders: crops of data.segment_seconds at the model's rate
         from train.data.audio import AudioFolder
 
