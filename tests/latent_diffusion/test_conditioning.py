@@ -204,3 +204,28 @@ def test_nearest_neighbour_distance_flags_copies_and_denoising_loss_is_repeatabl
                                       norm_num_groups=8)).eval()
     assert denoising_loss(prior, train[:4]) == denoising_loss(prior, train[:4])
     assert denoising_loss(prior, train[:4], seed=1) != denoising_loss(prior, train[:4])
+
+
+def test_conditional_prior_resumes_exactly(digits, tmp_path, tiny_config):
+    """Timesteps, noise and label dropout are positional draws: 2 + resume + 2 steps == 4 steps."""
+    from train.loop import Trainer
+
+    extra = [*PRIOR, f"data.path={digits / 'lat'}", "model.class_conditional=true", "model.cond_dropout=0.5",
+             "train.mixed_precision=no"]
+
+    def run(out, steps, resume=False):
+        t = Trainer(tiny_config(out, *extra))
+        if resume:
+            assert t.maybe_resume() is not None and t.step_idx == 2
+        for _ in range(steps):
+            t.step(t.next_micro_batches())
+        if not resume:
+            t.save()
+        w = {k: v.clone() for k, v in t.task.prior.state_dict().items()}
+        t.close()
+        return w
+
+    wa = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    wc = run(tmp_path / "b", 2, resume=True)
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
