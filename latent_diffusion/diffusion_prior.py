@@ -70,10 +70,11 @@ class DiffusionPrior(nn.Module):
 
     `net` is a UNet2DModel or DiTTransformer2DModel called as net(x_t, t (B,), class_labels).
     `num_classes` > 0 makes it class-conditional (labels (B,) in 0..K-1, K = null).
+    `clip_sample` clamps predicted x0 to [-1, 1] while sampling: for pixels only.
     """
 
     def __init__(self, net: nn.Module, *, prediction_type: str = "epsilon", num_train_timesteps: int = 1000,
-                 beta_schedule: str = "scaled_linear", num_classes: int = 0) -> None:
+                 beta_schedule: str = "scaled_linear", num_classes: int = 0, clip_sample: bool = False) -> None:
         super().__init__()
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
@@ -84,8 +85,11 @@ class DiffusionPrior(nn.Module):
         self.null_label = num_classes
         """Class index guidance contrasts against (1000 in a DiTPipeline export's padded table)."""
         lo, hi = BETAS[beta_schedule]
+        # clip_sample clamps each predicted x0 to [-1, 1]: right for pixels, wrong for unit-variance
+        # latents (diffusers' default is True; it shrank latent samples to half their spread).
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                       beta_start=lo, beta_end=hi, prediction_type=prediction_type)
+                                       beta_start=lo, beta_end=hi, prediction_type=prediction_type,
+                                       clip_sample=clip_sample)
 
     def class_input(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
         """What the denoiser's class input is: labels, or DiT's one class for unconditional priors."""

@@ -254,7 +254,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         with torch.no_grad():
             images = vae_decode(vae, z / meta["scaling_factor"], args.tile).float().clamp(-1, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid((images + 1) / 2, nrow=min(8, args.n), padding=2, pad_value=1.0), args.out)
+    period = len(args.label.split(",")) if args.label else prior.num_classes
+    nrow = period if 2 <= period <= 16 else min(8, args.n)  # one class per column when classes cycle
+    save_image(make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0), args.out)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 

@@ -123,7 +123,8 @@ def load_prior(model_dir: str | Path) -> tuple[DiffusionPrior, dict]:
     sched = DDPMScheduler.from_pretrained(p / "scheduler")
     prior = DiffusionPrior(net, prediction_type=sched.config.prediction_type,
                            num_train_timesteps=sched.config.num_train_timesteps,
-                           beta_schedule=sched.config.beta_schedule, num_classes=meta.get("num_classes", 0))
+                           beta_schedule=sched.config.beta_schedule, num_classes=meta.get("num_classes", 0),
+                           clip_sample=sched.config.clip_sample)
     prior.scheduler = sched
     prior.null_label = meta.get("null_label", prior.num_classes)
     return prior.eval(), meta

@@ -164,7 +164,7 @@ def build_prior(cfg: Config) -> DiffusionPrior:
                          attention=m.mid_block_attention, num_classes=k)
     schedule = m.beta_schedule if m.beta_schedule != "auto" else ("scaled_linear" if latent else "linear")
     return DiffusionPrior(net, prediction_type=m.prediction_type, num_train_timesteps=m.num_train_timesteps,
-                          beta_schedule=schedule, num_classes=k)
+                          beta_schedule=schedule, num_classes=k, clip_sample=not latent)
 
 
 def build_ar_prior(cfg: Config) -> nn.Module:

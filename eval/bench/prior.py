@@ -72,7 +72,7 @@ def bench_prior(*, resolution: int = 64, factor: int = 8, widths: tuple[int, ...
         "latent": DiffusionPrior(build_unet(latent_channels=4, sample_size=resolution // factor,
                                             block_out_channels=widths)),
         "pixel": DiffusionPrior(build_unet(latent_channels=3, sample_size=resolution, block_out_channels=widths),
-                                beta_schedule="linear"),
+                                beta_schedule="linear", clip_sample=True),
     }
     data = {"latent": latents, "pixel": images}
     opts = {k: torch.optim.AdamW(p.parameters(), lr=1e-4) for k, p in priors.items()}

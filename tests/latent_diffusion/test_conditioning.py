@@ -151,6 +151,9 @@ def test_unconditional_latent_prior_exports_an_ldm_pipeline_with_the_same_sample
     assert export_prior(prior, tmp_path / "m", latent_shape=[4, 8, 8], scaling_factor=sf, pixel=False,
                         first_stage=str(digits / "vae"), class_names=[]) == "LDMPipeline"
     assert load_vae(tmp_path / "m/vqvae").config.scaling_factor == pytest.approx(sf)
+    from train.prior_export import load_prior
+
+    assert not load_prior(tmp_path / "m")[0].scheduler.config.clip_sample  # unit-variance latents: no clamp
     ours = _aetk_images(tmp_path / "m", 2)
     theirs = _pipeline_images(tmp_path / "m", batch_size=2, output_type="np")
     torch.testing.assert_close(theirs, ours, atol=2e-4, rtol=0)
@@ -165,6 +168,7 @@ def test_pixel_baseline_trains_on_images_and_exports_a_ddpm_pipeline(tmp_path, t
     prior, meta = load_prior(tmp_path / "px")
     assert meta["space"] == "pixel" and meta["latent_shape"] == [1, 16, 16] and meta["pipeline"] == "DDPMPipeline"
     assert prior.scheduler.config.beta_schedule == "linear"  # DDPM's schedule for pixels
+    assert prior.scheduler.config.clip_sample  # pixels live in [-1, 1]; latents must not be clamped
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "px/model")
     assert type(pipe).__name__ == "DDPMPipeline"
     assert (tmp_path / "px/samples/sample-0000003.png").is_file()
