@@ -3,44 +3,22 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from latent_diffusion.ar_prior import ARPrior, TokenLayout, build_lm
 from train.config import Config
-from train.tasks import Phase, StepContext
+from train.prior_task import PriorTask
+from train.tasks import StepContext
 
 
-class ARPriorTask:
+class ARPriorTask(PriorTask):
     """Deterministic given the batch (dropout aside), so resume and multi-process runs are exact
     like the other tasks'."""
 
     def __init__(self, *, prior: ARPrior, lr: float, betas=(0.9, 0.95), weight_decay: float = 0.0) -> None:
-        self.prior = prior
-        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
-
-    def phases(self) -> list[Phase]:
-        return [Phase("prior", self.prior, self.lr, self.betas, self.weight_decay)]
-
-    def active(self, phase: str, step: int) -> bool:
-        return True
-
-    def model_to_average(self) -> nn.Module:
-        return self.prior
-
-    def to(self, device: torch.device) -> "ARPriorTask":
-        return self
+        super().__init__(prior=prior, lr=lr, betas=betas, weight_decay=weight_decay)
 
     def forward(self, models, batch: dict, ctx: StepContext) -> torch.Tensor:
         return models["prior"](batch["x"], batch.get("y")).mean()  # x: (B, *token_shape) long
-
-    def loss(self, phase, models, out: torch.Tensor, batch, ctx):
-        return out, {"loss": out.detach()}
-
-    def state(self) -> dict:
-        return {}
-
-    def load_state(self, state: dict) -> None:
-        pass
 
     def diagnose_nonfinite(self, batch: dict, autocast_dtype) -> str:
         return "the transformer (tokens are integers; try train.mixed_precision=no or a lower train.lr)"

@@ -9,15 +9,13 @@ from latent_diffusion.diffusion_prior import DiffusionPrior
 from train.tasks import Phase, StepContext
 
 
-class DiffusionPriorTask:
-    """Timesteps, noise and label dropout come from the loop's positional draws, so resume and
-    multi-process runs are exact like the autoencoder's."""
+class PriorTask:
+    """What every prior task shares: one phase ("prior") over one module, averaged for EMA, no state
+    of its own. Subclasses implement `forward` (returning the mean loss) and `diagnose_nonfinite`."""
 
-    def __init__(self, *, prior: DiffusionPrior, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0,
-                 cond_dropout: float = 0.1) -> None:
+    def __init__(self, *, prior: nn.Module, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0) -> None:
         self.prior = prior
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
-        self.cond_dropout = cond_dropout
 
     def phases(self) -> list[Phase]:
         return [Phase("prior", self.prior, self.lr, self.betas, self.weight_decay)]
@@ -28,8 +26,27 @@ class DiffusionPriorTask:
     def model_to_average(self) -> nn.Module:
         return self.prior
 
-    def to(self, device: torch.device) -> "DiffusionPriorTask":
+    def to(self, device: torch.device) -> "PriorTask":
         return self
+
+    def loss(self, phase, models, out: torch.Tensor, batch, ctx):
+        return out, {"loss": out.detach()}
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+
+class DiffusionPriorTask(PriorTask):
+    """Timesteps, noise and label dropout come from the loop's positional draws, so resume and
+    multi-process runs are exact like the autoencoder's."""
+
+    def __init__(self, *, prior: DiffusionPrior, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0,
+                 cond_dropout: float = 0.1) -> None:
+        super().__init__(prior=prior, lr=lr, betas=betas, weight_decay=weight_decay)
+        self.cond_dropout = cond_dropout
 
     def forward(self, models, batch: dict, ctx: StepContext) -> torch.Tensor:
         x0 = batch["x"]  # (B, c, h, w), scaled
@@ -43,15 +60,6 @@ class DiffusionPriorTask:
             # Classifier-free guidance: a fraction of items learn the null class's (unconditional) score.
             labels = torch.where(u[:, 1] < self.cond_dropout, self.prior.null_label, batch["y"].to(x0.device))
         return models["prior"](x0, ctx.noise(x0.shape).to(x0), t, labels).mean()
-
-    def loss(self, phase, models, out: torch.Tensor, batch, ctx):
-        return out, {"loss": out.detach()}
-
-    def state(self) -> dict:
-        return {}
-
-    def load_state(self, state: dict) -> None:
-        pass
 
     def diagnose_nonfinite(self, batch: dict, autocast_dtype) -> str:
         return "the input batch (check the latents)" if not torch.isfinite(batch["x"]).all() else "the denoiser"

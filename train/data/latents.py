@@ -13,29 +13,25 @@ def is_latent_dir(path: str) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
-class LatentItems(torch.utils.data.Dataset):
-    """{"x": (c, h, w) latent times the manifest's scaling factor, "index": i, "bad": []}, plus
+class ShardItems(torch.utils.data.Dataset):
+    """`aetk encode` shards as training items {"x": the shard tensor, "index": i, "bad": []}, plus
     "y": class index when the encoded source was labelled.
 
     The interface of the image datasets (set_epoch, describe, why_unreadable) so the loader and
-    trainer treat both alike; latents need no augmentation (encode's --flip made the copies).
+    trainer treat both alike; shards need no augmentation (encode's --flip made the copies).
     """
 
-    def __init__(self, path: str, *, scaling_factor: float | None = None) -> None:
-        self.ds = LatentShardDataset(path, scale=True)
-        if scaling_factor is not None:  # validation latents scale like the training latents they sit beside
-            self.ds.scaling_factor = scaling_factor
-        self.path = path
-        self.latent_shape = list(self.ds.manifest["latent_shape"])
-        self.scaling_factor = self.ds.scaling_factor
-        self.num_classes, self.class_names = self.ds.num_classes, self.ds.class_names
+    def __init__(self, path: str, ds: LatentShardDataset) -> None:
+        self.path, self.ds = path, ds
+        self.manifest = ds.manifest
+        self.num_classes, self.class_names = ds.num_classes, ds.class_names
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, i: int) -> dict:
         item = self.ds[i]
-        out = {"x": item["latent"], "index": int(i), "bad": []}
+        out = {"x": item[self.ds.item_key], "index": int(i), "bad": []}
         if "label" in item:
             out["y"] = item["label"]
         return out
@@ -48,6 +44,17 @@ class LatentItems(torch.utils.data.Dataset):
 
     def why_unreadable(self, i: int) -> str:
         return ""
+
+
+class LatentItems(ShardItems):
+    """KL latents times the manifest's scaling factor (unit variance): a diffusion prior's data."""
+
+    def __init__(self, path: str, *, scaling_factor: float | None = None) -> None:
+        super().__init__(path, LatentShardDataset(path, scale=True))
+        if scaling_factor is not None:  # validation latents scale like the training latents they sit beside
+            self.ds.scaling_factor = scaling_factor
+        self.latent_shape = list(self.manifest["latent_shape"])
+        self.scaling_factor = self.ds.scaling_factor
 
 
 class PixelItems(torch.utils.data.Dataset):
