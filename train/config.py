@@ -9,6 +9,7 @@ the keys allowed there. Any key can be overridden from the command line as `dott
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -260,7 +261,9 @@ class ModelConfig:
     vq_ema_decay: float | None = 0.99
     """VQ: EMA codebook updates (None: learned through the codebook loss)."""
     dead_code_threshold: float = 0.0
-    """VQ: restart codes whose EMA cluster size (or recent usage) falls below this from batch vectors."""
+    """VQ: restart codes whose EMA cluster size (or recent usage) falls below this from batch vectors.
+    With EMA the cluster size is vectors per forward, ~ (vectors per batch) / codebook_size under
+    uniform use, so the threshold must sit well below that (checked for `soundstream`)."""
     kmeans_init: bool = False
     """VQ: initialise the codebook with k-means on the first batch."""
     cosine: bool = False
@@ -435,6 +438,19 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        m = self.model
+        if m.kind == "soundstream" and m.vq_ema_decay is not None and m.dead_code_threshold > 0:
+            # An EMA cluster size tends to the code's vectors per forward, so under uniform use
+            # to (frames per forward) / codebook_size; at or above that threshold every code is
+            # restarted every step and no codebook ever settles.
+            hop = math.prod(m.codec.ratios)
+            frames = math.ceil(round(self.data.segment_seconds * m.codec.sample_rate) / hop)
+            mean_size = self.train.batch_size / self.train.grad_accum * frames / m.codebook_size
+            _check(m.dead_code_threshold < mean_size, "model.dead_code_threshold",
+                   f"below the mean EMA cluster size, batch_size / grad_accum * frames per segment / "
+                   f"codebook_size = {mean_size:.3g} (else every code is restarted every step)")
 
 
 def _check(ok: bool, key: str, want: str) -> None:

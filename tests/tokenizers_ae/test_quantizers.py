@@ -228,6 +228,23 @@ def test_kmeans_initialises_from_the_first_training_batch_only(ema):
         assert torch.equal(q.codebook.data, frozen)
 
 
+def test_kmeans_on_fewer_rows_than_codes_restarts_the_empty_clusters_at_once():
+    """A small batch (8 x 0.5 s of 75 Hz audio: 300 rows for 1024 codes) leaves most k-means
+    clusters empty; with a low restart threshold they must not sit as duplicates for hundreds of steps."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(codebook_size=64, dim=4, ema_decay=0.99, dead_code_threshold=0.05, kmeans_init=True).train()
+    z = torch.randn(1, 4, 16)  # 16 rows, 64 codes
+    out = q(z)
+    used = out.indices.unique().numel()
+    assert out.stats["vq/dead_codes"] == 64 - used  # every empty cluster, in the first update
+    unused = torch.ones(64, dtype=torch.bool)
+    unused[out.indices.unique()] = False
+    batch = rows(z)
+    for code in q.codebook[unused]:
+        assert (batch - code).abs().sum(1).min() == 0  # restarted onto a vector of the batch
+    torch.testing.assert_close(q.cluster_size[unused], torch.full((64 - used,), 0.05))
+
+
 # --- factorised lookup, round trips -------------------------------------------------------------
 
 

@@ -41,7 +41,9 @@ def test_tiny_codec_trains_end_to_end_with_gan_and_feature_matching(audio_dir, t
         f"output_dir={out}", f"data.path={audio_dir}", f"data.val_path={audio_dir}", "data.segment_seconds=0.1",
         "data.val_size=2", *TINY_CODEC, "model.kmeans_init=false", "loss.disc_start=2", "train.batch_size=2",
         "train.max_steps=4", "train.eval_every=4", "train.checkpoint_every=4", "train.log_every=1",
-        "train.mixed_precision=no", "train.progress=false"])
+        "train.mixed_precision=no", "train.progress=false",
+        # every loss term and the weight EMA, which the quick-start recipe leaves off at its budget
+        "loss.stft_weight=1.0", "train.ema_decay=0.99"])
     train(cfg).close()
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in logs if "generator/loss" in r]

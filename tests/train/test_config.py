@@ -48,6 +48,22 @@ def test_semantic_checks():
         config_from_dict({"model": {"block_out_channels": [30, 64], "norm_num_groups": 32}})
 
 
+def test_codec_dead_code_threshold_must_be_below_the_mean_cluster_size():
+    """8 clips x 0.5 s at 75 Hz = 300 frames per step over 1024 codes: a code's EMA cluster size
+    tends to 0.29 under uniform use, so a threshold of 2 restarts every code every step."""
+    recipe = {"model": {"kind": "soundstream", "codebook_size": 1024, "vq_ema_decay": 0.99},
+              "data": {"segment_seconds": 0.5}, "train": {"batch_size": 8}}
+    with pytest.raises(ConfigError, match=r"model.dead_code_threshold: .*0.297"):
+        config_from_dict({**recipe, "model": {**recipe["model"], "dead_code_threshold": 2.0}})
+    assert config_from_dict({**recipe, "model": {**recipe["model"], "dead_code_threshold": 0.25}})
+    # Twice the clips per forward doubles the mean size; accumulation halves it back.
+    assert config_from_dict({**recipe, "model": {**recipe["model"], "dead_code_threshold": 0.5},
+                             "train": {"batch_size": 16}})
+    with pytest.raises(ConfigError, match="model.dead_code_threshold"):
+        config_from_dict({**recipe, "model": {**recipe["model"], "dead_code_threshold": 0.5},
+                          "train": {"batch_size": 16, "grad_accum": 2}})
+
+
 def test_overrides_parse_yaml_values_and_win():
     cfg = config_from_dict({"train": {"max_steps": 5}}, [
         "train.max_steps=7", "model.block_out_channels=[16, 32]", "model.norm_num_groups=8", "loss.kl_weight=1e-4",

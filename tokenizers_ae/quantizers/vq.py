@@ -158,7 +158,13 @@ class VectorQuantizer(Quantizer):
         centroids, counts = kmeans(x, self.codebook_size, iters=self.kmeans_iters, cosine=self.cosine)
         self.codebook.data.copy_(centroids)
         if self.ema_decay is not None:
-            sizes = counts.clamp_min(1.0)
+            sizes = counts.clamp_min(1.0)  # without restarts, every code keeps its centroid
+            if self.dead_code_threshold > 0:
+                # With fewer rows than codes (a small batch: 8 x 0.5 s of 75 Hz audio is 300 rows
+                # for 1024 codes) most clusters are empty duplicates of a used centroid. Left at
+                # size 1 they would wait ~log(threshold) / log(decay) steps to be restarted (300
+                # at threshold 0.05, decay 0.99); at 0 the first update restarts them from the batch.
+                sizes = counts
             self.cluster_size.copy_(sizes)
             self.embed_sum.copy_(centroids * sizes[:, None])
         self.initialized.fill_(True)
