@@ -68,7 +68,7 @@ def export_prior(prior: DiffusionPrior, out_dir: Path, *, latent_shape: list[int
     if not pixel and first_stage:
         from train.export import load_vae
 
-        vae = copy.deepcopy(load_vae(first_stage)).float()
+        vae = load_vae(first_stage).float()  # a fresh copy: safe to re-configure
         vae.register_to_config(scaling_factor=scaling_factor)  # the pipelines divide latents by it
     pipeline, null = "", prior.null_label
     if (k or is_dit) and vae is not None and k <= DIT_NULL:

@@ -233,3 +233,16 @@ def test_conditional_prior_resumes_exactly(digits, tmp_path, tiny_config):
     run(tmp_path / "b", 2)
     wc = run(tmp_path / "b", 2, resume=True)
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_validation_latents_are_scaled_with_the_training_factor(digits, tmp_path, tiny_config):
+    from latent_diffusion.latents import LatentShardDataset
+    from train.data.loader import build_loaders
+
+    assert main(["encode", str(digits / "vae"), "--data", "builtin:digits", "--resolution", "16", "--split", "val",
+                 "--out", str(tmp_path / "val"), "--precision", "no"]) == 0
+    cfg = tiny_config(tmp_path / "r", *PRIOR, f"data.path={digits / 'lat'}", f"data.val_path={tmp_path / 'val'}")
+    loaders = build_loaders(cfg, rank=0, world=1, micro_batch=4)
+    sf_train = loaders.train_dataset.scaling_factor
+    assert LatentShardDataset(tmp_path / "val").scaling_factor != sf_train  # its own std differs
+    torch.testing.assert_close(loaders.val_dataset[2]["x"], LatentShardDataset(tmp_path / "val")[2]["latent"] * sf_train)
