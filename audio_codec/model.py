@@ -108,15 +108,15 @@ class SoundStream(nn.Module):
             raise ValueError(f"n_quantizers must be in [1, {self.num_quantizers}], got {n_quantizers}")
         if z.shape[-1] == 0:  # nothing to look up (a stream between frames)
             return torch.zeros(z.shape[0], n_quantizers, 0, dtype=torch.long, device=z.device)
-        return self.quantizer(z, n_quantizers).indices[:, :n_quantizers]  # (B, n_q, F)
+        if self.training:  # the quantizer's forward updates its codebooks, as training expects
+            return self.quantizer(z, n_quantizers).indices[:, :n_quantizers]  # (B, n_q, F)
+        return self.quantizer.encode(z, n_quantizers)  # (B, n_q, F)
 
     def codes_to_latents(self, codes: Tensor) -> Tensor:
         """codes (B, n_q, F), n_q <= Q -> quantized latents (B, D, F) (levels >= n_q unused)."""
-        b, n, f = codes.shape
-        if n > self.num_quantizers:
-            raise ValueError(f"codes have {n} levels, the model has {self.num_quantizers}")
-        unused = codes.new_full((b, self.num_quantizers - n, f), -1)
-        return self.quantizer.indices_to_codes(torch.cat([codes, unused], dim=1))  # (B, D, F)
+        if not 1 <= codes.shape[1] <= self.num_quantizers:
+            raise ValueError(f"codes have {codes.shape[1]} levels, the model has 1 to {self.num_quantizers}")
+        return self.quantizer.decode(codes)  # (B, D, F)
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes (B, n_q, F) -> audio (B, C, F * hop)."""

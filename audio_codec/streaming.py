@@ -5,7 +5,8 @@ Latency: the encoder emits frame n once samples [n * hop, (n + 1) * hop) have al
 decoder turns frame n into exactly those hop samples without waiting for later frames. The
 algorithmic latency of encode -> decode is therefore one frame, `hop_length` samples
 (320 samples = 13.3 ms at 24 kHz), plus compute time. Stream with `model.fold_weight_norm()`:
-small chunks make recomputing every weight norm per call a large share of the work.
+small chunks make recomputing every weight norm per call a large share of the work, and only
+plain weights get packed once for the small-chunk matmuls (`audio_codec.seanet.fast_linear`).
 """
 
 from __future__ import annotations

@@ -58,6 +58,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     from eval.latents import set_scaling_factor
     from train.export import export_vae, export_vq, load_tokenizer, measure_scaling, warn_if_unmeasured
 
+    from train.codec import is_codec
+
+    if is_codec(args.source):
+        from train.export import export_codec_encodec, load_codec
+
+        if args.format != "encodec":
+            raise ConfigError(f"{args.source} is an audio codec: export it with --format encodec (a transformers "
+                              "EncodecModel directory); its native model/ directory is written by training")
+        def run() -> int:
+            out = export_codec_encodec(load_codec(args.source, weights=args.weights), args.out)
+            print(f"wrote EncodecModel to {out}")
+            return 0
+
+        return _audio_command(run)
+    if args.format == "encodec":
+        raise ConfigError(f"--format encodec is for audio codecs (model.kind: soundstream); {args.source} is not one")
     model = load_tokenizer(args.source, weights=args.weights)
     if not isinstance(model, AutoencoderKL):  # a VQ tokenizer
         if args.format != "diffusers":
@@ -322,12 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="write a trained KL-VAE as a diffusers directory or an SD single file",
+    p = sub.add_parser("export", help="write a trained KL-VAE as a diffusers directory or an SD single file, "
+                                      "a VQ tokenizer as a diffusers VQModel, an audio codec as an EncodecModel",
                        description="SOURCE: a run directory (newest checkpoint), a checkpoint directory, a "
-                                   "diffusers AutoencoderKL directory or a .safetensors single file.")
+                                   "diffusers AutoencoderKL directory, a .safetensors single file, or an audio "
+                                   "codec run / model directory (with --format encodec).")
     p.add_argument("source")
-    p.add_argument("--format", choices=["diffusers", "sd-single-file"], default="diffusers")
-    p.add_argument("--out", required=True, help="directory (diffusers) or FILE.safetensors (sd-single-file)")
+    p.add_argument("--format", choices=["diffusers", "sd-single-file", "encodec"], default="diffusers")
+    p.add_argument("--out", required=True, help="directory (diffusers, encodec) or FILE.safetensors (sd-single-file)")
     p.add_argument("--weights", choices=["ema", "raw"], default="ema", help="checkpoint weights to export")
     p.add_argument("--scaling-factor", type=float, help="set the latent scaling factor explicitly")
     p.add_argument("--data", help="measure the scaling factor (1/std of latents) on these images")

@@ -235,9 +235,12 @@ class ModelConfig:
     `soundstream` (the neural audio codec; `model.codec` and the RVQ keys) or `ar_prior` (a causal
     LM over the token shards of `aetk encode`; `model.ar`)."""
     init_from: str | None = None
-    """A VAE to fine-tune: a diffusers `AutoencoderKL` directory (its architecture wins over the
-    keys below) or a Stable Diffusion / latent-diffusion single `.safetensors` file (architecture
-    from aetk's metadata in it, else from the keys below)."""
+    """A model to fine-tune. KL-VAE: a diffusers `AutoencoderKL` directory (its architecture wins
+    over the keys below) or a Stable Diffusion / latent-diffusion single `.safetensors` file
+    (architecture from aetk's metadata in it, else from the keys below). Audio codec: an aetk codec
+    run, checkpoint or model/ directory with the recipe's architecture (weights and codebooks
+    carry over; the losses, data and schedule are the new recipe's), e.g. a GAN / mel phase after
+    a waveform phase."""
     in_channels: int = 3
     block_out_channels: list[int] = field(default_factory=lambda: [64, 128])
     """Channels per resolution level; the downsampling factor is 2**(len-1)."""

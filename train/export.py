@@ -192,6 +192,18 @@ def export_vae(vae: AutoencoderKL, fmt: str, out: str | Path) -> Path:
     return out
 
 
+def export_codec_encodec(model, out: str | Path) -> Path:
+    """An aetk audio codec as a transformers EncodecModel directory (`EncodecModel.from_pretrained(out)`
+    encodes to and decodes aetk's codes); ValueError, before anything is written, when the
+    architecture is not one EnCodec can express (see `audio_codec.encodec_export`)."""
+    from audio_codec.encodec_export import to_encodec
+
+    encodec = to_encodec(model)  # raises before any file exists
+    out = Path(out)
+    encodec.save_pretrained(out, safe_serialization=True)
+    return out
+
+
 def measure_scaling(vae: AutoencoderKL, data_path: str, *, resolution: int, n: int = 256, batch: int = 16,
                     seed: int = 0) -> dict:
     """Latent statistics on the first `n` images of a dataset (centre crops, no flips)."""

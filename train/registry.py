@@ -92,7 +92,26 @@ def build_codec(cfg: Config) -> nn.Module:
         kmeans_init=m.kmeans_init, cosine=m.cosine, codebook_dim=m.codebook_dim,
         commitment_weight=cfg.loss.commitment_weight)
     model.recipe = config_to_dict(cfg)["model"]  # lets the native export rebuild the same model
+    if m.init_from:
+        _init_codec_from(model, m.init_from)
     return model
+
+
+def _init_codec_from(model: nn.Module, path: str) -> None:
+    """Load an aetk codec's weights and codebooks into `model` (same architecture), in place."""
+    from train.codec import is_codec
+    from train.export import load_codec
+
+    if not is_codec(path):
+        raise ConfigError(f"model.init_from: {path} is not an aetk audio codec run, checkpoint or model/ directory")
+    source = load_codec(path, weights="ema").state_dict()
+    target = model.state_dict()
+    missing, extra = sorted(set(target) - set(source)), sorted(set(source) - set(target))
+    shapes = [k for k in target if k in source and source[k].shape != target[k].shape]
+    if missing or extra or shapes:
+        raise ConfigError(f"model.init_from: {path} has another architecture than this recipe (missing: "
+                          f"{missing[:3]}, unexpected: {extra[:3]}, other shapes: {shapes[:3]})")
+    model.load_state_dict(source)
 
 
 def build_audio_losses(cfg: Config):

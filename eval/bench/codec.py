@@ -26,11 +26,15 @@ the 600 Hz -> 75 Hz strided conv (kernel 16, 256 -> 640) and a one-layer 640-wid
 Same latent width (128), same RVQ (32 x 1024; 8 levels = 6 kbps), 0.93x EnCodec's parameters.
 On a quiet machine (2 threads) it runs 2.5-2.8x EnCodec's speed in fp32 and 2.4-2.7x in bf16.
 
-Streaming cost per chunk is mostly fixed: every chunk reads every weight (~7M per side) and runs
-each layer's small-input path (mkldnn's LSTM re-packing its weights, the slow conv / transposed-conv
-kernels torch picks for tiny inputs, eight quantizer levels with their statistics), whatever the
-chunk's length. Whole-file the same work is spread over the file, so short chunks lose: see
-`smallest_chunk_ms_within_target`.
+Streaming cost per chunk is mostly fixed: every chunk reads every weight (~7M per side, more than
+the 32 MB L3 here in fp32) and runs each layer on a few frames, where kernels run far below their
+peak. `step` therefore routes weight-heavy layers through one matmul with a oneDNN-packed weight
+(`audio_codec.seanet.fast_linear`: convs whose outputs are fewer than their channels, the
+transposed convs, an unrolled LSTM) and the quantizer through an indices-only search with cached
+codebook tables; that halved the per-chunk cost. What stays is the 75 Hz LSTM (one (1, H) x
+(H, 4H) product per frame, bandwidth-bound, about twice mkldnn's whole-sequence cost per step)
+and per-op dispatch. Whole-file the same work is spread over the file, so short chunks lose:
+see `smallest_chunk_ms_within_target`.
 
 Timing: every variant runs once to warm up, then the variants alternate for `repeats` rounds and
 each reports the median, so a noisy machine slows all of them alike. Small streaming chunks run

@@ -9,11 +9,15 @@ import torch
 from audio_codec.seanet import (
     CausalConv1d,
     CausalConvTranspose1d,
+    ELU,
     ResidualUnit,
     SEANetDecoder,
     SEANetEncoder,
     StreamingLSTM,
+    conv1d_as_matmul,
+    conv_transpose1d_as_matmul,
     fold_weight_norm_,
+    lstm_unrolled,
 )
 
 TINY = dict(channels=1, dimension=8, ratios=(2, 3), n_filters=4)  # hop 6
@@ -164,13 +168,76 @@ def test_transposed_conv_step_equals_forward(kernel_size, stride, sizes):
     assert torch.allclose(run_chunks(conv, x, sizes), conv(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("inference", [False, True])  # library LSTM / unrolled small chunks
 @pytest.mark.parametrize("sizes", [[1], [3, 0, 5]])
-def test_lstm_and_residual_step_equal_forward(sizes):
+def test_lstm_and_residual_step_equal_forward(sizes, inference):
     torch.manual_seed(0)
     x = torch.randn(2, 4, 12)
     for module in (StreamingLSTM(dim=4, num_layers=2), ResidualUnit(dim=4, dilation=3),
                    ResidualUnit(dim=4, true_skip=True)):
-        assert torch.allclose(run_chunks(module, x, sizes), module(x), atol=1e-5)
+        with torch.inference_mode(inference):
+            assert torch.allclose(run_chunks(module, x, sizes), module(x), atol=1e-5)
+
+
+def test_elu_matches_torch_values_and_gradients():
+    x = torch.cat([torch.linspace(-30, 30, 2001), torch.tensor([0.0, -1e-6, 1e-6, 88.0, -104.0])])
+    x = x.double().requires_grad_()  # double: gradcheck-level comparison
+    ours, ref = ELU()(x), torch.nn.functional.elu(x)
+    assert torch.allclose(ours, ref, atol=1e-7)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    assert torch.allclose(g_ours, g_ref, atol=1e-7)
+    with torch.no_grad():
+        assert torch.allclose(ELU()(x.float()), torch.nn.functional.elu(x.float()), atol=1e-6)
+
+
+# The kernels `step` uses on small chunks compute exactly what the library kernels compute.
+
+
+@pytest.mark.parametrize("kernel_size, stride, dilation", [(7, 1, 1), (3, 1, 9), (16, 8, 1), (1, 1, 1), (4, 2, 2)])
+@pytest.mark.parametrize("length", [19, 40])
+def test_conv1d_as_matmul_equals_conv1d(kernel_size, stride, dilation, length):
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 5, length), torch.randn(6, 5, kernel_size), torch.randn(6)
+    expected = torch.nn.functional.conv1d(x, w, b, stride, dilation=dilation)
+    assert torch.allclose(conv1d_as_matmul(x, w, b, stride, dilation), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size, stride", [(16, 8), (4, 2), (9, 3), (2, 2)])
+@pytest.mark.parametrize("frames", [1, 7])
+def test_conv_transpose1d_as_matmul_equals_conv_transpose1d(kernel_size, stride, frames):
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 5, frames), torch.randn(5, 3, kernel_size)
+    expected = torch.nn.functional.conv_transpose1d(x, w, None, stride)
+    assert torch.allclose(conv_transpose1d_as_matmul(x, w, stride), expected, atol=1e-5)
+
+
+def test_lstm_unrolled_equals_lstm_with_state():
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 6, 2, batch_first=True)
+    x, state = torch.randn(3, 5, 6), (torch.randn(2, 3, 6), torch.randn(2, 3, 6))
+    with torch.no_grad():
+        y, (h, c) = lstm(x, state)
+        y2, (h2, c2) = lstm_unrolled(lstm, x, state)
+    for a, b in ((y, y2), (h, h2), (c, c2)):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("fold", [False, True])  # folded: the weights are packed for oneDNN
+@pytest.mark.parametrize("chunk", [1, 6, 30])
+def test_streaming_paths_agree_on_a_wide_model(chunk, fold):
+    """Channels wider than a chunk's frames send the low-rate convs, the transposed convs and the
+    LSTM down the small-input kernels; chunked inference still equals the whole signal."""
+    torch.manual_seed(0)
+    kwargs = dict(channels=1, dimension=16, ratios=(4, 4), stage_channels=(8, 32, 96), lstm_layers=1)
+    enc, dec = SEANetEncoder(**kwargs).eval(), SEANetDecoder(**kwargs).eval()
+    if fold:
+        enc, dec = fold_weight_norm_(enc), fold_weight_norm_(dec)
+    x = torch.randn(1, 1, 16 * 30) * 0.3
+    with torch.inference_mode():
+        z = enc(x)
+        assert torch.allclose(run_chunks(enc, x, [chunk * 16] * 30), z, atol=1e-5)
+        assert torch.allclose(run_chunks(dec, z, [chunk] * 30), dec(z), atol=1e-5)
 
 
 @pytest.mark.parametrize("sizes", CHUNKS)
@@ -209,3 +276,22 @@ def test_fold_weight_norm_keeps_outputs_and_the_original():
     folded = fold_weight_norm_(copy.deepcopy(enc))
     assert not any(hasattr(m, "parametrizations") for m in folded.modules())
     assert torch.equal(folded(x), enc(x))  # and `enc` still works: its weight-norm classes are intact
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_packed_linear_equals_linear_and_follows_weight_changes(autocast):
+    from audio_codec.seanet import fast_linear
+
+    torch.manual_seed(0)
+    owner = torch.nn.Linear(16, 8)
+    x = torch.randn(3, 16)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        y = fast_linear(owner, "w", x, owner.weight, owner.bias)
+        ref = torch.nn.functional.linear(x, owner.weight, owner.bias)
+        assert y.dtype == ref.dtype
+        assert torch.allclose(y.float(), ref.float(), atol=1e-5)
+    with torch.no_grad():
+        owner.weight.mul_(-1)  # an optimizer step or load_state_dict: the packed copy is stale
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        y = fast_linear(owner, "w", x, owner.weight, owner.bias)
+        assert torch.allclose(y.float(), torch.nn.functional.linear(x, owner.weight, owner.bias).float(), atol=1e-5)

@@ -356,6 +356,39 @@ def test_rvq_error_decreases_with_every_level():
     assert torch.equal(q.indices_to_codes(out.indices), out.quantized)
 
 
+@pytest.mark.parametrize("cosine, codebook_dim", [(False, None), (True, None), (False, 2)])
+def test_rvq_encode_gives_the_eval_forward_indices(cosine, codebook_dim):
+    torch.manual_seed(0)
+    q = ResidualVQ(num_quantizers=4, codebook_size=8, dim=4, cosine=cosine, codebook_dim=codebook_dim).eval()
+    z = torch.randn(3, 4, 5)
+    for n in (1, 3, 4):
+        assert torch.equal(q.encode(z, n), q(z, n_quantizers=n).indices[:, :n])
+
+
+def test_rvq_decode_sums_the_first_levels():
+    torch.manual_seed(0)
+    q = ResidualVQ(num_quantizers=4, codebook_size=8, dim=4).eval()
+    indices = torch.randint(0, 8, (2, 2, 5))
+    padded = torch.cat([indices, torch.full((2, 2, 5), -1)], dim=1)
+    assert torch.allclose(q.decode(indices), q.indices_to_codes(padded))
+    with pytest.raises(ValueError, match="5 levels"):
+        q.decode(torch.zeros(2, 5, 3, dtype=torch.long))
+
+
+def test_rvq_encode_sees_codebooks_changed_by_training():
+    """`encode` caches each codebook's search table; EMA / k-means / restarts change codebooks
+    through `.data` (no version bump), so a training forward must drop the cache."""
+    torch.manual_seed(0)
+    q = ResidualVQ(num_quantizers=2, codebook_size=8, dim=4, ema_decay=0.5, kmeans_init=True,
+                   dead_code_threshold=0.5).eval()
+    z = torch.randn(3, 4, 5)
+    before = q.encode(z)
+    q.train()(z * 3 + 1)  # k-means moves every code
+    q.eval()
+    assert torch.equal(q.encode(z), q(z).indices)
+    assert not torch.equal(q.encode(z), before)
+
+
 def test_rvq_dropout_uses_fewer_levels_in_training_only():
     q = ResidualVQ(num_quantizers=4, codebook_size=8, dim=4, quantizer_dropout=0.5, ema_decay=0.9)
     z = torch.randn(2, 4, 8)

@@ -36,11 +36,11 @@ def tiny_codec_config(seed: int):
     return load_config("configs/codec-tiny.yaml", [f"seed={seed}", *TINY_CODEC])
 
 
-def make_codec(path, seed: int):
+def make_codec(path, seed: int, overrides: tuple[str, ...] = ()):
     """A tiny codec exported as `aetk train` exports one (model/ in aetk's native format), its codebooks
     fitted by one k-means training forward so the codes vary."""
     torch.manual_seed(seed)
-    model = build_model(tiny_codec_config(seed))
+    model = build_model(load_config("configs/codec-tiny.yaml", [f"seed={seed}", *TINY_CODEC, *overrides]))
     model.train()(torch.randn(2, 1, 1600) * 0.3, n_quantizers=LEVELS)
     save_native(model.eval(), path, model_config={"recipe": model.recipe})
     return path
@@ -247,3 +247,33 @@ def test_eval_compares_with_opus_or_says_why_not(env, tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     r = evaluate_audio(env["model"], data, n=1, segment_seconds=0.2, kbps_list=(6,))
     assert r["opus"]["available"] is False and "opus-tools" in r["opus"]["reason"] and len(r["codec"]) == 1
+
+
+def test_export_as_encodec_decodes_compressed_files(env, capsys, tmp_path):
+    """`aetk export --format encodec`: transformers' EncodecModel decodes the codes of an `.aetk` file
+    to the audio `aetk codec decompress` writes."""
+    from transformers import EncodecModel
+
+    model_dir = make_codec(tmp_path / "encodec-able", 2, ("model.codec.stage_channels=[4,8,16]",
+                                                           "model.codec.lstm_layers=1"))
+    rc, _, err = cli(capsys, "export", model_dir, "--format", "encodec", "--out", tmp_path / "hf")
+    assert rc == 0, err
+    encodec = EncodecModel.from_pretrained(tmp_path / "hf")
+    rc, _, err = cli(capsys, "codec", "compress", env["wav"], tmp_path / "a.aetk", "--model", model_dir, "--kbps", 4)
+    assert rc == 0, err
+    codes, _ = read_codes(tmp_path / "a.aetk")  # (channels=1, n_q, F)
+    assert codes.shape[1] == 2  # 4 kbps = 2 levels
+    with torch.no_grad():
+        theirs = encodec.decode(codes[None], [None]).audio_values  # (1, 1, F * hop)
+        ours = load_model(model_dir).decode(codes)
+    assert torch.allclose(theirs, ours, atol=1e-5)
+
+
+def test_export_refuses_what_encodec_cannot_hold_and_writes_nothing(env, capsys, tmp_path):
+    rc, _, err = cli(capsys, "export", env["model"], "--format", "encodec", "--out", tmp_path / "hf")
+    assert rc != 0 and "stage_channels [4, 8, 8]" in err and "lstm_layers 0" in err
+    rc, _, err = cli(capsys, "export", env["model"], "--out", tmp_path / "hf")  # default: diffusers
+    assert rc != 0 and "--format encodec" in err
+    rc, _, err = cli(capsys, "export", tmp_path, "--format", "encodec", "--out", tmp_path / "hf")
+    assert rc != 0 and "is not one" in err
+    assert not (tmp_path / "hf").exists()

@@ -105,3 +105,28 @@ def test_generator_gradient_with_feature_matching_equals_the_direct_gradient():
             assert a is None and b is None
             continue
         assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-9  # float rounding, relative to the largest element
+
+
+def test_init_from_starts_a_new_phase_from_a_trained_codec(tmp_path):
+    """model.init_from: a fine-tune (e.g. a GAN phase after a waveform phase) starts from the codec's
+    weights and codebooks; another architecture or a path that is no codec is a config error."""
+    from train.config import ConfigError
+    from train.export import save_native
+    from train.registry import build_model
+
+    cfg = config_from_dict({"model": {"kind": "soundstream"}}, [*TINY_CODEC, "model.kmeans_init=true"])
+    torch.manual_seed(0)
+    source = build_model(cfg)
+    source.train()(torch.randn(2, 1, 800) * 0.3)  # k-means: codebooks that differ from a fresh model's
+    save_native(source.eval(), tmp_path / "phase1", model_config={"recipe": source.recipe})
+    torch.manual_seed(1)
+    tuned = build_model(config_from_dict({"model": {"kind": "soundstream"}},
+                                         [*TINY_CODEC, "model.kmeans_init=true", f"model.init_from={tmp_path / 'phase1'}"]))
+    expected = source.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in tuned.state_dict().items())
+    assert bool(tuned.quantizer.layers[0].initialized)  # no second k-means on the first batch
+    with pytest.raises(ConfigError, match="another architecture"):
+        build_model(config_from_dict({"model": {"kind": "soundstream"}},
+                                     [*TINY_CODEC, "model.codec.dimension=16", f"model.init_from={tmp_path / 'phase1'}"]))
+    with pytest.raises(ConfigError, match="not an aetk audio codec"):
+        build_model(config_from_dict({"model": {"kind": "soundstream"}}, [*TINY_CODEC, f"model.init_from={tmp_path}"]))

@@ -80,6 +80,29 @@ class ResidualVQ(Quantizer):
         stats["rvq/num_quantizers"] = torch.tensor(float(n))
         return QuantizerOutput(quantized=quantized, indices=indices, losses=losses, stats=stats)
 
+    @torch.no_grad()
+    def encode(self, z: Tensor, n_quantizers: int | None = None) -> Tensor:
+        """Inference: z (B, D, *spatial) -> indices (B, n, *spatial) of the first n levels (all by
+        default), the `indices` an eval-mode `forward` returns, without its losses and statistics
+        (a streaming chunk of a few frames would spend most of its quantizer time on them)."""
+        n = self.num_quantizers if n_quantizers is None else self.levels_to_use(n_quantizers, z.device)
+        residual, indices = z, []
+        for layer in self.layers[:n]:
+            level, quantized = layer.lookup(residual)  # (B, *spatial), (B, D, *spatial)
+            residual = residual - quantized
+            indices.append(level)
+        return torch.stack(indices, dim=1)  # (B, n, *spatial)
+
+    def decode(self, indices: Tensor) -> Tensor:
+        """The first n levels' indices (B, n, *spatial), n <= Q, all valid -> (B, D, *spatial), the
+        sum of their codes (`indices_to_codes` without the -1 bookkeeping of unused levels)."""
+        if indices.shape[1] > self.num_quantizers:
+            raise ValueError(f"indices have {indices.shape[1]} levels, the quantizer has {self.num_quantizers}")
+        out = self.layers[0].indices_to_codes(indices[:, 0])  # (B, D, *spatial)
+        for i in range(1, indices.shape[1]):
+            out = out + self.layers[i].indices_to_codes(indices[:, i])
+        return out
+
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """(B, Q, *spatial) with -1 for unused levels -> (B, D, *spatial), the sum of the used codes."""
         b, spatial = indices.shape[0], tuple(indices.shape[2:])

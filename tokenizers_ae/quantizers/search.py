@@ -23,7 +23,22 @@ SEARCH_GROUP = 128
 
 
 @torch.no_grad()
-def nearest_codes(x: Tensor, codes: Tensor, *, block_rows: int | None = None) -> Tensor:
+def search_table(codes: Tensor) -> tuple[Tensor, Tensor]:
+    """What `nearest_codes` precomputes from the codes (K, d): the transposed codes padded to whole
+    groups (d, K') and their squared norms (K',), +inf on the padding. Callers searching one
+    codebook many times (streaming inference) can compute it once and pass it as `table`."""
+    codes = codes.detach()
+    k = codes.shape[0]
+    group = min(SEARCH_GROUP, k)
+    k_pad = -(-k // group) * group
+    codes_t = F.pad(codes, (0, 0, 0, k_pad - k)).t()  # (d, K'), zero codes as padding
+    sq_norms = F.pad(codes.pow(2).sum(1), (0, k_pad - k), value=float("inf"))  # (K',)
+    return codes_t, sq_norms
+
+
+@torch.no_grad()
+def nearest_codes(x: Tensor, codes: Tensor, *, block_rows: int | None = None,
+                  table: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Index of the nearest code (Euclidean) for every row: x (N, d), codes (K, d) -> (N,) long.
 
     Per block of rows, ||e||^2 - 2 x.e is one `addmm` into a reused (rows, K) buffer; ||x||^2 is
@@ -32,13 +47,13 @@ def nearest_codes(x: Tensor, codes: Tensor, *, block_rows: int | None = None) ->
     the minimum of each group of `SEARCH_GROUP` codes, the first group holding the row minimum,
     then the argmin inside that group. This is exactly `argmin` (ties go to the lowest index, as
     `torch.cdist(...).argmin` does); codes are padded to a whole number of groups with +inf.
+    `table`: `search_table(codes)` in x's dtype, if the caller keeps one.
     """
-    x, codes = x.detach(), codes.detach().to(x.dtype)
+    x = x.detach()
     n, k = x.shape[0], codes.shape[0]
     group = min(SEARCH_GROUP, k)
-    k_pad = -(-k // group) * group
-    codes_t = F.pad(codes, (0, 0, 0, k_pad - k)).t()  # (d, K'), zero codes as padding
-    sq_norms = F.pad(codes.pow(2).sum(1), (0, k_pad - k), value=float("inf"))  # (K',)
+    codes_t, sq_norms = table if table is not None else search_table(codes.to(x.dtype))
+    k_pad = codes_t.shape[1]
     budget = SEARCH_BLOCK_ELEMENTS if x.device.type == "cpu" else SEARCH_BLOCK_ELEMENTS_ACCELERATOR
     rows = max(1, min(n, block_rows or budget // k_pad))
     out = torch.empty(n, dtype=torch.long, device=x.device)

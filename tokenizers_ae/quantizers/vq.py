@@ -28,7 +28,7 @@ from tokenizers_ae.quantizers.base import (
     straight_through,
     unflatten_channels,
 )
-from tokenizers_ae.quantizers.search import cluster_sums, kmeans, nearest_codes
+from tokenizers_ae.quantizers.search import cluster_sums, kmeans, nearest_codes, search_table
 
 
 class VectorQuantizer(Quantizer):
@@ -122,6 +122,8 @@ class VectorQuantizer(Quantizer):
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         lead = lead_shape(z)
+        if self.training:
+            self._table = None  # EMA, k-means and restarts edit the codebook through .data
         with torch.autocast(z.device.type, enabled=False):
             x = self.encode_rows(z)  # (N, d)
             if self.training and self.kmeans_init and not bool(self.initialized):
@@ -144,6 +146,27 @@ class VectorQuantizer(Quantizer):
             losses=losses,
             stats=stats,
         )
+
+    @torch.no_grad()
+    def lookup(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Inference without losses or statistics: z (B, D, *spatial) -> (indices (B, *spatial),
+        their values (B, D, *spatial)), as `forward` returns them in eval mode."""
+        lead = lead_shape(z)
+        with torch.autocast(z.device.type, enabled=False):
+            codes = self.codes()  # (K, d)
+            indices = nearest_codes(self.encode_rows(z), codes, table=self._search_table(codes))  # (N,)
+            quantized = self.project_out(F.embedding(indices, codes))  # (N, D)
+        return indices.reshape(lead), unflatten_channels(quantized, lead).to(z.dtype)
+
+    def _search_table(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """`search_table(codes)`, kept until the codebook changes (a new tensor or version, or any
+        training forward): a streaming chunk of a few frames would otherwise spend most of its
+        search re-reading the codebook."""
+        key = (self.codebook.data_ptr(), self.codebook._version)
+        cached = getattr(self, "_table", None)
+        if cached is None or cached[0] != key:
+            cached = self._table = (key, search_table(codes))
+        return cached[1]
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """(B, *spatial) long -> (B, D, *spatial), the values `forward` returned for them."""
