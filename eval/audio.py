@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -89,25 +90,37 @@ def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 
 
 def pesq_score(est: torch.Tensor, ref: torch.Tensor, *, sample_rate: int) -> float | None:
-    """Wide-band PESQ (at 16 kHz, resampled), mean over the batch; None if `pesq` is not installed."""
+    """Wide-band PESQ (at 16 kHz, resampled), mean over the clips PESQ can score; None if `pesq` is
+    not installed or it scores none (clips under 0.25 s, or no speech its detector finds)."""
     try:
-        from pesq import pesq
+        from pesq import PesqError, pesq
     except ImportError:
         return None
-    scores = [pesq(16000, _resample(r, sample_rate, 16000), _resample(e, sample_rate, 16000), "wb")
-              for e, r in zip(_mono_numpy(est), _mono_numpy(ref))]
-    return float(np.mean(scores))
+    scores = []
+    for e, r in zip(_mono_numpy(est), _mono_numpy(ref)):
+        try:
+            scores.append(pesq(16000, _resample(r, sample_rate, 16000), _resample(e, sample_rate, 16000), "wb"))
+        except PesqError:  # BufferTooShortError, NoUtterancesError: no score, not a crash
+            continue
+    return float(np.mean(scores)) if scores else None
 
 
 def stoi_score(est: torch.Tensor, ref: torch.Tensor, *, sample_rate: int, extended: bool = False
                ) -> float | None:
-    """STOI (or extended STOI), mean over the batch; None if `pystoi` is not installed."""
+    """STOI (or extended STOI), mean over the clips STOI can score; None if `pystoi` is not installed
+    or no clip is long enough (pystoi returns a 1e-5 placeholder, with a warning, for those)."""
     try:
         from pystoi import stoi
     except ImportError:
         return None
-    scores = [stoi(r, e, sample_rate, extended=extended) for e, r in zip(_mono_numpy(est), _mono_numpy(ref))]
-    return float(np.mean(scores))
+    scores = []
+    for e, r in zip(_mono_numpy(est), _mono_numpy(ref)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = stoi(r, e, sample_rate, extended=extended)
+        if not any("Not enough STFT frames" in str(w.message) for w in caught):
+            scores.append(value)
+    return float(np.mean(scores)) if scores else None
 
 
 @torch.no_grad()

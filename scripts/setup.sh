@@ -19,6 +19,6 @@ fi
 echo "[setup] installing $TORCH_PAIR"
 .venv/bin/pip install -q $TORCH_PAIR 2> >(grep -v "is ignored: it is neither" >&2)
 echo "[setup] installing aetk and its dependencies"
-.venv/bin/pip install -q -e ".[test]" $TORCH_PAIR 2> >(grep -v "is ignored: it is neither" >&2)
+.venv/bin/pip install -q -e ".[test,speech]" $TORCH_PAIR 2> >(grep -v "is ignored: it is neither" >&2)
 echo "$want" > "$stamp"
 echo "[setup] done"
