@@ -23,6 +23,7 @@ the start of an offline signal is a stream that starts with silence.
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from typing import Any, Sequence
@@ -72,12 +73,23 @@ _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 copies and state dicts never see it."""
 
 
+@functools.cache
+def _onednn_packing_available() -> bool:
+    """The packed-linear ops are torch's own (inductor's CPU path), not public API: if a torch build
+    lacks them, `fast_linear` falls back to `F.linear`."""
+    try:
+        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _packed_weight(owner: nn.Module, name: str, weight: Tensor, dtype: torch.dtype) -> Tensor | None:
     """oneDNN's packed copy of `weight` (N, K) in `dtype` (float32 or bfloat16), cached per
     (owner, name, dtype) until the weight changes, or None where packing does not apply: autograd,
     weights recomputed per call (weight norm: fold it first), non-CPU tensors, other dtypes."""
     if (torch.is_grad_enabled() or weight.device.type != "cpu" or weight.dtype != torch.float32
-            or dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available()
+            or dtype not in (torch.float32, torch.bfloat16) or not _onednn_packing_available()
             or any(parametrize.is_parametrized(m) for m in owner.modules())):
         return None
     key = (weight.data_ptr(), weight._version, tuple(weight.shape))

@@ -278,10 +278,14 @@ def test_fold_weight_norm_keeps_outputs_and_the_original():
     assert torch.equal(folded(x), enc(x))  # and `enc` still works: its weight-norm classes are intact
 
 
+@pytest.mark.parametrize("packing", [True, False])  # False: a torch build without the oneDNN ops
 @pytest.mark.parametrize("autocast", [False, True])
-def test_packed_linear_equals_linear_and_follows_weight_changes(autocast):
+def test_packed_linear_equals_linear_and_follows_weight_changes(autocast, packing, monkeypatch):
+    from audio_codec import seanet
     from audio_codec.seanet import fast_linear
 
+    if not packing:
+        monkeypatch.setattr(seanet, "_onednn_packing_available", lambda: False)
     torch.manual_seed(0)
     owner = torch.nn.Linear(16, 8)
     x = torch.randn(3, 16)
