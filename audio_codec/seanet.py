@@ -446,7 +446,7 @@ class SEANetEncoder(_SEANet):
             layers += _residual_units(widths[i], n=n_residual_layers, kernel_size=residual_kernel_size,
                                       dilation_base=dilation_base, compress=compress, true_skip=true_skip)
             layers += [ELU(), CausalConv1d(in_channels=widths[i], out_channels=widths[i + 1],
-                                              kernel_size=2 * ratio, stride=ratio)]
+                                       kernel_size=2 * ratio, stride=ratio)]
         if lstm_layers:
             layers.append(StreamingLSTM(dim=widths[-1], num_layers=lstm_layers))
         layers += [ELU(), CausalConv1d(in_channels=widths[-1], out_channels=dimension, kernel_size=last_kernel_size)]
@@ -478,7 +478,7 @@ class SEANetDecoder(_SEANet):
             layers.append(StreamingLSTM(dim=widths[0], num_layers=lstm_layers))
         for i, ratio in enumerate(self.ratios):
             layers += [ELU(), CausalConvTranspose1d(in_channels=widths[i], out_channels=widths[i + 1],
-                                                       kernel_size=2 * ratio, stride=ratio)]
+                                                kernel_size=2 * ratio, stride=ratio)]
             layers += _residual_units(widths[i + 1], n=n_residual_layers, kernel_size=residual_kernel_size,
                                       dilation_base=dilation_base, compress=compress, true_skip=true_skip)
         layers += [ELU(), CausalConv1d(in_channels=widths[-1], out_channels=channels, kernel_size=last_kernel_size)]

@@ -139,3 +139,20 @@ def test_init_from_a_missing_directory_names_the_key(tmp_path, tiny_config):
 
     with pytest.raises(ConfigError, match="model.init_from"):
         Trainer(tiny_config(tmp_path / "run", f"model.init_from={tmp_path / 'nope'}"))
+
+
+def test_a_run_that_fails_frees_accelerate_for_the_next_one(tmp_path, tiny_config, monkeypatch):
+    """An error inside `train` (here in the periodic eval) must not leave accelerate's process-wide
+    state behind: the next run in the same process (a notebook, the test session) may pick another
+    precision instead of failing with 'AcceleratorState has already been initialized'."""
+    import train.run as run
+
+    def broken_eval(*args, **kwargs):
+        raise RuntimeError("eval broke")
+
+    monkeypatch.setattr(run, "evaluate", broken_eval)
+    with pytest.raises(RuntimeError, match="eval broke"):
+        train(tiny_config(tmp_path / "a", "train.mixed_precision=bf16", "train.max_steps=1"))
+    trainer = Trainer(tiny_config(tmp_path / "b", "train.mixed_precision=no"))
+    assert trainer.accelerator.mixed_precision == "no"
+    trainer.close()
