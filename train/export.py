@@ -143,7 +143,9 @@ def load_codec(path: str | Path, *, weights: str = "ema"):
     from train.registry import build_model
 
     p = Path(path)
-    for d in (p, p / "model"):
+    # A run dir's model/ export holds the averaged weights; `raw` means its newest checkpoint's.
+    skip_export = weights == "raw" and p.is_dir() and _checkpoint_of(p) is not None
+    for d in (p,) if skip_export else (p, p / "model"):
         if (d / "aetk_model.json").is_file():
             kind = json.loads((d / "aetk_model.json").read_text()).get("recipe", {}).get("kind")
             if kind != "soundstream":

@@ -62,8 +62,14 @@ def test_tiny_codec_trains_end_to_end_with_gan_and_feature_matching(audio_dir, t
         y = model.decode(codes)
     assert codes.shape == (1, 4, x.shape[-1] // 16) and 0 <= int(codes.min()) and int(codes.max()) < 16
     assert y.shape[-1] == x.shape[-1] and torch.isfinite(y).all()
-    # The checkpoint's EMA weights and the export are the same model.
+    # The checkpoint's EMA weights and the export are the same model; `raw` is the checkpoint's live model.
     torch.testing.assert_close(load_codec(out).decode(codes), y)
+    from train.export import _checkpoint_state
+
+    raw, ema = load_codec(out, weights="raw").state_dict(), model.state_dict()
+    live = _checkpoint_state(out / "checkpoints" / "step-4", "raw")
+    assert all(torch.equal(raw[k], live[k]) for k in raw)
+    assert any(not torch.equal(raw[k], ema[k]) for k in ema)  # 4 steps at decay 0.99 moved them apart
 
 
 def test_generator_gradient_with_feature_matching_equals_the_direct_gradient():
