@@ -87,9 +87,11 @@ def _onednn_packing_available() -> bool:
 def _packed_weight(owner: nn.Module, name: str, weight: Tensor, dtype: torch.dtype) -> Tensor | None:
     """oneDNN's packed copy of `weight` (N, K) in `dtype` (float32 or bfloat16), cached per
     (owner, name, dtype) until the weight changes, or None where packing does not apply: autograd,
-    weights recomputed per call (weight norm: fold it first), non-CPU tensors, other dtypes."""
+    weights recomputed per call (weight norm: fold it first) or made under inference_mode, non-CPU
+    tensors, other dtypes."""
     if (torch.is_grad_enabled() or weight.device.type != "cpu" or weight.dtype != torch.float32
             or dtype not in (torch.float32, torch.bfloat16) or not _onednn_packing_available()
+            or weight.is_inference()  # made under inference_mode: no version counter to see edits by
             or any(parametrize.is_parametrized(m) for m in owner.modules())):
         return None
     key = (weight.data_ptr(), weight._version, tuple(weight.shape))

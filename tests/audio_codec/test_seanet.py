@@ -223,14 +223,16 @@ def test_lstm_unrolled_equals_lstm_with_state():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("built_in_inference_mode", [False, True])  # weights without version counters
 @pytest.mark.parametrize("fold", [False, True])  # folded: the weights are packed for oneDNN
 @pytest.mark.parametrize("chunk", [1, 6, 30])
-def test_streaming_paths_agree_on_a_wide_model(chunk, fold):
+def test_streaming_paths_agree_on_a_wide_model(chunk, fold, built_in_inference_mode):
     """Channels wider than a chunk's frames send the low-rate convs, the transposed convs and the
     LSTM down the small-input kernels; chunked inference still equals the whole signal."""
     torch.manual_seed(0)
     kwargs = dict(channels=1, dimension=16, ratios=(4, 4), stage_channels=(8, 32, 96), lstm_layers=1)
-    enc, dec = SEANetEncoder(**kwargs).eval(), SEANetDecoder(**kwargs).eval()
+    with torch.inference_mode(built_in_inference_mode):
+        enc, dec = SEANetEncoder(**kwargs).eval(), SEANetDecoder(**kwargs).eval()
     if fold:
         enc, dec = fold_weight_norm_(enc), fold_weight_norm_(dec)
     x = torch.randn(1, 1, 16 * 30) * 0.3

@@ -357,12 +357,15 @@ def test_rvq_error_decreases_with_every_level():
 
 
 @pytest.mark.parametrize("cosine, codebook_dim", [(False, None), (True, None), (False, 2)])
-def test_rvq_encode_gives_the_eval_forward_indices(cosine, codebook_dim):
+@pytest.mark.parametrize("built_in_inference_mode", [False, True])  # codebooks without version counters
+def test_rvq_encode_gives_the_eval_forward_indices(cosine, codebook_dim, built_in_inference_mode):
     torch.manual_seed(0)
-    q = ResidualVQ(num_quantizers=4, codebook_size=8, dim=4, cosine=cosine, codebook_dim=codebook_dim).eval()
+    with torch.inference_mode(built_in_inference_mode):
+        q = ResidualVQ(num_quantizers=4, codebook_size=8, dim=4, cosine=cosine, codebook_dim=codebook_dim).eval()
     z = torch.randn(3, 4, 5)
-    for n in (1, 3, 4):
-        assert torch.equal(q.encode(z, n), q(z, n_quantizers=n).indices[:, :n])
+    with torch.no_grad():  # inference-mode parameters cannot enter an autograd graph
+        for n in (1, 3, 4):
+            assert torch.equal(q.encode(z, n), q(z, n_quantizers=n).indices[:, :n])
 
 
 def test_rvq_decode_sums_the_first_levels():

@@ -162,6 +162,8 @@ class VectorQuantizer(Quantizer):
         """`search_table(codes)`, kept until the codebook changes (a new tensor or version, or any
         training forward): a streaming chunk of a few frames would otherwise spend most of its
         search re-reading the codebook."""
+        if self.codebook.is_inference():  # made under inference_mode: no version counter to key on
+            return search_table(codes)
         key = (self.codebook.data_ptr(), self.codebook._version)
         cached = getattr(self, "_table", None)
         if cached is None or cached[0] != key:
