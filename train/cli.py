@@ -128,11 +128,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from eval.report import evaluate, write_json
-    from train.data import build_image_dataset
-    from train.export import load_tokenizer
-
-    from train.export import load_classic
     from train.codec import is_codec
+    from train.data import build_image_dataset
+    from train.export import load_classic, load_tokenizer
 
     if is_codec(args.model):
         return _audio_command(lambda: _eval_audio(args))
