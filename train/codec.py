@@ -451,36 +451,40 @@ def evaluate_audio(model_path: str | Path, data_dir: str | Path, *, n: int = 16,
                    kbps_list: Sequence[float] = (1.5, 3, 6, 12), opus: bool = True, out_dir: str | Path | None = None,
                    weights: str = "ema") -> dict:
     """The codec on held-out clips: the first `n` readable files under `data_dir`, centre crops of
-    `segment_seconds` (zero-padded if shorter). For each bitrate in the model's range: SI-SNR, mel and
-    STFT distances (`eval.audio.audio_metrics`) and the achieved bitrate from each clip's `.aetk` size
-    (header included); bitrates outside the range are listed in `skipped`. With `opus`, Opus at the
+    `segment_seconds` (whole files when shorter). For each bitrate in the model's range: SI-SNR, mel and
+    STFT distances (`eval.audio.audio_metrics`, per clip over its own length, then averaged: the
+    zeros that batch short clips together are not scored, as EnCodec / DAC score whole utterances)
+    and the achieved bitrate from each clip's `.aetk` size (header included); bitrates outside the
+    range are listed in `skipped`. With `opus`, Opus at the
     bitrates the codec was evaluated at (those >= 6 kbps, its minimum) through opusenc/opusdec or
     ffmpeg, with the same metrics on the same clips; else `opus.available` is false with the reason.
     `out_dir`: a spectrogram grid per bitrate and example WAVs at the highest."""
     from audio_codec.container import encode_codes
-    from eval.audio import achieved_kbps, audio_metrics, save_audio_examples, save_spectrogram_grid
+    from eval.audio import achieved_kbps, save_audio_examples, save_spectrogram_grid
     from train.data.audio import AudioFolder
 
     model = load_model(model_path, weights)
     sr = model.sample_rate
     segment = max(1, round(segment_seconds * sr))
     folder = AudioFolder(str(data_dir), sample_rate=sr, segment_samples=segment, random_crop=False)
-    clips, unreadable = [], []
+    clips, lengths, unreadable = [], [], []
     for i in range(len(folder)):
         if len(clips) == n:
             break
         try:
-            clips.append(folder.crop(folder.load(i), np.random.default_rng(0)))
+            raw = folder.load(i)
+            clips.append(folder.crop(raw, np.random.default_rng(0)))  # zero-padded to the segment if short
+            lengths.append(min(raw.shape[0], segment))
         except Exception as e:  # noqa: BLE001 - a bad file is reported, not fatal
             unreadable.append({"source": folder.describe(i), "error": f"{type(e).__name__}: {e}"})
     if not clips:
         raise ValueError(f"no readable audio in {data_dir}")
-    x = torch.from_numpy(np.stack(clips))[:, None]  # (B, 1, S)
+    x = torch.from_numpy(np.stack(clips))[:, None]  # (B, 1, S); causal codec: padding never changes a clip
     rates = [model.bitrate(q) / 1000 for q in range(1, model.num_quantizers + 1)]
     digest = state_dict_hash(model.state_dict())
     result: dict = {"model": str(model_path), "data": str(data_dir), "sample_rate": sr, "clips": x.shape[0],
-                    "clip_seconds": segment / sr, "model_kbps": rates, "codec": [], "skipped": [],
-                    "unreadable": unreadable}
+                    "clip_seconds": segment / sr, "seconds_scored": sum(lengths) / sr, "model_kbps": rates,
+                    "codec": [], "skipped": [], "unreadable": unreadable}
     recons = {}
     for kbps in kbps_list:
         if not rates[0] * (1 - 1e-9) <= kbps <= rates[-1] * (1 + 1e-9):
@@ -491,12 +495,14 @@ def evaluate_audio(model_path: str | Path, data_dir: str | Path, *, n: int = 16,
         q = model.n_quantizers_for(kbps)
         codes = model.encode(x, q)  # (B, q, F)
         recon = model.decode(codes)[..., :segment].clamp(-1, 1)  # (B, 1, S)
-        size = sum(len(encode_codes(c[None], **_container_fields(model, digest, segment))[0]) for c in codes)
+        hop = model.hop_length
+        size = sum(len(encode_codes(c[None, :, : -(-t // hop)], **_container_fields(model, digest, t))[0])
+                   for c, t in zip(codes, lengths))
         recons[kbps] = recon
         result["codec"].append({"kbps": kbps, "levels": q, "nominal_kbps": model.bitrate(q) / 1000,
-                                "achieved_kbps": achieved_kbps(size, segment * x.shape[0], sr),
-                                **audio_metrics(recon, x, sample_rate=sr)})
-    result["opus"] = _evaluate_opus(x, sr, [r["kbps"] for r in result["codec"]], enabled=opus)
+                                "achieved_kbps": achieved_kbps(size, sum(lengths), sr),
+                                **clip_metrics(list(recon), list(x), lengths, sr)})
+    result["opus"] = _evaluate_opus(x, lengths, sr, [r["kbps"] for r in result["codec"]], enabled=opus)
     if out_dir is not None and recons:
         out = Path(out_dir)
         files = {}
@@ -511,8 +517,20 @@ def evaluate_audio(model_path: str | Path, data_dir: str | Path, *, n: int = 16,
     return result
 
 
-def _evaluate_opus(x: torch.Tensor, sample_rate: int, kbps_list: Sequence[float], *, enabled: bool) -> dict:
-    from eval.audio import achieved_kbps, audio_metrics
+def clip_metrics(ests: list[torch.Tensor], refs: list[torch.Tensor], lengths: list[int], sample_rate: int) -> dict:
+    """`audio_metrics` of each clip over its first `lengths[i]` samples ((1, S) tensors), averaged
+    over clips; a metric a clip cannot have (PESQ on too little speech) is averaged over the rest."""
+    from eval.audio import audio_metrics
+
+    per_clip = [audio_metrics(e[None, :, :t], r[None, :, :t], sample_rate=sample_rate)
+                for e, r, t in zip(ests, refs, lengths)]
+    keys = dict.fromkeys(k for m in per_clip for k in m)
+    return {k: float(np.nanmean([m[k] for m in per_clip if k in m])) for k in keys}
+
+
+def _evaluate_opus(x: torch.Tensor, lengths: list[int], sample_rate: int, kbps_list: Sequence[float], *,
+                   enabled: bool) -> dict:
+    from eval.audio import achieved_kbps
 
     if not enabled:
         return {"available": False, "reason": "disabled (--no-opus)"}
@@ -526,13 +544,12 @@ def _evaluate_opus(x: torch.Tensor, sample_rate: int, kbps_list: Sequence[float]
             report["skipped"].append({"kbps": kbps, "reason": f"below Opus's minimum of {OPUS_MIN_KBPS:g} kbps"})
             continue
         outs, size = [], 0
-        for ref in refs:
-            y, nbytes = opus_round_trip(ref, sample_rate, kbps, tool)
-            outs.append(y)
+        for ref, t in zip(refs, lengths):
+            y, nbytes = opus_round_trip(ref[:t], sample_rate, kbps, tool)  # (t,)
+            outs.append(torch.from_numpy(y.astype(np.float32))[None])  # (1, t)
             size += nbytes
-        est = torch.from_numpy(np.stack(outs).astype(np.float32))[:, None]  # (B, 1, S)
-        report["results"].append({"kbps": kbps, "achieved_kbps": achieved_kbps(size, refs.size, sample_rate),
-                                   **audio_metrics(est, x, sample_rate=sample_rate)})
+        report["results"].append({"kbps": kbps, "achieved_kbps": achieved_kbps(size, sum(lengths), sample_rate),
+                                   **clip_metrics(outs, list(x), lengths, sample_rate)})
     return report
 
 

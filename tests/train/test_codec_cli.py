@@ -277,3 +277,28 @@ def test_export_refuses_what_encodec_cannot_hold_and_writes_nothing(env, capsys,
     rc, _, err = cli(capsys, "export", tmp_path, "--format", "encodec", "--out", tmp_path / "hf")
     assert rc != 0 and "is not one" in err
     assert not (tmp_path / "hf").exists()
+
+
+def test_eval_scores_each_clip_over_its_own_length(env, tmp_path):
+    """Short clips are batched with zeros, but only their own samples are scored (a codec's hum in
+    padded digital silence used to dominate the mel distance); the bitrate counts real samples."""
+    from eval.audio import audio_metrics
+
+    data = tmp_path / "val"
+    data.mkdir()
+    lengths = (800, 1600)  # 0.1 s and 0.2 s; the segment is 0.4 s
+    for i, t in enumerate(lengths):
+        sf.write(data / f"{i}.wav", tone(t, seed=i), SR)
+    r = evaluate_audio(env["model"], data, n=2, segment_seconds=0.4, kbps_list=(8,), opus=False)
+    model = load_model(env["model"])
+    per_clip = []
+    for i, t in enumerate(lengths):
+        x = torch.from_numpy(tone(t, seed=i))[None, None]
+        with torch.no_grad():
+            y = model.decode(model.encode(x, LEVELS))[..., :t].clamp(-1, 1)
+        per_clip.append(audio_metrics(y, x, sample_rate=SR))
+    (c,) = r["codec"]
+    for key in ("si_snr", "mel_distance", "stft_distance"):
+        assert c[key] == pytest.approx(np.mean([m[key] for m in per_clip]), rel=1e-4, abs=1e-4)
+    assert r["seconds_scored"] == pytest.approx(0.3)
+    assert c["achieved_kbps"] > c["nominal_kbps"]  # headers over 0.3 s of audio, not 0.8 s
