@@ -501,7 +501,8 @@ def evaluate_audio(model_path: str | Path, data_dir: str | Path, *, n: int = 16,
         recons[kbps] = recon
         result["codec"].append({"kbps": kbps, "levels": q, "nominal_kbps": model.bitrate(q) / 1000,
                                 "achieved_kbps": achieved_kbps(size, sum(lengths), sr),
-                                **clip_metrics(list(recon), list(x), lengths, sr)})
+                                **clip_metrics(list(recon), list(x), lengths, sr),
+                                "silence_dbfs": silence_level(recon, lengths, hop, sr)})
     result["opus"] = _evaluate_opus(x, lengths, sr, [r["kbps"] for r in result["codec"]], enabled=opus)
     if out_dir is not None and recons:
         out = Path(out_dir)
@@ -515,6 +516,20 @@ def evaluate_audio(model_path: str | Path, data_dir: str | Path, *, n: int = 16,
                                                                  sample_rate=sr)]
         result["files"] = files
     return result
+
+
+def silence_level(recon: torch.Tensor, lengths: list[int], hop: int, sample_rate: int) -> float | None:
+    """Mean level (dBFS RMS, floored at -120) of the codec's output over digital silence: the zeros
+    after each clip shorter than the batch, from two frames past its end (the decoder's tail) on;
+    None without such a stretch of 0.1 s or more. Silence in should be silence out."""
+    from train.data.audio import rms_db
+
+    levels = []
+    for y, t in zip(recon[:, 0].numpy(), lengths):
+        start = (-(-t // hop) + 2) * hop
+        if y.shape[-1] - start >= 0.1 * sample_rate:
+            levels.append(max(rms_db(y[start:]), -120.0))
+    return float(np.mean(levels)) if levels else None
 
 
 def clip_metrics(ests: list[torch.Tensor], refs: list[torch.Tensor], lengths: list[int], sample_rate: int) -> dict:

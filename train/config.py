@@ -47,6 +47,10 @@ class DataConfig:
     """Audio (`model.kind: soundstream`): length of each training crop, seconds (validation clips too)."""
     silence_db: float = -40.0
     """Audio: a random crop quieter than this (dBFS RMS) is redrawn (a few times) so batches hold sound."""
+    silence_prob: float = 0.0
+    """Audio: the probability that a training crop ends in digital silence from a uniform cut point on
+    (an utterance ending), so the codec learns to output silence for it: silence-aware crops
+    otherwise never show it zeros, and it hums in them."""
     holdout_class: int | None = None
     """`builtin:digits`: leave this digit out of training (anomaly detection); validation keeps it."""
 
@@ -56,6 +60,7 @@ class DataConfig:
         _check(self.val_size >= 1, "data.val_size", ">= 1")
         _check(self.num_workers >= 0, "data.num_workers", ">= 0")
         _check(self.segment_seconds > 0, "data.segment_seconds", "> 0")
+        _check(0.0 <= self.silence_prob <= 1.0, "data.silence_prob", "in [0, 1]")
 
 
 @dataclass

@@ -111,6 +111,29 @@ def test_silence_aware_crop(tmp_path):
     assert loud_aware >= loud_naive + 4
 
 
+def test_silence_prob_ends_crops_in_digital_silence(folder):
+    """`silence_prob`: that share of crops is zeroed from a uniform cut point on, the same draw for
+    the same (seed, epoch, item), so a resumed run sees the same batches."""
+    plain, ending = make(folder), make(folder, silence_prob=1.0)
+    cuts = []
+    for epoch in range(8):
+        plain.set_epoch(epoch)
+        ending.set_epoch(epoch)
+        x, y = plain[0]["x"][0], ending[0]["x"][0]  # a.wav: a tone throughout
+        cut = int((y != 0).nonzero().max()) + 1 if (y != 0).any() else 0
+        assert torch.all(y[cut:] == 0) and torch.equal(y[:cut], x[:cut])  # the same crop, then silence
+        cuts.append(cut)
+    assert len(set(cuts)) > 4  # the cut point varies
+    again = make(folder, silence_prob=1.0)
+    again.set_epoch(7)
+    assert torch.equal(again[0]["x"], ending[0]["x"])
+    half, ended = make(folder, silence_prob=0.5), []
+    for epoch in range(16):
+        half.set_epoch(epoch)
+        ended.append(bool(half[0]["x"][0, -1] == 0))
+    assert 3 <= sum(ended) <= 13
+
+
 def test_silent_file_serves_silence_not_bad(folder):
     item = make(folder)[2]  # d.wav
     assert item["bad"] == [] and torch.all(item["x"] == 0)

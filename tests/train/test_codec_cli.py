@@ -301,4 +301,17 @@ def test_eval_scores_each_clip_over_its_own_length(env, tmp_path):
     for key in ("si_snr", "mel_distance", "stft_distance"):
         assert c[key] == pytest.approx(np.mean([m[key] for m in per_clip]), rel=1e-4, abs=1e-4)
     assert r["seconds_scored"] == pytest.approx(0.3)
+    assert -120 <= c["silence_dbfs"] < 0  # the output over the padding, measured
     assert c["achieved_kbps"] > c["nominal_kbps"]  # headers over 0.3 s of audio, not 0.8 s
+
+
+def test_silence_level_measures_output_over_the_padding():
+    from train.codec import silence_level
+
+    recon = torch.zeros(2, 1, 1000)
+    recon[0, 0, :300] = 0.5  # clip 0: 300 samples of sound, then true silence
+    recon[1, 0] = 0.01  # clip 1: 200 samples of sound, then a constant -40 dBFS hum
+    assert silence_level(recon[:1], [300], hop=10, sample_rate=1000) == -120.0
+    assert silence_level(recon[1:], [200], hop=10, sample_rate=1000) == pytest.approx(-40.0)
+    assert silence_level(recon, [300, 200], hop=10, sample_rate=1000) == pytest.approx(-80.0)
+    assert silence_level(recon[:1], [950], hop=10, sample_rate=1000) is None  # under 0.1 s of padding

@@ -57,14 +57,17 @@ class AudioFolder(SkippingDataset):
 
     With `random_crop`, the crop start is drawn uniformly; a crop quieter than `silence_db` dBFS is redrawn,
     up to `silence_tries` draws in all, keeping the loudest (so a silent file still serves, as silence).
-    Without it, the centre crop. Files shorter than a segment are zero-padded at the end. Files are decoded
-    whole at every access: split long recordings into clips of seconds to minutes.
+    Without it, the centre crop. Files shorter than a segment are zero-padded at the end. With
+    `silence_prob`, that share of crops is zeroed from a uniform cut point on (an utterance ending in
+    digital silence). Files are decoded whole at every access: split long recordings into clips of
+    seconds to minutes.
     """
 
     what = "audio file"
 
     def __init__(self, root: str, *, sample_rate: int, segment_samples: int, seed: int = 0,
-                 random_crop: bool = True, silence_db: float = -40.0, silence_tries: int = 5) -> None:
+                 random_crop: bool = True, silence_db: float = -40.0, silence_tries: int = 5,
+                 silence_prob: float = 0.0) -> None:
         if not os.path.isdir(root):
             raise ConfigError(f"audio folder does not exist or is not a directory: {root}")
         if sample_rate < 1 or segment_samples < 1 or silence_tries < 1:
@@ -73,6 +76,7 @@ class AudioFolder(SkippingDataset):
         super().__init__(path=root, seed=seed)
         self.sample_rate, self.segment_samples = sample_rate, segment_samples
         self.random_crop, self.silence_db, self.silence_tries = random_crop, silence_db, silence_tries
+        self.silence_prob = silence_prob
         files = []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -112,4 +116,8 @@ class AudioFolder(SkippingDataset):
         return best
 
     def make(self, raw: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.crop(raw, rng), dtype=np.float32))[None]  # (1, S)
+        x = self.crop(raw, rng)
+        if self.silence_prob and rng.random() < self.silence_prob:  # the same draws on every resume
+            x = x.copy()
+            x[int(rng.integers(0, x.shape[0])):] = 0.0
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]  # (1, S)

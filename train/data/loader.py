@@ -106,7 +106,7 @@ def build_loaders(cfg: Config, *, rank: int, world: int, micro_batch: int) -> Lo
         common = dict(sample_rate=sr, segment_samples=round(d.segment_seconds * sr), seed=cfg.seed,
                       silence_db=d.silence_db)
         try:
-            train = AudioFolder(d.path, random_crop=d.random_crop, **common)
+            train = AudioFolder(d.path, random_crop=d.random_crop, silence_prob=d.silence_prob, **common)
         except ConfigError as e:
             raise ConfigError(f"data.path: {e}") from e
         try:
