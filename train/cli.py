@@ -56,9 +56,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from diffusers import AutoencoderKL
 
     from eval.latents import set_scaling_factor
-    from train.export import export_vae, export_vq, load_tokenizer, measure_scaling, warn_if_unmeasured
-
     from train.codec import is_codec
+    from train.export import export_vae, export_vq, load_tokenizer, measure_scaling, warn_if_unmeasured
 
     if is_codec(args.source):
         from train.export import export_codec_encodec, load_codec
@@ -66,6 +65,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.format != "encodec":
             raise ConfigError(f"{args.source} is an audio codec: export it with --format encodec (a transformers "
                               "EncodecModel directory); its native model/ directory is written by training")
+
         def run() -> int:
             out = export_codec_encodec(load_codec(args.source, weights=args.weights), args.out)
             print(f"wrote EncodecModel to {out}")

@@ -104,14 +104,10 @@ def _init_codec_from(model: nn.Module, path: str) -> None:
 
     if not is_codec(path):
         raise ConfigError(f"model.init_from: {path} is not an aetk audio codec run, checkpoint or model/ directory")
-    source = load_codec(path, weights="ema").state_dict()
-    target = model.state_dict()
-    missing, extra = sorted(set(target) - set(source)), sorted(set(source) - set(target))
-    shapes = [k for k in target if k in source and source[k].shape != target[k].shape]
-    if missing or extra or shapes:
-        raise ConfigError(f"model.init_from: {path} has another architecture than this recipe (missing: "
-                          f"{missing[:3]}, unexpected: {extra[:3]}, other shapes: {shapes[:3]})")
-    model.load_state_dict(source)
+    try:
+        model.load_state_dict(load_codec(path, weights="ema").state_dict())
+    except RuntimeError as e:  # missing / unexpected keys or other shapes, listed by torch
+        raise ConfigError(f"model.init_from: {path} has another architecture than this recipe: {e}") from None
 
 
 def build_audio_losses(cfg: Config):

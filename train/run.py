@@ -234,7 +234,6 @@ def train(cfg: Config) -> Trainer:
     bar = tqdm(total=t.max_steps, initial=trainer.step_idx, desc="train", unit="step",
                disable=not (t.progress and acc.is_local_main_process), dynamic_ncols=True, mininterval=1.0)
     window_start, window_images = time.perf_counter(), 0
-    ok = False
     try:
         while trainer.step_idx < t.max_steps:
             fault_point("kill_at_step", trainer.step_idx)
@@ -262,9 +261,9 @@ def train(cfg: Config) -> Trainer:
                        "bad_paths": [trainer.loaders.train_dataset.describe(i) for i in sorted(trainer.bad_items)]}
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         acc.wait_for_everyone()
-        ok = True
+    except BaseException:
+        trainer.close()  # free accelerate's process-wide state, so the next run in this process can start
+        raise
     finally:
         bar.close()
-        if not ok:  # free accelerate's process-wide state, so the next run in this process can start
-            trainer.close()
     return trainer

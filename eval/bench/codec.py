@@ -24,7 +24,7 @@ rates. Three stages with strides 8, 5, 8 (hop 320, 75 Hz; kernels 2 x stride) vi
 at 16 channels, then 3 kHz at 64 and 600 Hz at 256; the parameters move to where they are cheap:
 the 600 Hz -> 75 Hz strided conv (kernel 16, 256 -> 640) and a one-layer 640-wide LSTM at 75 Hz.
 Same latent width (128), same RVQ (32 x 1024; 8 levels = 6 kbps), 0.93x EnCodec's parameters.
-On a quiet machine (2 threads) it runs 3.2x EnCodec's speed in fp32 and 4.4x in bf16 (2.7x before
+On a quiet machine (2 threads) it runs 3.2-3.6x EnCodec's speed in fp32 and 4.4-4.8x in bf16 (2.7x before
 aetk's vectorised ELU, `audio_codec.seanet.ELU`).
 
 Streaming cost per chunk is mostly fixed: every chunk reads every weight (~7M per side, more than
@@ -289,6 +289,7 @@ def _bench(*, encodec, ours_built: SoundStream, precisions: list[str], seconds: 
         "params_within_tolerance": abs(our_params / enc_params - 1) <= PARAMS_TOLERANCE,
         "bitrate_bps": bitrates["ours"],
         "rtf": rtf,
+        "elu": bench_elu(seconds, sample_rate),
         "loadavg": loadavg,
     }
 
@@ -312,7 +313,27 @@ def format_table(result: dict) -> str:
                  f"({ours['n_quantizers']} levels), {cfg['threads']} threads, median of {cfg['repeats']}. "
                  f"Encoder + decoder parameters: EnCodec {enc['params_encoder_decoder'] / 1e6:.2f}M, ours "
                  f"{ours['params_encoder_decoder'] / 1e6:.2f}M ({result['params_ratio']:.2f}x); codebooks not counted.")
+    if "elu" in result:
+        e = result["elu"]
+        lines.append(f"ELU on (1, 16, {cfg['seconds']:g} s): torch {e['torch_ms']:.1f} ms, aetk {e['aetk_ms']:.1f} ms "
+                     f"({e['speedup']:.1f}x; outputs within {e['max_abs_difference']:.1e}).")
     return "\n".join(lines)
+
+
+def bench_elu(seconds: float, sample_rate: int, *, repeats: int = 5) -> dict:
+    """torch's `nn.ELU` against `audio_codec.seanet.ELU` on a (1, 16, T) sample-rate activation (the
+    fast codec's widest ELU input), fp32, inference: milliseconds per call (medians), the speedup
+    and the largest difference between their outputs."""
+    from audio_codec.seanet import ELU
+
+    x = torch.randn(1, 16, int(seconds * sample_rate))
+    ours, ref = ELU(), nn.ELU()
+    with torch.inference_mode():
+        times = time_interleaved({"torch": lambda: ref(x), "aetk": lambda: ours(x)}, repeats)
+        max_diff = float((ours(x) - ref(x)).abs().max())
+    med = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
+    return {"torch_ms": med["torch"], "aetk_ms": med["aetk"], "speedup": med["torch"] / med["aetk"],
+            "max_abs_difference": max_diff}
 
 
 def _jsonable(value):
