@@ -15,10 +15,12 @@ from train.tasks import AutoencoderGANTask, StepContext
 C, R = 3, 32
 
 
-def assert_close_to(ours, ref, name, rel=1e-4):
-    """Equal up to float error relative to the tensor's scale (elementwise rtol fails near zero)."""
+def assert_close_to(ours, ref, name, rel=1e-4, floor=0.0):
+    """Equal up to float error relative to the tensor's scale (elementwise rtol fails near zero).
+    `floor`: the least scale to measure against, for tensors that are analytically zero (a
+    softmax's gradient wrt the key bias) and so hold only float noise of the other gradients."""
     err = (ours - ref).abs().max().item()
-    assert err <= rel * ref.abs().max().item() + 1e-6, f"{name}: max error {err:.3g}"
+    assert err <= rel * max(ref.abs().max().item(), floor) + 1e-6, f"{name}: max error {err:.3g}"
 
 
 def make_pair(disc_start: int, learn_logvar: bool = False):
@@ -59,8 +61,9 @@ def test_generator_gradient_equals_latent_diffusion(gan_on):
     ours, logs = our_gradients(task, x, noise, step=5)
     # latent-diffusion sums its losses over values; ours are means: identical up to C*H*W.
     scale = C * R * R
+    largest = max(r.abs().max().item() for r in ref.values())
     for name, g in ours.items():
-        assert_close_to(g * scale, ref[name], name)
+        assert_close_to(g * scale, ref[name], name, floor=1e-3 * largest)
     assert ("gan/d_weight" in logs) == gan_on
 
 
