@@ -35,8 +35,9 @@ import math
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Mapping
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -271,5 +272,12 @@ def _parse_header(raw: bytes) -> AudioCodesHeader:
     return header
 
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "AudioCodesHeader", "ContainerError", "decode_codes", "encode_codes",
-           "nominal_kbps", "read_codes", "state_dict_hash", "validate_header", "write_codes"]
+def achieved_kbps(num_bytes: int, num_samples: int, sample_rate: int) -> float:
+    """Bitrate of a compressed file in kbit/s: num_bytes * 8 / duration / 1000."""
+    if num_samples <= 0 or sample_rate <= 0:
+        raise ValueError(f"need num_samples > 0 and sample_rate > 0, got {num_samples} and {sample_rate}")
+    return num_bytes * 8 / (num_samples / sample_rate) / 1000
+
+
+__all__ = ["MAGIC", "FORMAT_VERSION", "AudioCodesHeader", "ContainerError", "achieved_kbps", "decode_codes",
+           "encode_codes", "nominal_kbps", "read_codes", "state_dict_hash", "validate_header", "write_codes"]

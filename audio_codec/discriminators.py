@@ -8,8 +8,8 @@ Every conv is weight-normalised (torch.nn.utils.parametrizations.weight_norm).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ class DiscriminatorOutput:
     logits: list[torch.Tensor]
     features: list[list[torch.Tensor]]
 
-    def chunk(self, n: int) -> list["DiscriminatorOutput"]:
+    def chunk(self, n: int) -> list[DiscriminatorOutput]:
         """Split every tensor along the batch, e.g. the outputs of D(cat([real, fake])) into two."""
         logits = [t.chunk(n) for t in self.logits]
         feats = [[t.chunk(n) for t in layer] for layer in self.features]

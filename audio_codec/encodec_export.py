@@ -23,18 +23,20 @@ What differs, and by how much:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from audio_codec.model import SoundStream
 from audio_codec.seanet import CausalConv1d, ResidualUnit, StreamingLSTM
+from tokenizers_ae.pretrained import check_finite, prepare_dir
 
 
 def encodec_config(model: SoundStream):
     """The `transformers.EncodecConfig` of `model`'s architecture; ValueError naming each part
     EnCodec cannot express."""
-    from transformers import EncodecConfig
+    from transformers import EncodecConfig  # transformers: only this export needs it
 
     enc = model.encoder
     widths = list(enc.stage_channels)
@@ -85,7 +87,7 @@ def encodec_config(model: SoundStream):
 def to_encodec(model: SoundStream):
     """A transformers `EncodecModel` with `model`'s weights and codebooks, in eval mode.
     ValueError when the architectures do not line up (see `encodec_config`)."""
-    from transformers import EncodecModel
+    from transformers import EncodecModel  # transformers: only this export needs it
 
     encodec = EncodecModel(encodec_config(model)).eval()
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("quantizer.")}
@@ -101,3 +103,14 @@ def to_encodec(model: SoundStream):
     except RuntimeError as e:  # a layout encodec_config did not foresee, listed by torch
         raise ValueError(f"cannot export as EncodecModel: parameters differ: {e}") from None
     return encodec
+
+
+def save_encodec(model: SoundStream, out: str | Path) -> Path:
+    """`model` as a transformers EncodecModel directory (`EncodecModel.from_pretrained(out)` encodes to
+    and decodes aetk's codes); ValueError, before anything is written, when the architecture is not
+    one EnCodec can express."""
+    encodec = to_encodec(model)  # raises before any file exists
+    check_finite(encodec.state_dict(), f"EncodecModel for {out}")
+    out = prepare_dir(out)
+    encodec.save_pretrained(out, safe_serialization=True)
+    return out

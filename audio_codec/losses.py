@@ -9,7 +9,7 @@ bf16 are unsupported or inaccurate, and the log of a clamped magnitude needs flo
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,10 +15,11 @@ from torch.nn.utils import parametrize
 
 from audio_codec.seanet import SEANetDecoder, SEANetEncoder, fold_weight_norm_
 from tokenizers_ae.models.output import AEOutput
+from tokenizers_ae.pretrained import Pretrained
 from tokenizers_ae.quantizers import ResidualVQ
 
 
-class SoundStream(nn.Module):
+class SoundStream(Pretrained, nn.Module):
     """audio (B, C, T) in [-1, 1] -> latents (B, D, F) at `frame_rate` Hz -> Q residual codes per
     frame -> audio (B, C, T).
 
@@ -31,7 +32,14 @@ class SoundStream(nn.Module):
     Training uses `forward` (the quantizer's dropout picks the number of levels). Inference
     (`encode`, `decode`, `StreamingEncoder`) expects eval mode: in training mode the quantizer's
     forward also updates EMA codebooks.
+
+    Saved in aetk's native format with the keyword arguments of `build_soundstream` as its config
+    (`from_config`); a codec built from parts has no config to save.
     """
+
+    saved_name, saved_what = "SoundStream", "an audio codec (model.kind: soundstream)"
+    config: dict | None = None
+    """`build_soundstream`'s keyword arguments, when it built this model."""
 
     def __init__(self, *, encoder: SEANetEncoder, quantizer: ResidualVQ, decoder: SEANetDecoder,
                  sample_rate: int) -> None:
@@ -43,6 +51,30 @@ class SoundStream(nn.Module):
                              f"decoder {decoder.dimension}")
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
         self.sample_rate = sample_rate
+
+    # --- saving and loading ---------------------------------------------------------------------
+
+    def pretrained_config(self) -> dict:
+        if self.config is None:
+            raise ValueError("this SoundStream was built from parts, so it has no config to save; build it with "
+                             "build_soundstream (or SoundStream.from_config)")
+        return dict(self.config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> SoundStream:
+        return build_soundstream(**config)
+
+    @classmethod
+    def from_legacy(cls, legacy: dict) -> SoundStream:
+        m = legacy["model"]
+        c = m["codec"]
+        return build_soundstream(
+            sample_rate=c["sample_rate"], n_filters=c["n_filters"], ratios=c["ratios"], dimension=c["dimension"],
+            lstm_layers=c["lstm_layers"], stage_channels=c["stage_channels"], n_residual_layers=c["n_residual_layers"],
+            dilation_base=c["dilation_base"], num_quantizers=m["rvq_levels"], codebook_size=m["codebook_size"],
+            quantizer_dropout=m["quantizer_dropout"], ema_decay=m["vq_ema_decay"],
+            dead_code_threshold=m["dead_code_threshold"], kmeans_init=m["kmeans_init"], cosine=m["cosine"],
+            codebook_dim=m["codebook_dim"])
 
     # --- rates --------------------------------------------------------------------------------
 
@@ -156,5 +188,9 @@ def build_soundstream(*, sample_rate: int = 24000, channels: int = 1, n_filters:
                lstm_layers=lstm_layers)
     quantizer = ResidualVQ(num_quantizers=num_quantizers, codebook_size=codebook_size, dim=dimension,
                            quantizer_dropout=quantizer_dropout, **vq_kwargs)
-    return SoundStream(encoder=SEANetEncoder(**net), quantizer=quantizer, decoder=SEANetDecoder(**net),
-                       sample_rate=sample_rate)
+    model = SoundStream(encoder=SEANetEncoder(**net), quantizer=quantizer, decoder=SEANetDecoder(**net),
+                        sample_rate=sample_rate)
+    model.config = dict(sample_rate=sample_rate, **{k: list(v) if isinstance(v, tuple) else v for k, v in net.items()},
+                        num_quantizers=num_quantizers, codebook_size=codebook_size,
+                        quantizer_dropout=quantizer_dropout, **vq_kwargs)
+    return model

@@ -26,7 +26,8 @@ from __future__ import annotations
 import functools
 import math
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -289,7 +290,8 @@ class CausalConvTranspose1d(nn.Module):
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0), state
         # No bias here: the tail overlaps the next chunk, and the bias belongs to each sample once.
         if self.trim % self.stride == 0 and x.shape[-1] < self.conv.out_channels:  # weight-heavy: one matmul
-            y = conv_transpose1d_as_matmul(x, self.conv.weight, self.stride, owner=self)  # (B, C_out, f * stride + trim)
+            # (B, C_out, f * stride + trim)
+            y = conv_transpose1d_as_matmul(x, self.conv.weight, self.stride, owner=self)
         else:
             y = F.conv_transpose1d(x, self.conv.weight, None, self.stride)
         if state is not None:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from math import gcd
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
+from scipy.signal import resample_poly
 
 from audio_codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, _as_batch
 
@@ -67,13 +71,6 @@ def stft_distance(est: torch.Tensor, ref: torch.Tensor) -> float:
     return float(_stft_loss().to(est.device)(est, ref))
 
 
-def achieved_kbps(num_bytes: int, num_samples: int, sample_rate: int) -> float:
-    """Bitrate of a compressed file in kbit/s: num_bytes * 8 / duration / 1000."""
-    if num_samples <= 0 or sample_rate <= 0:
-        raise ValueError(f"need num_samples > 0 and sample_rate > 0, got {num_samples} and {sample_rate}")
-    return num_bytes * 8 / (num_samples / sample_rate) / 1000
-
-
 def _mono_numpy(x: torch.Tensor) -> list[np.ndarray]:
     return [row.numpy() for row in _flat(x)]
 
@@ -81,10 +78,6 @@ def _mono_numpy(x: torch.Tensor) -> list[np.ndarray]:
 def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     if sr_in == sr_out:
         return x
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
     g = gcd(sr_in, sr_out)
     return resample_poly(x, sr_out // g, sr_in // g)
 
@@ -93,7 +86,7 @@ def pesq_score(est: torch.Tensor, ref: torch.Tensor, *, sample_rate: int) -> flo
     """Wide-band PESQ (at 16 kHz, resampled), mean over the clips PESQ can score; None if `pesq` is
     not installed or it scores none (clips under 0.25 s, or no speech its detector finds)."""
     try:
-        from pesq import PesqError, pesq
+        from pesq import PesqError, pesq  # optional: the `speech` extra
     except ImportError:
         return None
     scores = []
@@ -110,7 +103,7 @@ def stoi_score(est: torch.Tensor, ref: torch.Tensor, *, sample_rate: int, extend
     """STOI (or extended STOI), mean over the clips STOI can score; None if `pystoi` is not installed
     or no clip is long enough (pystoi returns a 1e-5 placeholder, with a warning, for those)."""
     try:
-        from pystoi import stoi
+        from pystoi import stoi  # optional: the `speech` extra
     except ImportError:
         return None
     scores = []
@@ -139,9 +132,6 @@ def audio_metrics(est: torch.Tensor, ref: torch.Tensor, *, sample_rate: int) -> 
 
 def save_audio_examples(ref: torch.Tensor, est: torch.Tensor, out_dir, *, sample_rate: int, n: int = 2) -> list:
     """Write the first `n` clips of (B, 1, T) `ref` and `est` as 16-bit WAVs `{i}-ref.wav`, `{i}-recon.wav`."""
-    import soundfile as sf
-    from pathlib import Path
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -155,11 +145,10 @@ def save_audio_examples(ref: torch.Tensor, est: torch.Tensor, out_dir, *, sample
 
 def save_spectrogram_grid(ref: torch.Tensor, est: torch.Tensor, path, *, sample_rate: int, n: int = 4) -> None:
     """Log-mel spectrograms of reference (top row) and reconstruction (bottom row), n clips, as a PNG."""
-    import matplotlib
+    import matplotlib  # matplotlib: heavy, only figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from pathlib import Path
+    import matplotlib.pyplot as plt  # matplotlib: heavy, only figures need it
 
     mel = _mel_loss(sample_rate)
     n = min(n, ref.shape[0])

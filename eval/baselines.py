@@ -60,7 +60,7 @@ class PatchPCA:
         p = x.float().reshape(b, c, h // f, f, w // f, f).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, f, f)
         return p.reshape(-1, c * f * f)
 
-    def fit(self, x: torch.Tensor) -> "PatchPCA":
+    def fit(self, x: torch.Tensor) -> PatchPCA:
         p = self._patches(x)  # (N, C*f*f)
         self.mean = p.mean(0)
         _, _, vh = torch.linalg.svd(p - self.mean, full_matrices=False)

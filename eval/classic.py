@@ -12,10 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.utils import make_grid
 
-from eval.image import to_unit
+from eval.image import save_reconstruction_grid, to_unit
 from tokenizers_ae.classic.vae import kl_to_standard_normal
 from tokenizers_ae.classic.wae import mmd
+from tokenizers_ae.data.activations import LMActivations
+from tokenizers_ae.data.digits import Digits
+from tokenizers_ae.data.sources import build_image_dataset
 
 GENERATIVE = ("vae", "cvae", "aae", "wae")
 """Variants with a prior to sample from."""
@@ -50,38 +54,31 @@ def evaluate_batch(model, batch: dict, *, grid: str | Path | None = None) -> dic
     if x.ndim == 4:
         out["eval/psnr"] = _psnr(mse)
         if grid is not None:
-            from eval.image import save_reconstruction_grid
-
             save_reconstruction_grid(x, recon.clamp(-1, 1), path=grid)
     return out
 
 
 # --- data ---------------------------------------------------------------------------------------
 
-def heldout_data(cfg, n: int = 512) -> dict:
+def heldout_data(config: dict, n: int = 512) -> dict:
     """{"x": held-out examples, "y": labels or None, "fit": training examples (for PCA, the mean image),
-    "dataset": the held-out dataset} for a classic run's data source."""
-    d = cfg.data
-    if d.path == "builtin:digits":
-        from train.data.digits import Digits
-
-        val, train = Digits(split="val", resolution=d.resolution), Digits(split="train", resolution=d.resolution,
-                                                                            holdout_class=d.holdout_class)
+    "dataset": the held-out dataset} for a classic model's data source (`config`: its
+    `classic_config`, whose "data" says where it trained)."""
+    d = config["data"]
+    path, resolution = d["path"], d["resolution"]
+    if path == "builtin:digits":
+        val, train = Digits(split="val", resolution=resolution), Digits(split="train", resolution=resolution,
+                                                                        holdout_class=d.get("holdout_class"))
         return {"x": val.x[:n], "y": val.y[:n], "fit": train.x, "dataset": val}
-    if d.path == "builtin:lm-activations":
-        from train.data.activations import LMActivations
-
-        c = cfg.model.classic
-        val = LMActivations(lm=c.lm, layer=c.lm_layer, n_tokens=c.lm_tokens, split="val")
-        train = LMActivations(lm=c.lm, layer=c.lm_layer, n_tokens=c.lm_tokens, split="train")
-        return {"x": val.acts[:n], "y": None, "fit": train.acts, "dataset": val}
-    from train.data import build_image_dataset
-
-    builtin = d.path.startswith("builtin:")
-    common = dict(resolution=d.resolution, random_crop=False, random_flip=False, builtin_size=d.builtin_size)
-    train = build_image_dataset(d.path, split="train", **common)
-    val = build_image_dataset(d.val_path or d.path, split="val" if builtin and not d.val_path else "train", **common)
-    start = 0 if (builtin or d.val_path) else min(n, len(train) // 2)  # a folder: hold out its first images
+    if path == "builtin:lm-activations":
+        acts = {s: LMActivations(lm=config["lm"], layer=config["lm_layer"], n_tokens=config["lm_tokens"], split=s)
+                for s in ("train", "val")}
+        return {"x": acts["val"].acts[:n], "y": None, "fit": acts["train"].acts, "dataset": acts["val"]}
+    builtin, val_path = path.startswith("builtin:"), d.get("val_path")
+    common = dict(resolution=resolution, random_crop=False, random_flip=False, builtin_size=d.get("builtin_size", 512))
+    train = build_image_dataset(path, split="train", **common)
+    val = build_image_dataset(val_path or path, split="val" if builtin and not val_path else "train", **common)
+    start = 0 if (builtin or val_path) else min(n, len(train) // 2)  # a folder: hold out its first images
     x = torch.stack([val[i]["x"] for i in range(min(n, len(val) if start == 0 else start))])
     fit = torch.stack([train[i]["x"] for i in range(start, len(train))])
     return {"x": x, "y": None, "fit": fit, "dataset": val}
@@ -91,7 +88,7 @@ def heldout_data(cfg, n: int = 512) -> dict:
 
 def pca_mse(fit: torch.Tensor, x: torch.Tensor, components: int) -> float | None:
     """Held-out MSE of PCA with `components` components fitted on `fit`; None if that is the whole space."""
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # scikit-learn: heavy, only these metrics need it
 
     f, xx = fit.flatten(1).numpy().astype(np.float64), x.flatten(1).numpy().astype(np.float64)
     if components >= min(f.shape):
@@ -103,8 +100,8 @@ def pca_mse(fit: torch.Tensor, x: torch.Tensor, components: int) -> float | None
 def pca_subspace_angle(model, fit: torch.Tensor) -> float:
     """Largest principal angle (degrees) between a linear autoencoder's decoder columns and the
     span of PCA's top code_size components fitted on the same data."""
-    from scipy.linalg import subspace_angles
-    from sklearn.decomposition import PCA
+    from scipy.linalg import subspace_angles  # scipy: only this metric needs it
+    from sklearn.decomposition import PCA  # scikit-learn: heavy, only these metrics need it
 
     pca = PCA(n_components=model.code_size).fit(fit.flatten(1).numpy().astype(np.float64))
     w = model.decoder.weight.detach().double().numpy()  # (D, code)
@@ -113,7 +110,7 @@ def pca_subspace_angle(model, fit: torch.Tensor) -> float:
 
 def anomaly_auc(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
     """ROC AUC of `scores` (higher = more anomalous) against the boolean labels."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # scikit-learn: heavy, only this metric needs it
 
     return float(roc_auc_score(is_anomaly.numpy().astype(int), scores.numpy()))
 
@@ -164,7 +161,8 @@ def sae_report(model, data: dict, *, features: int = 8, top: int = 5) -> dict:
         idx = z[:, j].argsort(descending=True)[:top].tolist()
         report[f"feature {j}"] = [f"{float(z[i, j]):.2f} {ds.context(i)}" for i in idx]
     return {"l0": float((z > 0).float().sum(1).mean()), "fvu": fvu,
-            "dead_latents_heldout": int((fired == 0).sum()), "dead_fraction_heldout": float((fired == 0).float().mean()),
+            "dead_latents_heldout": int((fired == 0).sum()),
+            "dead_fraction_heldout": float((fired == 0).float().mean()),
             "dead_latents_tracked": int(model.dead.sum()), "latents": int(z.shape[1]), "top_activations": report}
 
 
@@ -194,18 +192,22 @@ def image_rows(model, variant: str, x: torch.Tensor, y: torch.Tensor | None, n: 
 
 
 @torch.no_grad()
-def evaluate_classic(model, cfg, *, n: int = 512, seed: int = 0) -> dict:
-    """Every metric of one classic run, as {"metrics": {...}, "rows": image rows (images only)}."""
-    variant = cfg.model.classic.variant
+def evaluate_classic(model, *, data: dict | None = None, n: int = 512, seed: int = 0) -> dict:
+    """Every metric of one classic model, as {"metrics": {...}, "rows": image rows (images only)}, on
+    held-out examples of the data it trained on (`data`: another source of the same shape, as
+    {"path", "resolution", ...})."""
+    config = {**model.classic_config, **({"data": {**model.classic_config["data"], **data}} if data else {})}
+    variant = config["variant"]
+    holdout = config["data"].get("holdout_class")
     model.eval()
-    data = heldout_data(cfg, n)
+    data = heldout_data(config, n)
     x, y, fit = data["x"], data["y"], data["fit"]
-    normal = torch.ones(len(x), dtype=torch.bool) if cfg.data.holdout_class is None or y is None \
-        else y != cfg.data.holdout_class
+    normal = torch.ones(len(x), dtype=torch.bool) if holdout is None or y is None else y != holdout
     recon = reconstruct(model, x, y)
     err = _per_example_mse(recon, x)  # (N,)
-    m: dict = {"variant": variant, "data": cfg.data.path.removeprefix("builtin:"),
-               "input_shape": list(x.shape[1:]), "code_size": int(model.code_size), "heldout_examples": int(normal.sum()),
+    m: dict = {"variant": variant, "data": config["data"]["path"].removeprefix("builtin:"),
+               "input_shape": list(x.shape[1:]), "code_size": int(model.code_size),
+               "heldout_examples": int(normal.sum()),
                "mse": float(err[normal].mean())}
     if x.ndim == 4:
         m["psnr"] = _psnr(m["mse"])
@@ -219,8 +221,9 @@ def evaluate_classic(model, cfg, *, n: int = 512, seed: int = 0) -> dict:
         elbo = torch.cat([model.elbo(x[s:s + 256], None if y is None else y[s:s + 256], generator=g)
                           for s in range(0, len(x), 256)])
         mean, logvar = model.posterior(x, y)
-        m.update(elbo_nats=float(elbo[normal].mean()), kl_nats=float(kl_to_standard_normal(mean, logvar)[normal].mean()),
-                 beta=cfg.model.classic.beta)
+        m.update(elbo_nats=float(elbo[normal].mean()),
+                 kl_nats=float(kl_to_standard_normal(mean, logvar)[normal].mean()),
+                 beta=config["beta"])
     if variant == "linear":  # Baldi & Hornik: the optimum spans the principal subspace
         m["pca_max_angle_deg"] = pca_subspace_angle(model, fit)
     if variant in GENERATIVE:  # how close the held-out codes are to the N(0, I) prior samples are drawn from
@@ -231,20 +234,20 @@ def evaluate_classic(model, cfg, *, n: int = 512, seed: int = 0) -> dict:
         z = model.encode(x)
         m.update(mean_activation=float(z.mean()), active_per_example=float((z.abs() > 1e-6).float().sum(1).mean()))
         if variant == "sparse_kl":
-            m["rho"] = cfg.model.classic.rho
+            m["rho"] = config["rho"]
     if variant == "contractive":
         m["jacobian_frobenius_sq"] = float(model.jacobian_frobenius_sq(model.encode(x)).mean())
     if variant == "denoising":
-        m.update(corruption=cfg.model.classic.corruption, **denoising_gain(model, x[normal], seed))
-        if cfg.model.classic.corruption == "masking" and x.ndim == 4:
+        m.update(corruption=config["corruption"], **denoising_gain(model, x[normal], seed))
+        if config["corruption"] == "masking" and x.ndim == 4:
             m.update(inpainting(model, x[normal], fit))
     if variant == "mae":  # how much better than guessing the mean image the completion is
         m["mean_image_mse"] = float(_per_example_mse(fit.float().mean(0, keepdim=True).expand_as(x), x).mean())
-        m["mask_ratio"] = cfg.model.classic.mask_ratio
+        m["mask_ratio"] = config["mask_ratio"]
     if variant == "sae":
         m.update(sae_report(model, data))
-    if cfg.data.holdout_class is not None and y is not None:
-        m["holdout_class"] = cfg.data.holdout_class
+    if holdout is not None and y is not None:
+        m["holdout_class"] = holdout
         m["anomaly_auc"] = anomaly_auc(err, ~normal)
     rows = image_rows(model, variant, x[normal], None if y is None else y[normal], seed=seed) if x.ndim == 4 else {}
     return {"metrics": m, "rows": rows}
@@ -301,11 +304,10 @@ def table_row(name: str, m: dict, train: str | None = None) -> str:
 
 def save_rows_figure(entries: list[tuple[str, dict[str, torch.Tensor]]], path: str | Path) -> Path:
     """One PNG, a row per (name, rows): originals over reconstructions, prior samples, interpolation."""
-    import matplotlib
+    import matplotlib  # matplotlib: heavy, only figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from torchvision.utils import make_grid
+    import matplotlib.pyplot as plt  # matplotlib: heavy, only figures need it
 
     columns = [("originals / reconstructions", ("originals", "reconstructions")), ("prior samples", ("samples",)),
                ("latent interpolation", ("interpolation",))]

@@ -11,9 +11,9 @@ from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
+from torchvision.utils import make_grid, save_image
 
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
-from torchvision.utils import make_grid, save_image
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

@@ -1,42 +1,69 @@
-"""`aetk eval`: reconstruction quality, rate, latent statistics and throughput of a KL tokenizer,
-beside JPEG at the same bitrate and patch PCA with the same number of latent values, with a
-reconstruction grid and a rate-distortion plot."""
+"""`aetk eval` of an image tokenizer: reconstruction quality, rate, latent or token statistics and
+throughput, beside JPEG at the same bitrate and patch PCA with the same number of latent values,
+with a reconstruction grid and a rate-distortion plot. The rate is the family's: `latent_rate`
+(KL-VAE latents at `latent_bits` each) or `token_rate` (log2(K) bits per token)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
-
-from tokenizers_ae.tiling import vae_decode, vae_moments
 
 from eval.baselines import PatchPCA, jpeg_quality_for_bpp, jpeg_roundtrip
 from eval.image import reconstruction_metrics, save_reconstruction_grid
 from eval.latents import latent_statistics
+from tokenizers_ae.losses.perceptual import LPIPS
+from tokenizers_ae.models.kl_vae import KLVAE
+from tokenizers_ae.models.vq_vae import VQVAE
 
 JPEG_CURVE = (5, 10, 20, 35, 50, 75, 90)
 
 
 @torch.no_grad()
-def reconstruct(model, x: torch.Tensor, batch: int = 16, tile: int | None = None) -> tuple[torch.Tensor, float]:
+def reconstruct(model: KLVAE | VQVAE, x: torch.Tensor, batch: int = 16,
+                tile: int | None = None) -> tuple[torch.Tensor, float]:
     """Reconstructions of x (B, 3, H, W) (posterior means for a KL-VAE) and throughput in images/s;
     `tile`: encode and decode in exact tiles of that many pixels (bounded memory)."""
     model.eval()
     outs = []
     start = time.perf_counter()
     for s in range(0, x.shape[0], batch):
-        xb = x[s:s + batch]
-        if tile and isinstance(model, AutoencoderKL):
-            r = vae_decode(model, vae_moments(model, xb, tile).chunk(2, dim=1)[0], tile)
-        elif tile:
-            r = model.decode(model.encode(xb, tile=tile).quantized, tile=tile)
-        else:
-            r = model(xb, sample_posterior=False).sample if isinstance(model, AutoencoderKL) else model(xb).recon
-        outs.append(r.float().clamp(-1, 1))
+        outs.append(model.reconstruct(x[s:s + batch], tile).float().clamp(-1, 1))
     return torch.cat(outs), x.shape[0] / (time.perf_counter() - start)
+
+
+@dataclass
+class Rate:
+    """What a tokenizer stores per image: `values` numbers of `bits` each, on an h x w grid of
+    `channels` (for the PCA baseline), plus the family's statistics under `extra`."""
+
+    values: int
+    bits: float
+    channels: int
+    grid: tuple[int, int]
+    extra: dict
+
+
+def latent_rate(vae: KLVAE, x: torch.Tensor, latent_bits: int) -> Rate:
+    """A KL-VAE's latents at `latent_bits` bits per value, with their statistics."""
+    stats = latent_statistics(vae.vae, (x[s:s + 16] for s in range(0, x.shape[0], 16)))
+    c, h, w = stats["latent_shape"]
+    extra = {"latents": {k: stats[k] for k in ("latent_shape", "mean", "std", "global_std", "scaling_factor")},
+             "config_scaling_factor": vae.scaling_factor}
+    return Rate(values=c * h * w, bits=latent_bits, channels=c, grid=(h, w), extra=extra)
+
+
+def token_rate(model: VQVAE, x: torch.Tensor, latent_bits: int) -> Rate:
+    """A VQ tokenizer's tokens at log2(K) bits each (`latent_bits` does not apply), with codebook statistics."""
+    cb = codebook_report(model, x)
+    h, w = cb["token_shape"][-2:]
+    c = int(getattr(model.quantizer, "dim", 1))
+    return Rate(values=int(torch.tensor(cb["token_shape"]).prod()), bits=cb["bits_per_token"], channels=c,
+                grid=(h, w), extra={"codebook": cb})
 
 
 @torch.no_grad()
@@ -46,14 +73,13 @@ def codebook_report(model, x: torch.Tensor, batch: int = 16) -> dict:
     k = int(model.quantizer.codebook_size)
     counts = torch.bincount(idx[idx >= 0].flatten(), minlength=k).double()
     p = counts / counts.sum()
-    return {"token_shape": list(idx.shape[1:]), "codebook_size": k, "codebook_usage": float((counts > 0).double().mean()),
+    return {"token_shape": list(idx.shape[1:]), "codebook_size": k,
+            "codebook_usage": float((counts > 0).double().mean()),
             "perplexity": float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())), "dead_codes": int((counts == 0).sum()),
             "bits_per_token": float(torch.log2(torch.tensor(float(k))))}
 
 
 def _lpips_or_reason(weights: str | None):
-    from tokenizers_ae.losses.perceptual import LPIPS
-
     try:
         return LPIPS(backbone="vgg", weights_path=weights), None
     except FileNotFoundError as e:
@@ -65,7 +91,7 @@ def _rfid_or_reason(x: torch.Tensor, recon: torch.Tensor, weights: str | None):
         return "unavailable: no local Inception weights (pass --inception-weights PATH to torch-fidelity's " \
                "pt_inception-2015-12-05 file)"
     try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.fid import FrechetInceptionDistance  # optional: needs torch-fidelity
     except ImportError as e:  # torchmetrics' FID needs torch-fidelity
         return f"unavailable: {e}"
     fid = FrechetInceptionDistance(feature_extractor_weights_path=weights, normalize=True)
@@ -74,34 +100,22 @@ def _rfid_or_reason(x: torch.Tensor, recon: torch.Tensor, weights: str | None):
     return float(fid.compute())
 
 
-def evaluate(vae, x: torch.Tensor, *, fit_x: torch.Tensor | None = None,
-             baselines: tuple[str, ...] = (), latent_bits: int = 16, lpips_weights: str | None = None,
-             inception_weights: str | None = None, out_dir: str | Path | None = None,
-             tile: int | None = None) -> dict:
-    """`vae`: a diffusers AutoencoderKL or an aetk VQ tokenizer. x: (N, 3, H, W) evaluation images
-    in [-1, 1]; fit_x: images PCA is fitted on (with the tokenizer's stride and latent channels)."""
+def evaluate(model: KLVAE | VQVAE, x: torch.Tensor, *, rate: Callable[..., Rate],
+             fit_x: torch.Tensor | None = None, baselines: tuple[str, ...] = (), latent_bits: int = 16,
+             lpips_weights: str | None = None, inception_weights: str | None = None,
+             out_dir: str | Path | None = None, tile: int | None = None) -> dict:
+    """`model`: an image tokenizer; `rate`: `latent_rate` or `token_rate`. x: (N, 3, H, W) evaluation
+    images in [-1, 1]; fit_x: images PCA is fitted on (with the tokenizer's stride and latent channels)."""
     lp, lp_reason = _lpips_or_reason(lpips_weights)
-    recon, ips = reconstruct(vae, x, tile=tile)
+    recon, ips = reconstruct(model, x, tile=tile)
     metrics = reconstruction_metrics(x, recon, lpips=lp)
     if lp is None:
         metrics["lpips"] = lp_reason
     metrics["rfid"] = _rfid_or_reason(x, recon, inception_weights)
     pixels = x.shape[2] * x.shape[3]
-    if isinstance(vae, AutoencoderKL):
-        stats = latent_statistics(vae, (x[s:s + 16] for s in range(0, x.shape[0], 16)))
-        c, h, w = stats["latent_shape"]
-        values = c * h * w
-        bpp = values * latent_bits / pixels
-        extra = {"latents": {k: stats[k] for k in ("latent_shape", "mean", "std", "global_std", "scaling_factor")},
-                 "config_scaling_factor": float(vae.config.scaling_factor)}
-    else:  # a VQ tokenizer: the rate is log2(K) bits per token
-        cb = codebook_report(vae, x)
-        h, w = cb["token_shape"][-2:]
-        tokens = int(torch.tensor(cb["token_shape"]).prod())
-        c = int(vae.quantizer.dim) if hasattr(vae.quantizer, "dim") else 1
-        values, latent_bits = tokens, cb["bits_per_token"]
-        bpp = tokens * cb["bits_per_token"] / pixels
-        extra = {"codebook": cb}
+    r = rate(model, x, latent_bits)
+    values, latent_bits, c, (h, w), extra = r.values, r.bits, r.channels, r.grid, r.extra
+    bpp = values * latent_bits / pixels
     result = {
         "images": x.shape[0], "resolution": list(x.shape[2:]),
         "model": {**metrics, "latent_values": values, "latent_bits": latent_bits, "bpp": bpp,
@@ -140,10 +154,10 @@ def evaluate(vae, x: torch.Tensor, *, fit_x: torch.Tensor | None = None,
 
 
 def _rd_plot(result: dict, curves: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # matplotlib: heavy, only figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: heavy, only figures need it
 
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     for name, pts in curves.items():

@@ -16,15 +16,31 @@ each position only the codes of that position's level, so every sample decodes.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, LogitsProcessor,
-                          LogitsProcessorList, PreTrainedModel)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+)
+
+from tokenizers_ae.pretrained import LoadError, Pretrained, Saved, check_finite, expect, prepare_dir
+
+PRIOR_VERSION = 1
+"""Version of the `prior.json` an exported AR prior carries."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class TokenLayout:
             raise ValueError(f"shape {self.shape}: the first axis must be the {self.levels} levels")
 
     @classmethod
-    def from_manifest(cls, manifest: dict, *, class_conditional: bool = True) -> "TokenLayout":
+    def from_manifest(cls, manifest: dict, *, class_conditional: bool = True) -> TokenLayout:
         """The layout of an `aetk encode` token manifest: codec streams (n_q, T) carry
         `n_quantizers`; image grids are (h, w), or (Q, h, w) for residual VQ."""
         if manifest.get("format") != "aetk-tokens":
@@ -66,7 +82,7 @@ class TokenLayout:
         return {**asdict(self), "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TokenLayout":
+    def from_dict(cls, d: dict) -> TokenLayout:
         return cls(**{**d, "shape": tuple(d["shape"])})
 
     # --- vocabulary -----------------------------------------------------------------------------
@@ -167,19 +183,68 @@ def build_lm(*, arch: Literal["gpt2", "llama"], vocab_size: int, n_positions: in
     raise ValueError(f"arch must be gpt2 or llama, got {arch!r}")
 
 
-class ARPrior(nn.Module):
-    """Next-token cross-entropy of (B, *shape) token tensors under a causal LM."""
+class ARPrior(Pretrained, nn.Module):
+    """Next-token cross-entropy of (B, *shape) token tensors under a causal LM.
 
-    def __init__(self, lm: PreTrainedModel, layout: TokenLayout) -> None:
+    What sampling needs besides the weights travels with the model: `sampling` (default top_k,
+    top_p, temperature), `first_stage` (the VQ tokenizer or audio codec that decodes the tokens)
+    and `class_names`. Saved as `ar/` (transformers `save_pretrained`) + `prior.json`:
+    {"kind": "ar_prior", "version", "layout", "token_shape", "first_stage", "sampling", "class_names"?}.
+    """
+
+    saved_name, saved_what = "ARPrior", "an AR prior"
+
+    def __init__(self, lm: PreTrainedModel, layout: TokenLayout, *, sampling: dict | None = None,
+                 first_stage: str | None = None, class_names: list[str] | None = None) -> None:
         super().__init__()
         if lm.config.vocab_size != layout.vocab_size:
             raise ValueError(f"LM vocabulary {lm.config.vocab_size} != layout's {layout.vocab_size}")
         self.lm, self.layout = lm, layout
+        self.sampling = dict(sampling or {"top_k": 0, "top_p": 1.0, "temperature": 1.0})
+        self.first_stage, self.class_names = first_stage, list(class_names or [])
         # One additive row per level (0 on its codes, -inf elsewhere): positions cycle through the
         # levels, so (levels, V) covers any length without an (N, V) table.
         levels = torch.arange(layout.levels)
         self.register_buffer("level_mask", torch.zeros(layout.levels, layout.vocab_size).masked_fill_(
             ~layout.allowed(levels), float("-inf")), persistent=False)
+
+    # --- saving and loading ---------------------------------------------------------------------
+
+    def pretrained_config(self) -> dict:
+        return {"lm": self.lm.config.to_dict(), "layout": self.layout.to_dict(), "sampling": self.sampling,
+                "first_stage": self.first_stage, "class_names": self.class_names}
+
+    @classmethod
+    def from_config(cls, config: dict) -> ARPrior:
+        lm_config = dict(config["lm"])
+        lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(lm_config.pop("model_type"), **lm_config))
+        return cls(lm, TokenLayout.from_dict(config["layout"]), sampling=config["sampling"],
+                   first_stage=config["first_stage"], class_names=config["class_names"])
+
+    @classmethod
+    def from_saved(cls, saved: Saved) -> ARPrior:
+        expect(saved, cls.saved_name, cls.saved_what)
+        if saved.source != "prior":
+            return super().from_saved(saved)
+        meta = json.loads((saved.path / "prior.json").read_text())
+        if meta.get("version") != PRIOR_VERSION:
+            raise LoadError(f"{saved.path}/prior.json: ar_prior version {meta.get('version')} is not "
+                            f"{PRIOR_VERSION}")
+        lm = AutoModelForCausalLM.from_pretrained(saved.path / "ar")
+        return cls(lm, TokenLayout.from_dict(meta["layout"]), sampling=meta["sampling"],
+                   first_stage=meta.get("first_stage"), class_names=meta.get("class_names")).eval()
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """`out/ar/` (transformers `save_pretrained`, safetensors) and `out/prior.json`."""
+        check_finite(self.state_dict(), f"AR prior for {out}")
+        out = prepare_dir(out)
+        self.lm.save_pretrained(out / "ar", safe_serialization=True)
+        meta = {"kind": "ar_prior", "version": PRIOR_VERSION, "layout": self.layout.to_dict(),
+                "token_shape": list(self.layout.shape), "first_stage": self.first_stage, "sampling": self.sampling}
+        if self.class_names:
+            meta["class_names"] = self.class_names
+        (out / "prior.json").write_text(json.dumps(meta, indent=1))
+        return out
 
     def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, N, V) logits of token positions 0..N-1 -> float32 with every other level's codes (and

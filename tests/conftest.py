@@ -16,7 +16,7 @@ from helpers import tiny_overrides  # noqa: E402
 @pytest.fixture
 def tiny_config():
     """tiny_config(out_dir, "key=value", ...) -> Config"""
-    from train.config import config_from_dict
+    from train.recipe import config_from_dict
 
     def make(out: Path, *extra: str):
         return config_from_dict({}, tiny_overrides(out, *extra))

@@ -10,24 +10,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
-    "data.path=builtin:skimage", "data.resolution=16", "data.builtin_size=64", "data.val_size=4",
+    "data.val_size=4", "train.batch_size=4", "train.max_steps=6", "train.lr=1e-3", "train.log_every=1",
+    "train.eval_every=3", "train.checkpoint_every=3", "train.progress=false", "train.ema_decay=0.9",
+]
+TINY_IMAGES = ["data.path=builtin:skimage", "data.resolution=16", "data.builtin_size=64"]
+"""Tiny image data (every family whose data section is images: all but soundstream and ar_prior)."""
+TINY_IMAGE_TOKENIZER = [
     "model.block_out_channels=[8,16]", "model.norm_num_groups=4", "model.latent_channels=2",
     "model.mid_block_attention=false",
     "loss.perceptual_weight=0.1", "loss.perceptual_backbone=random", "loss.disc_channels=8",
     "loss.disc_layers=2", "loss.disc_start=3",
-    "train.batch_size=4", "train.max_steps=6", "train.lr=1e-3", "train.log_every=1",
-    "train.eval_every=3", "train.checkpoint_every=3", "train.progress=false", "train.ema_decay=0.9",
 ]
+"""The tiny architecture and loss of the image tokenizers (model.kind kl_vae, the default, and vq_vae)."""
 
 
 def tiny_overrides(out: Path, *extra: str) -> list[str]:
-    return [f"output_dir={out}", *TINY, *extra]
+    kinds = [e.split("=", 1)[1] for e in extra if e.startswith("model.kind=")]
+    kind = kinds[-1] if kinds else "kl_vae"
+    images = TINY_IMAGES if kind not in ("soundstream", "ar_prior") else []
+    tokenizer = TINY_IMAGE_TOKENIZER if kind in ("kl_vae", "vq_vae") else []
+    return [f"output_dir={out}", *TINY, *images, *tokenizer, *extra]
 
 
 def run_cli(args: list[str], *, env: dict | None = None, check: bool = True, timeout: int = 300,
             launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run `aetk` in a fresh process (needed for SIGKILL and multi-process tests)."""
-    cmd = (launcher or [sys.executable, "-m", "train.cli"]) + args
+    cmd = (launcher or [sys.executable, "-m", "aetk"]) + args
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

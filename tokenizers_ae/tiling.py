@@ -211,7 +211,8 @@ def _check_resnet(resnet: nn.Module) -> None:
     ok = (isinstance(resnet.norm1, nn.GroupNorm) and isinstance(resnet.norm2, nn.GroupNorm)
           and resnet.upsample is None and resnet.downsample is None and resnet.time_emb_proj is None)
     if not ok:
-        raise NotImplementedError(f"tiling supports diffusers' plain GroupNorm ResnetBlock2D; got {type(resnet).__name__} "
+        raise NotImplementedError("tiling supports diffusers' plain GroupNorm ResnetBlock2D; got "
+                                  f"{type(resnet).__name__} "
                                   "with other norms, time embedding or resampling inside")
 
 
@@ -294,7 +295,8 @@ def decode_tiled(decoder: nn.Module, z: Tensor, tile: int) -> Tensor:
             src = _resnet(src, resnet, tile_for(max(resnet.in_channels, resnet.out_channels)))
         for up in block.upsamplers or []:
             if up.norm is not None or up.use_conv_transpose or not (up.use_conv and up.interpolate):
-                raise NotImplementedError("tiling supports diffusers' Upsample2D(use_conv=True) with nearest interpolation")
+                raise NotImplementedError("tiling supports diffusers' Upsample2D(use_conv=True) with nearest "
+                                          "interpolation")
             src = materialize(Conv(src, up.conv, mode="up"), tile_for(up.conv.in_channels))
     return _head(src, decoder.conv_norm_out, decoder.conv_act, decoder.conv_out, tile)
 

@@ -6,8 +6,10 @@ newest checkpoint or the new one, never a half-written one that resume would pic
 
 Contents: accelerate's `save_state` (models as safetensors, optimizers, schedulers, RNG states,
 one file per process where needed), `extra.safetensors` (EMA weights and other tensors),
-`trainer_state.json` and the resolved `config.yaml`. Loading never unpickles arbitrary objects:
-accelerate's loader uses `torch.load(weights_only=True)` and we add only safetensors and JSON.
+`trainer_state.json`, the resolved `config.yaml` and `model_config.json` (the trained model's class
+and architecture, so `aetk.load` rebuilds it without the recipe: `tokenizers_ae.pretrained`).
+Loading never unpickles arbitrary objects: accelerate's loader uses `torch.load(weights_only=True)`
+and we add only safetensors and JSON.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,19 +24,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tokenizers_ae.files import fault_point
+from tokenizers_ae.pretrained import CHECKPOINT_MODEL, checkpoint_dirs
+from train.config import RunError
+
 FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RunError):
     """A checkpoint that cannot be loaded safely or at all."""
-
-
-def fault_point(point: str, step: int) -> None:
-    """Fault injection for the kill tests: AETK_FAULT=point:step SIGKILLs this process there."""
-    spec = os.environ.get("AETK_FAULT", "")
-    if spec == f"{point}:{step}":
-        os.kill(os.getpid(), 9)
 
 
 def _fsync_tree(path: Path) -> None:
@@ -50,25 +47,8 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
-def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under `root` (a run's `checkpoints/`), oldest first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and (p / "COMPLETE").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    found = checkpoint_dirs(root)
-    return found[-1][1] if found else None
-
-
 def save_checkpoint(accelerator, root: Path, step: int, *, extra: dict[str, torch.Tensor],
-                    state: dict[str, Any], config_yaml: str, keep: int) -> Path:
+                    state: dict[str, Any], config_yaml: str, model_config: str, keep: int) -> Path:
     """Collective: every process calls it. Returns the final directory."""
     root = Path(root)
     tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
@@ -81,6 +61,7 @@ def save_checkpoint(accelerator, root: Path, step: int, *, extra: dict[str, torc
         save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, tmp / "extra.safetensors")
         (tmp / "trainer_state.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **state}, indent=1))
         (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / CHECKPOINT_MODEL).write_text(model_config)
     accelerator.wait_for_everyone()
     fault_point("kill_in_save", step)
     if accelerator.is_main_process:

@@ -59,7 +59,7 @@ class ClassicTask:
     def model_to_average(self) -> nn.Module:
         return self.trained.autoencoder
 
-    def to(self, device: torch.device) -> "ClassicTask":
+    def to(self, device: torch.device) -> ClassicTask:
         return self
 
     def forward(self, models: dict[str, nn.Module], batch: dict, ctx: StepContext) -> ClassicOutput:

@@ -12,18 +12,18 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from train.config import LossConfig
+from train.config import GANLoss, RunError
 
 log = logging.getLogger("aetk.guard")
 REC_KEY = "rec/nll"
 
 
-class GanGuardError(RuntimeError):
+class GanGuardError(RunError):
     """The GAN guard stopped the run."""
 
 
 class GanGuard:
-    def __init__(self, cfg: LossConfig) -> None:
+    def __init__(self, cfg: GANLoss) -> None:
         self.cfg = cfg
         self.before: deque[float] = deque(maxlen=cfg.guard_window)
         self.after: deque[float] = deque(maxlen=cfg.guard_window)

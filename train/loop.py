@@ -1,4 +1,5 @@
-"""The one training loop, on accelerate. It knows nothing about models: a task (train/tasks.py)
+"""The one training loop, on accelerate. It knows nothing about models: the recipe's family
+(`train/families/`) gives the datasets, the task and the evaluation, and the task (train/tasks.py)
 says which modules each optimizer trains and what each phase's loss is.
 
 Set-up (`Trainer.__init__`), one optimizer step (`Trainer.step`) and the run (`Trainer.run`) are
@@ -18,24 +19,26 @@ import math
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from train.config import Config, ConfigError, config_to_dict
+from tokenizers_ae.pretrained import checkpoint_model_meta, latest_checkpoint
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.config import Config, ConfigError, RunError
 from train.data.loader import build_loaders
+from train.families import family
+from train.families.base import EvalContext
 from train.guard import GanGuard
-from train.registry import build_task
+from train.recipe import config_yaml
 from train.tasks import StepContext
 
 log = logging.getLogger("aetk.train")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """Too many consecutive steps with a NaN or infinite loss."""
 
 
@@ -85,15 +88,19 @@ class Trainer:
         self.micro_batch = t.batch_size // (world * t.grad_accum)  # per process
         set_seed(cfg.seed)  # same initial weights on every process
 
-        self.loaders = build_loaders(cfg, rank=acc.process_index, world=world, micro_batch=self.micro_batch)
-        self.task = build_task(cfg).to(acc.device)
+        self.family = family(cfg.kind)
+        self.loaders = build_loaders(cfg, self.family.datasets(cfg), rank=acc.process_index, world=world,
+                                     micro_batch=self.micro_batch)
+        self.task = self.family.build_task(cfg, self.family.build_model(cfg)).to(acc.device)
+        self.evaluator = self.family.evaluator()
         self.phases = self.task.phases()
         self.models, self.optimizers, self.schedulers = {}, {}, {}
         for ph in self.phases:
             params = [p for p in ph.module.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=ph.lr, betas=ph.betas, weight_decay=ph.weight_decay)
             sched = get_scheduler(t.lr_schedule, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
-            self.models[ph.name], self.optimizers[ph.name], self.schedulers[ph.name] = acc.prepare(ph.module, opt, sched)
+            prepared = acc.prepare(ph.module, opt, sched)
+            self.models[ph.name], self.optimizers[ph.name], self.schedulers[ph.name] = prepared
         self.ema = None
         if t.ema_decay:
             self.ema = AveragedModel(self.task.model_to_average(), multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
@@ -205,7 +212,16 @@ class Trainer:
     # --- state ----------------------------------------------------------------------------------
 
     def config_yaml(self) -> str:
-        return yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
+        return config_yaml(self.cfg)
+
+    def model_config(self) -> str:
+        """`model_config.json`: the trained model's class and architecture, and where its raw weights
+        sit in accelerate's file for the first phase (its key prefix there)."""
+        model = self.task.model_to_average()
+        owner = self.task.phases()[0].module
+        prefix = next(name + "." for name, m in owner.named_modules() if m is model) if owner is not model else ""
+        return checkpoint_model_meta(model.saved_name, model.pretrained_config(), raw_prefix=prefix,
+                                     ema=self.ema is not None)
 
     def save(self) -> Path:
         extra = {f"ema.{k}": v for k, v in self.ema.state_dict().items()} if self.ema is not None else {}
@@ -213,7 +229,8 @@ class Trainer:
                  "bad_items": sorted(self.bad_items), "task": self.task.state(),
                  "guard": self.guard.state() if self.guard is not None else None}
         return save_checkpoint(self.accelerator, self.run_dir / "checkpoints", self.step_idx, extra=extra,
-                               state=state, config_yaml=self.config_yaml(), keep=self.cfg.train.keep_checkpoints)
+                               state=state, config_yaml=self.config_yaml(), model_config=self.model_config(),
+                               keep=self.cfg.train.keep_checkpoints)
 
     def maybe_resume(self) -> Path | None:
         r = self.cfg.resume
@@ -238,10 +255,27 @@ class Trainer:
         """The EMA weights when kept, else the raw ones (bare module)."""
         return self.ema.module if self.ema is not None else self.task.model_to_average()
 
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """The family's periodic evaluation of the averaged model on the validation batch (main process)."""
+        device = self.accelerator.device
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.loaders.val_batch().items()}
+        samples = self.run_dir / "samples"
+        samples.mkdir(parents=True, exist_ok=True)
+        ctx = EvalContext(cfg=self.cfg, model=self.averaged_model(), task=self.task, val_batch=batch,
+                          train_dataset=self.loaders.train_dataset, device=device, autocast=self.accelerator.autocast,
+                          samples=samples, step=self.step_idx)
+        return self.evaluator(ctx)
+
+    def export(self, out: Path) -> None:
+        """The averaged model into `out` in its family's format (`Family.export`)."""
+        self.family.export(self.cfg, self.averaged_model(), self.loaders.train_dataset, out)
+
     def close(self) -> None:
         # Free models/optimizers before gloo tears down, or some multi-process runs abort at exit.
         self.accelerator.end_training()
         self.models = self.optimizers = self.schedulers = self.ema = self.task = self.phases = None
+        self.evaluator = None
         self.accelerator.free_memory()
         gc.collect()
         # accelerate keeps process-wide singletons; reset them so another Trainer in this process

@@ -1,10 +1,12 @@
-"""The diffusion-prior task: one phase, the denoising loss on scaled latents (or pixels)."""
+"""The prior tasks: one phase each. Diffusion: the denoising loss on scaled latents (or pixels);
+AR: next-token cross-entropy over token shards."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from latent_diffusion.ar_prior import ARPrior
 from latent_diffusion.diffusion_prior import DiffusionPrior
 from train.tasks import Phase, StepContext
 
@@ -26,7 +28,7 @@ class PriorTask:
     def model_to_average(self) -> nn.Module:
         return self.prior
 
-    def to(self, device: torch.device) -> "PriorTask":
+    def to(self, device: torch.device) -> PriorTask:
         return self
 
     def loss(self, phase, models, out: torch.Tensor, batch, ctx):
@@ -63,3 +65,17 @@ class DiffusionPriorTask(PriorTask):
 
     def diagnose_nonfinite(self, batch: dict, autocast_dtype) -> str:
         return "the input batch (check the latents)" if not torch.isfinite(batch["x"]).all() else "the denoiser"
+
+
+class ARPriorTask(PriorTask):
+    """Deterministic given the batch (dropout aside), so resume and multi-process runs are exact
+    like the other tasks'."""
+
+    def __init__(self, *, prior: ARPrior, lr: float, betas=(0.9, 0.95), weight_decay: float = 0.0) -> None:
+        super().__init__(prior=prior, lr=lr, betas=betas, weight_decay=weight_decay)
+
+    def forward(self, models, batch: dict, ctx: StepContext) -> torch.Tensor:
+        return models["prior"](batch["x"], batch.get("y")).mean()  # x: (B, *token_shape) long
+
+    def diagnose_nonfinite(self, batch: dict, autocast_dtype) -> str:
+        return "the transformer (tokens are integers; try train.mixed_precision=no or a lower train.lr)"

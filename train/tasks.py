@@ -8,8 +8,9 @@ each returned loss. Losses come back with a dict of detached scalars to log.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -54,7 +55,7 @@ class Task(Protocol):
     def loss(self, phase: str, models: dict[str, nn.Module], out: Any, batch: dict,
              ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
     def model_to_average(self) -> nn.Module: ...
-    def to(self, device: torch.device) -> "Task": ...
+    def to(self, device: torch.device) -> Task: ...
     def state(self) -> dict: ...
     def load_state(self, state: dict) -> None: ...
     def diagnose_nonfinite(self, batch: dict, autocast_dtype: torch.dtype | None) -> str: ...
@@ -137,7 +138,7 @@ class AutoencoderGANTask:
     def model_to_average(self) -> nn.Module:
         return self.generator.autoencoder
 
-    def to(self, device: torch.device) -> "AutoencoderGANTask":
+    def to(self, device: torch.device) -> AutoencoderGANTask:
         """Move the frozen loss networks (the loop places the trained modules)."""
         self.rec_loss.to(device)
         return self

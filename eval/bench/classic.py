@@ -15,16 +15,15 @@ from pathlib import Path
 import torch
 
 from eval.classic import TABLE_HEADER, evaluate_classic, save_rows_figure, table_row
-from train.config import load_config
+from tokenizers_ae.classic.registry import load_classic
+from train.recipe import load_config
+from train.run import train
 
 
 def bench_classic(*, recipes: str | Path = "configs/classic", out: str | Path = "runs/bench-classic",
                   steps: int | None = None, only: list[str] | None = None, threads: int | None = 1) -> dict:
     """Train and evaluate each recipe (optionally only those named in `only`, for `steps` steps each
     instead of the recipe's); returns {"rows": {recipe: metrics}, "table": markdown, "files": ...}."""
-    from train.export import load_classic
-    from train.run import train
-
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
@@ -39,14 +38,14 @@ def bench_classic(*, recipes: str | Path = "configs/classic", out: str | Path = 
         budget = [f"train.max_steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}"] \
             if steps else []
         cfg = load_config(path, [f"output_dir={out / path.stem}", "resume=never", "train.progress=false", *budget])
-        if cfg.model.classic.variant == "stacked" and steps:  # keep greedy stages inside the shorter budget
-            cfg.model.classic.pretrain_steps = max(1, min(cfg.model.classic.pretrain_steps, steps // 4))
+        if cfg.model.variant == "stacked" and steps:  # keep greedy stages inside the shorter budget
+            cfg.model.pretrain_steps = max(1, min(cfg.model.pretrain_steps, steps // 4))
         start = time.perf_counter()
         trainer = train(cfg)
         trainer.close()
         seconds = time.perf_counter() - start
-        model, run_cfg = load_classic(out / path.stem)  # exactly what `aetk eval RUN` evaluates
-        result = evaluate_classic(model, run_cfg)
+        model = load_classic(out / path.stem)  # exactly what `aetk eval RUN` evaluates
+        result = evaluate_classic(model)
         m = {**result["metrics"], "steps": cfg.train.max_steps, "train_seconds": round(seconds, 1)}
         rows[path.stem] = m
         lines.append(table_row(path.stem, m, train=f"{m['steps']} steps, {seconds:.0f} s"))

@@ -51,14 +51,14 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from audio_codec.model import SoundStream, build_soundstream
-from audio_codec.seanet import fold_weight_norm_
+from audio_codec.seanet import ELU, fold_weight_norm_
 from audio_codec.streaming import StreamingDecoder, StreamingEncoder
 
 SPEED_TARGET = 2.0
@@ -95,7 +95,7 @@ def bench_signal(seconds: float, sample_rate: int, *, seed: int = 0) -> Tensor:
 
 def build_encodec(overrides: dict | None = None):
     """transformers `EncodecModel(EncodecConfig(**overrides))` with random weights, eval mode."""
-    from transformers import EncodecConfig, EncodecModel
+    from transformers import EncodecConfig, EncodecModel  # transformers: the reference only
 
     return EncodecModel(EncodecConfig(**(overrides or {}))).eval()
 
@@ -324,8 +324,6 @@ def bench_elu(seconds: float, sample_rate: int, *, repeats: int = 5) -> dict:
     """torch's `nn.ELU` against `audio_codec.seanet.ELU` on a (1, 16, T) sample-rate activation (the
     fast codec's widest ELU input), fp32, inference: milliseconds per call (medians), the speedup
     and the largest difference between their outputs."""
-    from audio_codec.seanet import ELU
-
     x = torch.randn(1, 16, int(seconds * sample_rate))
     ours, ref = ELU(), nn.ELU()
     with torch.inference_mode():

@@ -10,7 +10,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
+from torchvision.utils import save_image
+
+from eval.image import to_unit
+from latent_diffusion.encode import EncodeOptions, encode_latents
+from latent_diffusion.shards import LatentShardDataset
+from tokenizers_ae.data.images import ImageTransform
+from tokenizers_ae.data.sources import build_image_dataset
+from tokenizers_ae.models.kl_vae import KLVAE
 
 
 def _child(fn, args, queue) -> None:
@@ -32,13 +42,7 @@ def _in_fresh_process(fn, *args):
 
 def reference_loop(model: str, folder: str, resolution: int, batch: int = 8) -> torch.Tensor:
     """The plain way: sorted files, PIL decode, centre crop, AutoencoderKL.encode fp32, batch 8."""
-    import numpy as np
-    from PIL import Image
-
-    from train.data import ImageTransform
-    from train.export import load_vae
-
-    vae = load_vae(model)
+    vae = KLVAE.from_pretrained(model).vae
     tf = ImageTransform(resolution, random_crop=False, random_flip=False)
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     out = []
@@ -51,10 +55,8 @@ def reference_loop(model: str, folder: str, resolution: int, batch: int = 8) -> 
 
 def aetk_encode(model: str, folder: str, resolution: int, precision: str, out: str,
                 batch_size: int = 8) -> torch.Tensor:
-    from latent_diffusion.latents import LatentShardDataset
-    from train.encode import EncodeOptions, encode
-
-    encode(model, folder, out, EncodeOptions(resolution=resolution, batch_size=batch_size, precision=precision,
+    encode_latents(KLVAE.from_pretrained(model), folder, out, EncodeOptions(
+        resolution=resolution, batch_size=batch_size, precision=precision,
                                              dtype="float32", progress=False))
     ds = LatentShardDataset(out)
     z = [None] * len(ds)
@@ -66,10 +68,6 @@ def aetk_encode(model: str, folder: str, resolution: int, precision: str, out: s
 
 def write_sample_folder(folder: str | Path, n: int = 128, resolution: int = 256) -> Path:
     """n PNG crops of the built-in photos (a reproducible folder for the benchmark)."""
-    from train.data import build_image_dataset
-    from eval.image import to_unit
-    from torchvision.utils import save_image
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ds = build_image_dataset("builtin:skimage", resolution=resolution, builtin_size=n, random_flip=False)

@@ -25,16 +25,17 @@ import time
 from contextlib import nullcontext
 
 import torch
+from diffusers import DDIMScheduler, LDMPipeline
 
 from latent_diffusion.diffusion_prior import DiffusionPrior, build_unet, sample
+from tokenizers_ae.data.sources import build_image_dataset
+from tokenizers_ae.models.kl_vae import build_autoencoder_kl
 
 SAMPLING_TARGET = 1.10
 """aetk's sampling is on target when it takes at most this times diffusers' pipeline time."""
 
 
 def _photos(resolution: int, n: int) -> torch.Tensor:
-    from train.data.images import build_image_dataset
-
     ds = build_image_dataset("builtin:skimage", resolution=resolution, random_flip=False, builtin_size=n)
     return torch.stack([ds[i]["x"] for i in range(n)])  # (n, 3, R, R) in [-1, 1]
 
@@ -50,10 +51,6 @@ def _timed(fn, autocast: bool) -> float:
 def bench_prior(*, resolution: int = 64, factor: int = 8, widths: tuple[int, ...] = (64, 128), batch: int = 8,
                 n: int = 8, sample_steps: int = 20, train_steps: int = 3, repeats: int = 3,
                 precision: str = "fp32", threads: int | None = None) -> dict:
-    from diffusers import DDIMScheduler, LDMPipeline
-
-    from tokenizers_ae.models.kl_vae import build_autoencoder_kl
-
     if threads:
         torch.set_num_threads(threads)
     if factor < 1 or factor & (factor - 1) or resolution % factor:
@@ -116,9 +113,9 @@ def bench_prior(*, resolution: int = 64, factor: int = 8, widths: tuple[int, ...
     for _ in range(repeats):
         for k in priors:
             priors[k].train()
-            train_times[k].append(_timed(lambda: train_step(k), autocast) / train_steps)
+            train_times[k].append(_timed(lambda k=k: train_step(k), autocast) / train_steps)
         for k in sample_kinds:
-            sample_times[k].append(_timed(lambda: sample_images(k), autocast))
+            sample_times[k].append(_timed(lambda k=k: sample_images(k), autocast))
     med = {f"train_step_s/{k}": statistics.median(v) for k, v in train_times.items()}
     med |= {f"sample_s/{k}": statistics.median(v) for k, v in sample_times.items()}
     values = {"latent": int(latents[0].numel()), "pixel": int(images[0].numel())}

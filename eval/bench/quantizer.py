@@ -35,7 +35,7 @@ def _rss_mb() -> float:
 
 def _exact_nearest(x, codes, block: int = 256):
     """Brute-force argmin ||x - e|| from explicit differences in float64: (N, d), (K, d) -> (N,)."""
-    import torch
+    import torch  # in the child process, whose peak memory is measured
 
     x, codes = x.double(), codes.double()
     return torch.cat([torch.cdist(x[i : i + block], codes, compute_mode="donot_use_mm_for_euclid_dist").argmin(1)
@@ -46,13 +46,13 @@ def _worker(*, impl: str, codebook_size: int, dim: int, n_vectors: int, steps: i
             seed: int = 0) -> dict:
     """Runs in a fresh process: time `steps` training steps (after one warm-up) and measure the
     extra peak RSS of all of them."""
-    import torch
+    import torch  # in the child process, whose peak memory is measured
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     if impl == "aetk":
-        from tokenizers_ae.quantizers import VectorQuantizer
+        from tokenizers_ae.quantizers import VectorQuantizer  # in the child process, measured from here
 
         vq = VectorQuantizer(codebook_size=codebook_size, dim=dim, ema_decay=0.99, commitment_weight=0.25).train()
         z = torch.randn(1, dim, n_vectors, requires_grad=True)  # (1, D, N)
@@ -62,7 +62,7 @@ def _worker(*, impl: str, codebook_size: int, dim: int, n_vectors: int, steps: i
             (out.quantized.square().mean() + 0.25 * out.losses["vq/commitment"]).backward()
     else:
         try:
-            from vector_quantize_pytorch import VectorQuantize
+            from vector_quantize_pytorch import VectorQuantize  # optional: the reference, installed separately
         except ImportError:
             return {"status": "unavailable"}
         vq = VectorQuantize(dim=dim, codebook_size=codebook_size, decay=0.99, commitment_weight=0.25).train()
@@ -111,7 +111,7 @@ def bench_quantizer(*, codebook_size: int = 16384, dim: int = 8, n_vectors: int 
     `threads` sets torch's intra-op threads in both workers (None: torch's default); on a machine
     shared with other jobs, 1 thread avoids OpenMP barrier stalls that swamp the measurement.
     """
-    import torch
+    import torch  # in the child process, whose peak memory is measured
 
     cfg = {"codebook_size": codebook_size, "dim": dim, "n_vectors": n_vectors, "steps": steps, "threads": threads}
     out: dict = {"config": cfg, "torch": torch.__version__, "threads": threads or torch.get_num_threads(),

@@ -41,7 +41,7 @@ def peak_growth_mib(fn):
 
 
 def _build(arch: dict, size: int):
-    from tokenizers_ae.models.kl_vae import build_autoencoder_kl
+    from tokenizers_ae.models.kl_vae import build_autoencoder_kl  # in the child process, measured from here
 
     torch.manual_seed(0)
     vae = build_autoencoder_kl(**arch, sample_size=size).eval()
@@ -54,7 +54,7 @@ def _build(arch: dict, size: int):
 
 def _run(arch: dict, size: int, op: str, method: str, tile: int, threads: int):
     """One measurement: returns (output, seconds, peak MiB)."""
-    from tokenizers_ae.tiling import decode_tiled, encode_tiled
+    from tokenizers_ae.tiling import decode_tiled, encode_tiled  # in the child process, measured from here
 
     torch.set_num_threads(threads)
     vae, x, z, f = _build(arch, size)
@@ -120,7 +120,8 @@ def bench_tiling(*, sizes=(512, 1024), tile: int = 256, ops=("decode", "encode")
         for op in ops:
             by = {r["method"]: r for r in rows if r["size"] == size and r["op"] == op}
             if "untiled" in by and "aetk" in by:
-                ratios[f"{op}@{size}"] = {"memory_vs_untiled": round(by["aetk"]["peak_mib"] / by["untiled"]["peak_mib"], 3),
+                ratios[f"{op}@{size}"] = {
+                    "memory_vs_untiled": round(by["aetk"]["peak_mib"] / by["untiled"]["peak_mib"], 3),
                                           "time_vs_untiled": round(by["aetk"]["seconds"] / by["untiled"]["seconds"], 3)}
     return {"arch": {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}, "tile": tile,
             "threads": threads, "rows": rows, "aetk_ratios": ratios}

@@ -21,7 +21,9 @@ import torch
 
 from eval.bench.reference_taming import LPIPSWithDiscriminator, ReferenceTrainer, reference_gradients
 from train.config import Config
+from train.families import family
 from train.loop import Trainer
+from train.tasks import StepContext
 
 
 def _time(fn, steps: int, warmup: int) -> float:
@@ -60,15 +62,13 @@ def _reference_for(cfg: Config, vae) -> ReferenceTrainer:
 
 
 def _time_reference(cfg: Config, batches: list[torch.Tensor], steps: int, warmup: int) -> dict[str, float]:
-    from train.registry import build_model
-
     torch.manual_seed(cfg.seed)
-    ref = _reference_for(cfg, build_model(cfg).vae)
+    ref = _reference_for(cfg, family(cfg.kind).build_model(cfg).vae)
     out = {}
     for phase, start in (("pre_disc", 0), ("gan", cfg.loss.disc_start)):
         it = iter(range(10**9))
 
-        def one():
+        def one(it=it, start=start):
             i = next(it)
             ref.step(batches[i % len(batches)], global_step=start + i)
 
@@ -78,13 +78,12 @@ def _time_reference(cfg: Config, batches: list[torch.Tensor], steps: int, warmup
 
 def gradient_agreement(cfg: Config) -> dict[str, float]:
     """Max difference between aetk's generator gradient (x C*H*W: ours are means, LDM's sums) and
-    the reference's, relative to the largest gradient element, on the same weights, batch and posterior noise, both phases, fp32."""
-    from train.registry import build_task
-    from train.tasks import StepContext
-
+    the reference's, relative to the largest gradient element, on the same weights, batch and posterior
+    noise, both phases, fp32."""
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision="no"))
     torch.manual_seed(cfg.seed)
-    task = build_task(cfg)
+    fam = family(cfg.kind)
+    task = fam.build_task(cfg, fam.build_model(cfg))
     ae = task.generator.autoencoder
     ref = _reference_for(cfg, copy.deepcopy(ae.vae))
     ref.loss.perceptual_loss.load_state_dict(task.rec_loss.perceptual.net.state_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -15,6 +16,7 @@ from audio_codec.container import (
     MAGIC,
     AudioCodesHeader,
     ContainerError,
+    achieved_kbps,
     decode_codes,
     encode_codes,
     read_codes,
@@ -226,5 +228,13 @@ def test_state_dict_hash():
 def test_header_is_a_frozen_dataclass():
     _, header = encode_codes(random_codes(2, 4, 10), **FIELDS, num_samples=4 * 320)
     assert isinstance(header, AudioCodesHeader) and header.duration == pytest.approx(4 * 320 / 24000)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         header.sample_rate = 1  # type: ignore[misc]
+
+
+def test_achieved_kbps():
+    # 1 s of audio in 750 bytes = 6 kbit/s; 0.5 s in 750 bytes = 12 kbit/s.
+    assert achieved_kbps(750, 24000, 24000) == pytest.approx(6.0)
+    assert achieved_kbps(750, 12000, 24000) == pytest.approx(12.0)
+    with pytest.raises(ValueError, match="num_samples"):
+        achieved_kbps(10, 0, 24000)

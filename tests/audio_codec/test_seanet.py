@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from audio_codec.seanet import (
+    ELU,
     CausalConv1d,
     CausalConvTranspose1d,
-    ELU,
     ResidualUnit,
     SEANetDecoder,
     SEANetEncoder,

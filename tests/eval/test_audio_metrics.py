@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.audio import achieved_kbps, audio_metrics, mel_distance, pesq_score, si_snr, stft_distance, stoi_score
+from eval.audio import audio_metrics, mel_distance, pesq_score, si_snr, stft_distance, stoi_score
 
 SR = 16000
 
@@ -67,14 +67,6 @@ def test_distances_are_zero_for_identical_and_ordered_by_noise():
     assert 0 < mel_distance(near, x, sample_rate=SR) < mel_distance(far, x, sample_rate=SR)
     assert 0 < stft_distance(near, x) < stft_distance(far, x)
     assert isinstance(mel_distance(near[0, 0], x[0, 0], sample_rate=SR), float)  # (T,) input
-
-
-def test_achieved_kbps():
-    # 1 s of audio in 750 bytes = 6 kbit/s; 0.5 s in 750 bytes = 12 kbit/s.
-    assert achieved_kbps(750, 24000, 24000) == pytest.approx(6.0)
-    assert achieved_kbps(750, 12000, 24000) == pytest.approx(12.0)
-    with pytest.raises(ValueError, match="num_samples"):
-        achieved_kbps(10, 0, 24000)
 
 
 def voiced_syllables(seconds: float = 3.0, sample_rate: int = 16000) -> torch.Tensor:

@@ -52,7 +52,7 @@ def _assert_grads_close(ref, names, hand):
     assert set(ref) == set(names)
     for n, h in zip(names, hand):
         h = torch.zeros_like(ref[n]) if h is None else h
-        torch.testing.assert_close(ref[n], h, rtol=1e-4, atol=1e-7, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(ref[n], h, rtol=1e-4, atol=1e-7, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_discriminator_layout_and_init():

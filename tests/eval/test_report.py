@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
+from aetk.cli import main
 from eval.baselines import PatchPCA, jpeg_quality_for_bpp, jpeg_roundtrip
-from train.cli import main
 
 
 def photos(n=8, r=32):
-    from train.data import build_image_dataset
+    from tokenizers_ae.data.sources import build_image_dataset
 
     ds = build_image_dataset("builtin:skimage", resolution=r, random_flip=False, split="val")
     return torch.stack([ds[i]["x"] for i in range(n)])
@@ -56,16 +56,19 @@ def test_eval_cli_writes_metrics_baselines_grid_and_plot(tmp_path):
 
 
 def test_eval_numbers_match_a_direct_torchmetrics_computation():
-    from torchmetrics.image import StructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
-    from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure
+    from torchmetrics.image import (
+        MultiScaleStructuralSimilarityIndexMeasure,
+        PeakSignalNoiseRatio,
+        StructuralSimilarityIndexMeasure,
+    )
 
-    from eval.report import evaluate
-    from tokenizers_ae.models.kl_vae import build_autoencoder_kl
+    from eval.report import evaluate, latent_rate
+    from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
 
     torch.manual_seed(0)
     vae = build_autoencoder_kl(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=2).eval()
     x = photos(n=4, r=64)
-    r = evaluate(vae, x)
+    r = evaluate(KLVAE(vae), x, rate=latent_rate)
     with torch.no_grad():
         recon = vae(x, sample_posterior=False).sample.clamp(-1, 1)
     a, b = (recon + 1) / 2, (x + 1) / 2

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from aetk.cli import main
 from latent_diffusion.ar_prior import ARPrior, LayoutMask, TokenLayout, build_lm, sample
-from train.cli import main
 
 LAYOUTS = {
     "grid": TokenLayout(shape=(3, 4), codebook_size=5),
@@ -73,13 +73,15 @@ def test_layout_from_manifests():
                                       "n_quantizers": 2, "num_classes": 3}, class_conditional=False).num_classes == 0
 
 
-@pytest.mark.parametrize("override, key", [("model.ar.heads=3", "model.ar.heads"), ("model.ar.top_p=0", "model.ar.top_p"),
-                                           ("model.ar.arch=rnn", "model.ar.arch"), ("model.ar.depth=2", "depth")])
+@pytest.mark.parametrize("override, key", [("model.heads=3", "model.heads"), ("model.top_p=0", "model.top_p"),
+                                           ("model.arch=rnn", "model.arch"), ("model.depth=2", "depth"),
+                                           ("model.ar.width=32", "model.ar was renamed")])
 def test_ar_config_is_validated_at_load(override, key):
-    from train.config import ConfigError, config_from_dict
+    from train.config import ConfigError
+    from train.recipe import config_from_dict
 
     with pytest.raises(ConfigError, match=key):
-        config_from_dict({}, ["model.kind=ar_prior", "model.ar.width=32", override])
+        config_from_dict({}, ["model.kind=ar_prior", "model.width=32", override])
 
 
 # --- sampling -------------------------------------------------------------------------------------
@@ -142,23 +144,22 @@ def test_position_mask_never_yields_an_invalid_token():
 
 
 def test_sample_labels_by_index_or_name_and_every_class_by_default():
-    from train.ar_sample import labels_for
-    from train.config import ConfigError
+    from latent_diffusion.sampling import sample_labels
 
-    layout, names = LAYOUTS["codec+class"], ["cat", "dog"]
-    assert labels_for(5, layout, None).tolist() == [0, 1, 0, 1, 0]
-    assert labels_for(3, layout, "dog", names).tolist() == [1, 1, 1]
-    assert labels_for(2, layout, "0", names).tolist() == [0, 0]
+    k, names = LAYOUTS["codec+class"].num_classes, ["cat", "dog"]
+    assert sample_labels(5, k, None).tolist() == [0, 1, 0, 1, 0]
+    assert sample_labels(3, k, "dog", names).tolist() == [1, 1, 1]
+    assert sample_labels(2, k, "0", names).tolist() == [0, 0]
     for bad in ("2", "bird"):
-        with pytest.raises(ConfigError, match="--label"):
-            labels_for(2, layout, bad, names)
-    with pytest.raises(ConfigError, match="unconditional"):
-        labels_for(2, LAYOUTS["grid"], "0")
+        with pytest.raises(ValueError, match="--label"):
+            sample_labels(2, k, bad, names)
+    with pytest.raises(ValueError, match="unconditional"):
+        sample_labels(2, LAYOUTS["grid"].num_classes, "0")
 
 
 # --- training, export, CLI ------------------------------------------------------------------------
 
-AR = ["model.kind=ar_prior", "model.ar.width=32", "model.ar.layers=2", "model.ar.heads=2", "train.lr=3e-3",
+AR = ["model.kind=ar_prior", "model.width=32", "model.layers=2", "model.heads=2", "train.lr=3e-3",
       "train.betas=[0.9,0.95]"]
 
 
@@ -166,15 +167,15 @@ AR = ["model.kind=ar_prior", "model.ar.width=32", "model.ar.layers=2", "model.ar
 def vq_tokens(tmp_path_factory):
     """A tiny random VQ tokenizer (exported as a diffusers VQModel) and `aetk encode` of 12 images."""
     from helpers import tiny_overrides
-    from train.config import config_from_dict
-    from train.export import export_vq
-    from train.registry import build_model
+
+    from train.families.vq_vae import build_model
+    from train.recipe import config_from_dict
 
     root = tmp_path_factory.mktemp("ar-vq")
     torch.manual_seed(0)
-    cfg = config_from_dict({}, tiny_overrides(root / "unused", "model.kind=vq_vae", "model.codebook_size=16",
+    cfg = config_from_dict({}, tiny_overrides(root / "unused", "model.kind=vq_vae", "model.quantizer.codebook_size=16",
                                               "model.latent_channels=4"))
-    export_vq(build_model(cfg).eval(), root / "vq")
+    build_model(cfg).eval().save_pretrained(root / "vq")
     rng = np.random.default_rng(0)
     (root / "images").mkdir()
     for i in range(12):
@@ -191,7 +192,7 @@ def test_ar_prior_trains_on_vq_tokens_exports_and_samples_a_grid(vq_tokens, tmp_
     from train.run import train
 
     cfg = tiny_config(tmp_path / "run", *AR, f"data.path={vq_tokens / 'tok'}", f"model.first_stage={vq_tokens / 'vq'}",
-                      "train.max_steps=4", "train.eval_every=4", "train.checkpoint_every=4", "model.ar.top_k=4")
+                      "train.max_steps=4", "train.eval_every=4", "train.checkpoint_every=4", "model.top_k=4")
     trainer = train(cfg)
     rows = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "prior/loss" in r] == [1, 2, 3, 4]
@@ -235,8 +236,8 @@ def _labelled_token_shards(root, n: int = 48, classes: int = 3):
 
 
 def test_class_token_conditions_the_samples(tmp_path, tiny_config):
-    from train.ar_sample import load_ar
-    from train.data.tokens import TokenItems
+    from latent_diffusion.ar_prior import ARPrior
+    from train.data.shards import TokenItems
     from train.run import train
 
     data = _labelled_token_shards(tmp_path / "tok")
@@ -246,8 +247,8 @@ def test_class_token_conditions_the_samples(tmp_path, tiny_config):
                       "train.eval_every=60", "train.checkpoint_every=60", "train.ema_decay=null",
                       "train.mixed_precision=no", "train.log_every=10")
     train(cfg).close()
-    prior, meta = load_ar(tmp_path / "run/model")
-    assert prior.layout.num_classes == 3 and meta["class_names"] == ["zero", "one", "two"]
+    prior = ARPrior.from_pretrained(tmp_path / "run/model")
+    assert prior.layout.num_classes == 3 and prior.class_names == ["zero", "one", "two"]
     for c in range(3):
         assert (sample(prior, n=2, seed=c, labels=c, top_k=1) == c).all()  # the mode follows the class
     rows = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
@@ -257,22 +258,22 @@ def test_class_token_conditions_the_samples(tmp_path, tiny_config):
 def test_ar_prior_over_codec_tokens_writes_wavs(tmp_path, tiny_config):
     import soundfile as sf
 
-    from train.config import load_config
-    from train.export import save_native
-    from train.registry import build_model
+    from train.families.soundstream import build_model
+    from train.recipe import load_config
 
     sr, hop = 8000, 16
     torch.manual_seed(0)
     codec = build_model(load_config("configs/codec-tiny.yaml", [
-        "model.codec.sample_rate=8000", "model.codec.ratios=[4,4]", "model.codec.stage_channels=[4,8,8]",
-        "model.codec.dimension=8", "model.codec.lstm_layers=0", "model.rvq_levels=2", "model.codebook_size=16",
-        "model.kmeans_init=true"]))
+        "model.sample_rate=8000", "model.ratios=[4,4]", "model.stage_channels=[4,8,8]",
+        "model.dimension=8", "model.lstm_layers=0", "model.quantizer.levels=2", "model.quantizer.codebook_size=16",
+        "model.quantizer.kmeans_init=true"]))
     codec.train()(torch.randn(2, 1, 1600) * 0.3)  # fit the codebooks by k-means so codes vary
-    save_native(codec.eval(), tmp_path / "codec", model_config={"recipe": codec.recipe})
+    codec.eval().save_pretrained(tmp_path / "codec")
     (tmp_path / "audio").mkdir()
     t = np.arange(3200) / sr
     for i in range(2):
-        sf.write(tmp_path / "audio" / f"{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 100 * i) * t)).astype(np.float32), sr)
+        tone = 0.3 * np.sin(2 * np.pi * (200 + 100 * i) * t)
+        sf.write(tmp_path / "audio" / f"{i}.wav", tone.astype(np.float32), sr)
     assert main(["encode", str(tmp_path / "codec"), "--data", str(tmp_path / "audio"), "--out", str(tmp_path / "tok"),
                  "--segment-seconds", "0.05"]) == 0  # 8 segments of 25 frames x 2 levels
     cfg = tiny_config(tmp_path / "run", *AR, f"data.path={tmp_path / 'tok'}", f"model.first_stage={tmp_path / 'codec'}",

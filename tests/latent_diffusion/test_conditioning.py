@@ -7,11 +7,12 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
+from aetk.cli import main
 from latent_diffusion.diffusion_prior import DiffusionPrior, build_dit, build_unet, sample
-from train.cli import main
+from tokenizers_ae.models.kl_vae import KLVAE
 from train.config import ConfigError
 
-PRIOR = ["model.kind=diffusion_prior", "model.block_out_channels=[16,32]", "model.norm_num_groups=8",
+PRIOR = ["model.kind=diffusion_prior", "model.unet.block_out_channels=[16,32]", "model.unet.norm_num_groups=8",
          "train.max_steps=3", "train.eval_every=3", "train.checkpoint_every=3", "data.val_size=10"]
 
 
@@ -30,8 +31,8 @@ def digits(tmp_path_factory):
 
 
 def test_encode_stores_each_items_label(digits):
-    from latent_diffusion.latents import LatentShardDataset
-    from train.data.digits import digits_split
+    from latent_diffusion.shards import LatentShardDataset
+    from tokenizers_ae.data.digits import digits_split
 
     ds = LatentShardDataset(digits / "lat")
     manifest = json.loads((digits / "lat/manifest.json").read_text())
@@ -42,8 +43,8 @@ def test_encode_stores_each_items_label(digits):
 
 
 def test_encode_split_val_holds_the_held_out_digits(digits, tmp_path):
-    from latent_diffusion.latents import LatentShardDataset
-    from train.data.digits import digits_split
+    from latent_diffusion.shards import LatentShardDataset
+    from tokenizers_ae.data.digits import digits_split
 
     assert main(["encode", str(digits / "vae"), "--data", "builtin:digits", "--resolution", "16", "--split", "val",
                  "--out", str(tmp_path / "val"), "--precision", "no"]) == 0
@@ -55,7 +56,7 @@ def test_encode_split_val_holds_the_held_out_digits(digits, tmp_path):
 def test_image_folder_classes_come_from_subfolders(tmp_path):
     from PIL import Image
 
-    from train.data.images import build_image_dataset
+    from tokenizers_ae.data.sources import build_image_dataset
 
     for cls, n in (("cat", 2), ("dog", 1)):
         (tmp_path / cls).mkdir()
@@ -108,16 +109,13 @@ def _pipeline_images(model_dir, **kwargs) -> torch.Tensor:
 
 
 def _aetk_images(model_dir, n, labels=None, guidance=1.0) -> torch.Tensor:
-    from train.export import load_vae
-    from train.prior_export import load_prior
-
-    prior, meta = load_prior(model_dir)
-    z = sample(prior, n=n, shape=meta["latent_shape"], seed=5, steps=4, labels=labels, guidance=guidance)
-    if meta["space"] == "pixel":
+    prior = DiffusionPrior.from_pretrained(model_dir)
+    z = sample(prior, n=n, seed=5, steps=4, labels=labels, guidance=guidance)
+    if prior.space == "pixel":
         return (z / 2 + 0.5).clamp(0, 1)
+    vae = KLVAE.from_pretrained(model_dir / "vae" if (model_dir / "vae").is_dir() else model_dir / "vqvae")
     with torch.no_grad():
-        return (load_vae(model_dir / "vae" if (model_dir / "vae").is_dir() else model_dir / "vqvae")
-                .decode(z / meta["scaling_factor"]).sample / 2 + 0.5).clamp(0, 1)
+        return (vae.decode(z / prior.scaling_factor) / 2 + 0.5).clamp(0, 1)
 
 
 @pytest.mark.parametrize("denoiser", ["unet", "dit"])
@@ -141,32 +139,27 @@ def test_conditional_prior_trains_and_exports_a_dit_pipeline_with_the_same_sampl
 
 
 def test_unconditional_latent_prior_exports_an_ldm_pipeline_with_the_same_samples(digits, tmp_path):
-    from train.export import load_vae
-    from train.prior_export import export_prior
-
     torch.manual_seed(0)
-    prior = DiffusionPrior(build_unet(latent_channels=4, sample_size=8, block_out_channels=(16, 32),
-                                      norm_num_groups=8), prediction_type="v_prediction")
     sf = json.loads((digits / "lat/manifest.json").read_text())["scaling_factor"]
-    assert export_prior(prior, tmp_path / "m", latent_shape=[4, 8, 8], scaling_factor=sf, pixel=False,
-                        first_stage=str(digits / "vae"), class_names=[]) == "LDMPipeline"
-    assert load_vae(tmp_path / "m/vqvae").config.scaling_factor == pytest.approx(sf)
-    from train.prior_export import load_prior
-
-    assert not load_prior(tmp_path / "m")[0].scheduler.config.clip_sample  # unit-variance latents: no clamp
+    prior = DiffusionPrior(build_unet(latent_channels=4, sample_size=8, block_out_channels=(16, 32),
+                                      norm_num_groups=8), prediction_type="v_prediction", latent_shape=[4, 8, 8],
+                           scaling_factor=sf, first_stage=str(digits / "vae"))
+    assert prior.save_pretrained(tmp_path / "m", first_stage=KLVAE.from_pretrained(digits / "vae")) == "LDMPipeline"
+    assert KLVAE.from_pretrained(tmp_path / "m/vqvae").scaling_factor == pytest.approx(sf)
+    assert not DiffusionPrior.from_pretrained(tmp_path / "m").scheduler.config.clip_sample  # latents: no clamp
     ours = _aetk_images(tmp_path / "m", 2)
     theirs = _pipeline_images(tmp_path / "m", batch_size=2, output_type="np")
     torch.testing.assert_close(theirs, ours, atol=2e-4, rtol=0)
 
 
 def test_pixel_baseline_trains_on_images_and_exports_a_ddpm_pipeline(tmp_path, tiny_config):
-    from train.prior_export import load_prior
     from train.run import train
 
     cfg = tiny_config(tmp_path / "px", *PRIOR, "data.path=builtin:digits", "data.resolution=16")
     train(cfg).close()
-    prior, meta = load_prior(tmp_path / "px")
-    assert meta["space"] == "pixel" and meta["latent_shape"] == [1, 16, 16] and meta["pipeline"] == "DDPMPipeline"
+    prior = DiffusionPrior.from_pretrained(tmp_path / "px/model")
+    meta = json.loads((tmp_path / "px/model/prior.json").read_text())
+    assert prior.space == "pixel" and prior.latent_shape == [1, 16, 16] and meta["pipeline"] == "DDPMPipeline"
     assert prior.scheduler.config.beta_schedule == "linear"  # DDPM's schedule for pixels
     assert prior.scheduler.config.clip_sample  # pixels live in [-1, 1]; latents must not be clamped
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "px/model")
@@ -179,14 +172,14 @@ def test_pixel_baseline_trains_on_images_and_exports_a_ddpm_pipeline(tmp_path, t
 
 def test_class_conditional_on_unlabelled_latents_is_a_config_error(tmp_path, tiny_config):
     from tokenizers_ae.models.kl_vae import build_autoencoder_kl
-    from train.registry import build_prior
+    from train.families.diffusion_prior import build_model
 
     build_autoencoder_kl(block_out_channels=(8,), norm_num_groups=4, latent_channels=2).save_pretrained(tmp_path / "v")
     assert main(["encode", str(tmp_path / "v"), "--data", "builtin:skimage", "--resolution", "8", "--out",
                  str(tmp_path / "lat"), "--precision", "no"]) == 0
     cfg = tiny_config(tmp_path / "r", *PRIOR, f"data.path={tmp_path / 'lat'}", "model.class_conditional=true")
     with pytest.raises(ConfigError, match="no class labels"):
-        build_prior(cfg)
+        build_model(cfg)
 
 
 def test_dit_denoiser_is_exact_under_its_own_label_dropout_switched_off():
@@ -236,13 +229,13 @@ def test_conditional_prior_resumes_exactly(digits, tmp_path, tiny_config):
 
 
 def test_validation_latents_are_scaled_with_the_training_factor(digits, tmp_path, tiny_config):
-    from latent_diffusion.latents import LatentShardDataset
-    from train.data.loader import build_loaders
+    from latent_diffusion.shards import LatentShardDataset
+    from train.data.sources import prior_datasets
 
     assert main(["encode", str(digits / "vae"), "--data", "builtin:digits", "--resolution", "16", "--split", "val",
                  "--out", str(tmp_path / "val"), "--precision", "no"]) == 0
     cfg = tiny_config(tmp_path / "r", *PRIOR, f"data.path={digits / 'lat'}", f"data.val_path={tmp_path / 'val'}")
-    loaders = build_loaders(cfg, rank=0, world=1, micro_batch=4)
-    sf_train = loaders.train_dataset.scaling_factor
+    train, val = prior_datasets(cfg)
+    sf_train = train.scaling_factor
     assert LatentShardDataset(tmp_path / "val").scaling_factor != sf_train  # its own std differs
-    torch.testing.assert_close(loaders.val_dataset[2]["x"], LatentShardDataset(tmp_path / "val")[2]["latent"] * sf_train)
+    torch.testing.assert_close(val[2]["x"], LatentShardDataset(tmp_path / "val")[2]["latent"] * sf_train)

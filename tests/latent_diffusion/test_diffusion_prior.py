@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from aetk.cli import main
 from latent_diffusion.diffusion_prior import DiffusionPrior, build_unet, sample
-from train.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,8 @@ def latents(tmp_path_factory):
 
 
 def test_scaling_is_applied_to_training_items_and_inverted(latents):
-    from latent_diffusion.latents import LatentShardDataset
-    from train.data.latents import LatentItems
+    from latent_diffusion.shards import LatentShardDataset
+    from train.data.shards import LatentItems
 
     raw, items = LatentShardDataset(latents / "lat"), LatentItems(str(latents / "lat"))
     sf = raw.manifest["scaling_factor"]
@@ -37,7 +37,7 @@ def test_prior_trains_through_the_trainer_and_samples_a_grid(latents, tmp_path, 
     from train.run import train
 
     cfg = tiny_config(tmp_path / "run", "model.kind=diffusion_prior", f"data.path={latents / 'lat'}",
-                      "model.block_out_channels=[16,32]", "model.norm_num_groups=8",
+                      "model.unet.block_out_channels=[16,32]", "model.unet.norm_num_groups=8",
                       f"model.first_stage={latents / 'vae'}", "train.max_steps=4", "train.eval_every=4",
                       "train.checkpoint_every=4", "model.prediction_type=v_prediction")
     trainer = train(cfg)

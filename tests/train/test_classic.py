@@ -5,9 +5,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers import REPO
+from safetensors.torch import load_file
 
 RECIPES = sorted((REPO / "configs/classic").glob("*.yaml"))
 FAST = ["train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=6", "train.log_every=1",
@@ -23,21 +22,23 @@ def one_thread():
 
 
 def test_there_is_a_recipe_per_variant():
-    import yaml
-
-    from train.config import ClassicConfig
     import typing
 
-    variants = set(typing.get_args(typing.get_type_hints(ClassicConfig)["variant"]))
-    used = {yaml.safe_load(p.read_text())["model"]["classic"]["variant"] for p in RECIPES}
-    assert used == variants
+    import yaml
+
+    from tokenizers_ae.classic.registry import VARIANTS
+    from train.families.classic import ClassicModel
+
+    variants = set(typing.get_args(typing.get_type_hints(ClassicModel)["variant"]))
+    used = {yaml.safe_load(p.read_text())["model"]["variant"] for p in RECIPES}
+    assert used == variants == set(VARIANTS)  # a recipe and a class for every variant the recipe section allows
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_classic_recipe_loads_and_builds_its_model_and_task(recipe):
     from train.classic_task import ClassicTask
-    from train.config import load_config
-    from train.registry import build_model, build_task
+    from train.families.classic import build_model, build_task
+    from train.recipe import load_config
 
     cfg = load_config(recipe)
     assert cfg.model.kind == "classic" and cfg.output_dir == f"runs/classic/{recipe.stem}"
@@ -45,22 +46,23 @@ def test_every_classic_recipe_loads_and_builds_its_model_and_task(recipe):
     task = build_task(cfg, model)
     assert isinstance(task, ClassicTask) and task.model_to_average() is model
     names = [ph.name for ph in task.phases()]
-    assert names == (["autoencoder", "latent_discriminator"] if cfg.model.classic.variant == "aae" else ["autoencoder"])
+    assert names == (["autoencoder", "latent_discriminator"] if cfg.model.variant == "aae" else ["autoencoder"])
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["model.classic.variant=cvae", "data.path=builtin:skimage"], "needs labels"),
+    (["model.variant=cvae", "data.path=builtin:skimage"], "needs labels"),
     (["data.path=builtin:digits", "model.in_channels=3"], "grayscale"),
-    (["model.classic.variant=overcomplete", "model.classic.code_size=16"], "wider than the input"),
-    (["model.classic.variant=deep", "model.classic.hidden_sizes=[32]"], "2 hidden layers"),
-    (["model.classic.variant=sae"], "lm-activations"),
-    (["model.classic.variant=conv", "model.classic.channels=[4,8,16,32]"], "divisible"),
-    (["model.classic.variant=nope"], "model.classic.variant"),
-    (["model.classic.k=99"], "model.classic.k"),
+    (["model.variant=overcomplete", "model.code_size=16"], "wider than the input"),
+    (["model.variant=deep", "model.hidden_sizes=[32]"], "2 hidden layers"),
+    (["model.variant=sae"], "lm-activations"),
+    (["model.variant=conv", "model.channels=[4,8,16,32]"], "divisible"),
+    (["model.variant=nope"], "model.variant"),
+    (["model.k=99"], "model.k"),
 ])
 def test_classic_config_errors_name_the_key(overrides, match):
-    from train.config import ConfigError, config_from_dict
-    from train.registry import build_model
+    from train.config import ConfigError
+    from train.families.classic import build_model
+    from train.recipe import config_from_dict
 
     base = ["model.kind=classic", "data.path=builtin:digits", "data.resolution=8", "model.in_channels=1"]
     with pytest.raises(ConfigError, match=match):
@@ -68,8 +70,9 @@ def test_classic_config_errors_name_the_key(overrides, match):
 
 
 def test_digits_split_is_fixed_disjoint_and_holds_a_class_out_of_training_only():
-    from train.data import build_image_dataset, collate_images
-    from train.data.digits import digits_split
+    from tokenizers_ae.data.digits import digits_split
+    from tokenizers_ae.data.images import collate_images
+    from tokenizers_ae.data.sources import build_image_dataset
 
     xt, yt = digits_split("train")
     xv, yv = digits_split("val")
@@ -86,9 +89,9 @@ def test_digits_split_is_fixed_disjoint_and_holds_a_class_out_of_training_only()
 
 
 def test_vae_recipe_trains_through_aetk_train_and_aetk_eval_reports_it(tmp_path):
-    from train.cli import main
-    from train.config import load_config
-    from train.export import load_classic
+    from aetk.cli import main
+    from tokenizers_ae.classic.registry import load_classic
+    from train.recipe import load_config
     from train.run import train
 
     run = tmp_path / "vae"
@@ -101,8 +104,8 @@ def test_vae_recipe_trains_through_aetk_train_and_aetk_eval_reports_it(tmp_path)
     assert [r["step"] for r in rows if "eval/mse" in r] == [3, 6]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["recon-0000003.png", "recon-0000006.png"]
     # model/ is aetk's native format and loads to the same network as the checkpoint.
-    assert json.loads((run / "model/aetk_model.json").read_text())["recipe"]["classic"]["variant"] == "vae"
-    (from_ckpt, _), (from_model, _) = load_classic(run), load_classic(run / "model")
+    assert json.loads((run / "model/aetk_model.json").read_text())["config"]["variant"] == "vae"
+    from_ckpt, from_model = load_classic(run), load_classic(run / "model")
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     torch.testing.assert_close(from_ckpt(x).recon, from_model(x).recon)
     state = load_file(run / "checkpoints/step-6/model.safetensors")
@@ -119,7 +122,7 @@ def test_vae_recipe_trains_through_aetk_train_and_aetk_eval_reports_it(tmp_path)
 
 
 def test_aae_trains_its_latent_discriminator_as_a_second_phase(tmp_path):
-    from train.config import load_config
+    from train.recipe import load_config
     from train.run import train
 
     run = tmp_path / "aae"
@@ -130,13 +133,13 @@ def test_aae_trains_its_latent_discriminator_as_a_second_phase(tmp_path):
 
 
 def test_stacked_recipe_pretrains_greedily_then_fine_tunes(tmp_path):
-    from train.config import load_config
+    from train.recipe import load_config
     from train.run import train
 
     run = tmp_path / "stacked"
     cfg = load_config(REPO / "configs/classic/stacked.yaml",
                       [f"output_dir={run}", *FAST, "train.max_steps=8", "train.checkpoint_every=8",
-                       "model.classic.pretrain_steps=2"])
+                       "model.pretrain_steps=2"])
     trainer = train(cfg)
     trainer.close()
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"autoencoder/loss"' in l]
@@ -144,14 +147,14 @@ def test_stacked_recipe_pretrains_greedily_then_fine_tunes(tmp_path):
 
 
 def test_sae_on_language_model_activations_through_train_and_eval(tmp_path):
-    from train.cli import main
-    from train.config import load_config
+    from aetk.cli import main
+    from train.recipe import load_config
     from train.run import train
 
     run = tmp_path / "sae"
     cfg = load_config(REPO / "configs/classic/sae.yaml",
-                      [f"output_dir={run}", *FAST, "model.classic.lm_tokens=2048", "model.classic.code_size=64",
-                       "model.classic.dead_steps=2", "train.batch_size=64"])
+                      [f"output_dir={run}", *FAST, "model.lm_tokens=2048", "model.code_size=64",
+                       "model.dead_steps=2", "train.batch_size=64"])
     train(cfg).close()
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"autoencoder/loss"' in l]
     assert all(r["sae/l0"] <= 8 for r in rows) and "reg/auxk" in rows[-1] and "sae/dead_fraction" in rows[-1]
@@ -163,7 +166,7 @@ def test_sae_on_language_model_activations_through_train_and_eval(tmp_path):
 
 
 def test_bench_classic_writes_one_table_and_one_figure(tmp_path, capsys):
-    from train.cli import main
+    from aetk.cli import main
 
     out = tmp_path / "bench"
     assert main(["bench", "classic", "--only", "linear,cvae", "--steps", "3", "--out", str(out)]) == 0

@@ -12,18 +12,23 @@ import pytest
 import soundfile as sf
 import torch
 
+from aetk.cli import main
 from audio_codec.container import read_codes, state_dict_hash
-from latent_diffusion.latents import LatentShardDataset
-from train.cli import main
-from train.codec import evaluate_audio, is_codec, load_model, opus_tool
-from train.config import config_to_dict, load_config
-from train.export import save_native
-from train.registry import build_model
+from audio_codec.model import SoundStream
+from eval.audio_report import evaluate_audio, opus_tool
+from latent_diffusion.shards import LatentShardDataset
+from tokenizers_ae.pretrained import locate
+from train.families.soundstream import build_model
+from train.recipe import config_yaml, load_config
 
 SR, HOP, LEVELS, CODEBOOK = 8000, 16, 4, 16  # 500 frames/s x 4 bits: 2, 4, 6, 8 kbps
-TINY_CODEC = ["model.codec.sample_rate=8000", "model.codec.ratios=[4,4]", "model.codec.stage_channels=[4,8,8]",
-              "model.codec.dimension=8", "model.codec.lstm_layers=0", f"model.rvq_levels={LEVELS}",
-              f"model.codebook_size={CODEBOOK}", "model.kmeans_init=true"]
+TINY_CODEC = ["model.sample_rate=8000", "model.ratios=[4,4]", "model.stage_channels=[4,8,8]",
+              "model.dimension=8", "model.lstm_layers=0", f"model.quantizer.levels={LEVELS}",
+              f"model.quantizer.codebook_size={CODEBOOK}", "model.quantizer.kmeans_init=true"]
+
+
+def load_model(path) -> SoundStream:
+    return SoundStream.from_pretrained(path)
 
 
 def tone(n: int, seed: int = 0) -> np.ndarray:
@@ -42,7 +47,7 @@ def make_codec(path, seed: int, overrides: tuple[str, ...] = ()):
     torch.manual_seed(seed)
     model = build_model(load_config("configs/codec-tiny.yaml", [f"seed={seed}", *TINY_CODEC, *overrides]))
     model.train()(torch.randn(2, 1, 1600) * 0.3, n_quantizers=LEVELS)
-    save_native(model.eval(), path, model_config={"recipe": model.recipe})
+    model.eval().save_pretrained(path)
     return path
 
 
@@ -148,19 +153,22 @@ def test_clear_errors_for_missing_files_and_non_codec_models(env, capsys, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vq"]
 
 
-def test_is_codec_tells_codecs_from_other_models(env, tmp_path):
-    ckpt = tmp_path / "run" / "checkpoints" / "step-2"  # a checkpoint, before any export
+def test_locate_tells_codecs_from_other_models(env, tmp_path):
+    from tokenizers_ae.pretrained import LoadError
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step-2"  # a checkpoint of aetk 0.1 (config.yaml only), no export
     ckpt.mkdir(parents=True)
     (ckpt / "COMPLETE").write_text("")
-    import yaml
-
-    (ckpt / "config.yaml").write_text(yaml.safe_dump(config_to_dict(tiny_codec_config(0))))
+    (ckpt / "config.yaml").write_text(config_yaml(tiny_codec_config(0)))
     kl = tmp_path / "kl"
     kl.mkdir()
     (kl / "COMPLETE").write_text("")
-    (kl / "config.yaml").write_text(yaml.safe_dump(config_to_dict(load_config("configs/kl-f4-tiny.yaml"))))
-    assert is_codec(env["model"]) and is_codec(ckpt) and is_codec(tmp_path / "run")
-    assert not is_codec(kl) and not is_codec(tmp_path / "missing") and not is_codec(env["wav"])
+    (kl / "config.yaml").write_text(config_yaml(load_config("configs/kl-f4-tiny.yaml")))
+    assert [locate(p).class_name for p in (env["model"], ckpt, tmp_path / "run", kl)] == \
+        ["SoundStream", "SoundStream", "SoundStream", "KLVAE"]
+    for bad in (tmp_path / "missing", env["wav"]):
+        with pytest.raises(LoadError, match=str(bad)):
+            locate(bad)
 
 
 def test_stream_gives_the_offline_codes_and_audio(env, capsys, tmp_path):
@@ -237,7 +245,7 @@ def test_eval_compares_with_opus_or_says_why_not(env, tmp_path, monkeypatch):
     data.mkdir()
     sf.write(data / "0.wav", tone(1600), SR)
     tool, why = opus_tool()
-    r = evaluate_audio(env["model"], data, n=1, segment_seconds=0.2, kbps_list=(2, 6))
+    r = evaluate_audio(load_model(env["model"]), data, n=1, segment_seconds=0.2, kbps_list=(2, 6))
     if tool is None:
         assert r["opus"] == {"available": False, "reason": why}
     else:
@@ -245,7 +253,7 @@ def test_eval_compares_with_opus_or_says_why_not(env, tmp_path, monkeypatch):
         (o,) = r["opus"]["results"]
         assert o["kbps"] == 6 and o["si_snr"] > 3 and o["achieved_kbps"] > 0  # Opus keeps a tone
     monkeypatch.setattr("shutil.which", lambda name: None)
-    r = evaluate_audio(env["model"], data, n=1, segment_seconds=0.2, kbps_list=(6,))
+    r = evaluate_audio(load_model(env["model"]), data, n=1, segment_seconds=0.2, kbps_list=(6,))
     assert r["opus"]["available"] is False and "opus-tools" in r["opus"]["reason"] and len(r["codec"]) == 1
 
 
@@ -254,8 +262,7 @@ def test_export_as_encodec_decodes_compressed_files(env, capsys, tmp_path):
     to the audio `aetk codec decompress` writes."""
     from transformers import EncodecModel
 
-    model_dir = make_codec(tmp_path / "encodec-able", 2, ("model.codec.stage_channels=[4,8,16]",
-                                                           "model.codec.lstm_layers=1"))
+    model_dir = make_codec(tmp_path / "encodec-able", 2, ("model.stage_channels=[4,8,16]", "model.lstm_layers=1"))
     rc, _, err = cli(capsys, "export", model_dir, "--format", "encodec", "--out", tmp_path / "hf")
     assert rc == 0, err
     encodec = EncodecModel.from_pretrained(tmp_path / "hf")
@@ -272,10 +279,12 @@ def test_export_as_encodec_decodes_compressed_files(env, capsys, tmp_path):
 def test_export_refuses_what_encodec_cannot_hold_and_writes_nothing(env, capsys, tmp_path):
     rc, _, err = cli(capsys, "export", env["model"], "--format", "encodec", "--out", tmp_path / "hf")
     assert rc != 0 and "stage_channels [4, 8, 8]" in err and "lstm_layers 0" in err
-    rc, _, err = cli(capsys, "export", env["model"], "--out", tmp_path / "hf")  # default: diffusers
-    assert rc != 0 and "--format encodec" in err
+    rc, _, err = cli(capsys, "export", env["model"], "--out", tmp_path / "hf")  # a codec's default: encodec
+    assert rc != 0 and "stage_channels [4, 8, 8]" in err
+    rc, _, err = cli(capsys, "export", env["model"], "--format", "diffusers", "--out", tmp_path / "hf")
+    assert rc == 2 and "--format diffusers is not a format of a soundstream model" in err and "encodec" in err
     rc, _, err = cli(capsys, "export", tmp_path, "--format", "encodec", "--out", tmp_path / "hf")
-    assert rc != 0 and "is not one" in err
+    assert rc != 0 and "not a run directory" in err
     assert not (tmp_path / "hf").exists()
 
 
@@ -289,7 +298,7 @@ def test_eval_scores_each_clip_over_its_own_length(env, tmp_path):
     lengths = (800, 1600)  # 0.1 s and 0.2 s; the segment is 0.4 s
     for i, t in enumerate(lengths):
         sf.write(data / f"{i}.wav", tone(t, seed=i), SR)
-    r = evaluate_audio(env["model"], data, n=2, segment_seconds=0.4, kbps_list=(8,), opus=False)
+    r = evaluate_audio(load_model(env["model"]), data, n=2, segment_seconds=0.4, kbps_list=(8,), opus=False)
     model = load_model(env["model"])
     per_clip = []
     for i, t in enumerate(lengths):
@@ -306,7 +315,7 @@ def test_eval_scores_each_clip_over_its_own_length(env, tmp_path):
 
 
 def test_silence_level_measures_output_over_the_padding():
-    from train.codec import silence_level
+    from eval.audio_report import silence_level
 
     recon = torch.zeros(2, 1, 1000)
     recon[0, 0, :300] = 0.5  # clip 0: 300 samples of sound, then true silence

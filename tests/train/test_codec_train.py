@@ -11,13 +11,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from train.config import config_from_dict, load_config
-from train.registry import build_task
+from audio_codec.model import SoundStream
+from tokenizers_ae.pretrained import RAW_WEIGHTS, read_safetensors
+from train.families.soundstream import build_model, build_task
+from train.recipe import config_from_dict, load_config
 
 SR = 8000
-TINY_CODEC = ["model.codec.sample_rate=8000", "model.codec.ratios=[4,4]", "model.codec.stage_channels=[4,8,8]",
-              "model.codec.dimension=8", "model.codec.lstm_layers=1", "model.rvq_levels=4", "model.codebook_size=16",
-              "loss.disc_channels=4", "loss.mpd_channels=[4,8]", "loss.audio_discriminators=[msstft,mpd]"]
+TINY_CODEC = ["model.sample_rate=8000", "model.ratios=[4,4]", "model.stage_channels=[4,8,8]",
+              "model.dimension=8", "model.lstm_layers=1", "model.quantizer.levels=4",
+              "model.quantizer.codebook_size=16",
+              "loss.msstft_filters=4", "loss.mpd_channels=[4,8]", "loss.discriminators=[msstft,mpd]"]
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +36,12 @@ def audio_dir(tmp_path_factory):
 
 
 def test_tiny_codec_trains_end_to_end_with_gan_and_feature_matching(audio_dir, tmp_path):
-    from train.export import load_codec
     from train.run import train
 
     out = tmp_path / "run"
     cfg = load_config("configs/codec-tiny.yaml", [
         f"output_dir={out}", f"data.path={audio_dir}", f"data.val_path={audio_dir}", "data.segment_seconds=0.1",
-        "data.val_size=2", *TINY_CODEC, "model.kmeans_init=false", "loss.disc_start=2", "train.batch_size=2",
+        "data.val_size=2", *TINY_CODEC, "model.quantizer.kmeans_init=false", "loss.disc_start=2", "train.batch_size=2",
         "train.max_steps=4", "train.eval_every=4", "train.checkpoint_every=4", "train.log_every=1",
         "train.mixed_precision=no", "train.progress=false",
         # every loss term and the weight EMA, which the quick-start recipe leaves off at its budget
@@ -52,10 +54,11 @@ def test_tiny_codec_trains_end_to_end_with_gan_and_feature_matching(audio_dir, t
     assert steps[-1]["gan/feature_matching"] > 0 and "disc/acc_real" in steps[-1]
     assert {"rec/mel", "rec/stft", "rec/l1", "reg/vq/commitment"} <= set(steps[-1])
     ev = next(r for r in logs if "eval/si_snr" in r)
-    assert {"eval/si_snr@4kbps", "eval/mel_distance@4kbps", "eval/si_snr@8kbps"} <= set(ev)  # 2 and 4 levels x 4 bits x 500 Hz
+    # 2 and 4 levels x 4 bits x 500 Hz
+    assert {"eval/si_snr@4kbps", "eval/mel_distance@4kbps", "eval/si_snr@8kbps"} <= set(ev)
     assert (out / "samples" / "spectrogram-0000004.png").is_file()
     assert sf.info(str(out / "samples" / "audio-0000004" / "0-recon.wav")).samplerate == SR
-    model = load_codec(out / "model")
+    model = SoundStream.from_pretrained(out / "model")
     x = torch.from_numpy(sf.read(str(audio_dir / "clip0.wav"), dtype="float32")[0])[None, None]
     with torch.no_grad():
         codes = model.encode(x, n_quantizers=4)
@@ -63,12 +66,10 @@ def test_tiny_codec_trains_end_to_end_with_gan_and_feature_matching(audio_dir, t
     assert codes.shape == (1, 4, x.shape[-1] // 16) and 0 <= int(codes.min()) and int(codes.max()) < 16
     assert y.shape[-1] == x.shape[-1] and torch.isfinite(y).all()
     # The checkpoint's EMA weights and the export are the same model; `raw` is the checkpoint's live model.
-    torch.testing.assert_close(load_codec(out).decode(codes), y)
-    from train.export import _checkpoint_state
-
-    raw, ema = load_codec(out, weights="raw").state_dict(), model.state_dict()
-    live = _checkpoint_state(out / "checkpoints" / "step-4", "raw")
-    assert all(torch.equal(raw[k], live[k]) for k in raw)
+    torch.testing.assert_close(SoundStream.from_pretrained(out).decode(codes), y)
+    raw, ema = SoundStream.from_pretrained(out, weights="raw").state_dict(), model.state_dict()
+    live = read_safetensors(out / "checkpoints" / "step-4" / RAW_WEIGHTS)  # the generator phase: autoencoder.*
+    assert all(torch.equal(raw[k], live["autoencoder." + k]) for k in raw)
     assert any(not torch.equal(raw[k], ema[k]) for k in ema)  # 4 steps at decay 0.99 moved them apart
 
 
@@ -80,10 +81,10 @@ def test_generator_gradient_with_feature_matching_equals_the_direct_gradient():
     from tokenizers_ae.losses.adversarial import g_loss
 
     cfg = config_from_dict({"model": {"kind": "soundstream"}}, [
-        *TINY_CODEC, "model.vq_ema_decay=null", "model.quantizer_dropout=0.0", "loss.disc_start=0",
+        *TINY_CODEC, "model.quantizer.ema_decay=null", "model.quantizer.dropout=0.0", "loss.disc_start=0",
         "loss.adaptive_weight=false", "loss.disc_weight=0.7", "loss.feature_weight=2.0"])
     torch.manual_seed(0)
-    task = build_task(cfg)
+    task = build_task(cfg, build_model(cfg))
     gen, disc = task.generator, task.discriminator
     x = torch.randn(2, 1, 800) * 0.3
     models = {"generator": gen, "discriminator": disc}
@@ -117,22 +118,20 @@ def test_init_from_starts_a_new_phase_from_a_trained_codec(tmp_path):
     """model.init_from: a fine-tune (e.g. a GAN phase after a waveform phase) starts from the codec's
     weights and codebooks; another architecture or a path that is no codec is a config error."""
     from train.config import ConfigError
-    from train.export import save_native
-    from train.registry import build_model
 
-    cfg = config_from_dict({"model": {"kind": "soundstream"}}, [*TINY_CODEC, "model.kmeans_init=true"])
+    cfg = config_from_dict({"model": {"kind": "soundstream"}}, [*TINY_CODEC, "model.quantizer.kmeans_init=true"])
     torch.manual_seed(0)
     source = build_model(cfg)
     source.train()(torch.randn(2, 1, 800) * 0.3)  # k-means: codebooks that differ from a fresh model's
-    save_native(source.eval(), tmp_path / "phase1", model_config={"recipe": source.recipe})
+    source.eval().save_pretrained(tmp_path / "phase1")
     torch.manual_seed(1)
-    tuned = build_model(config_from_dict({"model": {"kind": "soundstream"}},
-                                         [*TINY_CODEC, "model.kmeans_init=true", f"model.init_from={tmp_path / 'phase1'}"]))
+    tuned = build_model(config_from_dict({"model": {"kind": "soundstream"}}, [
+        *TINY_CODEC, "model.quantizer.kmeans_init=true", f"model.init_from={tmp_path / 'phase1'}"]))
     expected = source.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in tuned.state_dict().items())
     assert bool(tuned.quantizer.layers[0].initialized)  # no second k-means on the first batch
     with pytest.raises(ConfigError, match="another architecture"):
         build_model(config_from_dict({"model": {"kind": "soundstream"}},
-                                     [*TINY_CODEC, "model.codec.dimension=16", f"model.init_from={tmp_path / 'phase1'}"]))
-    with pytest.raises(ConfigError, match="not an aetk audio codec"):
+                                     [*TINY_CODEC, "model.dimension=16", f"model.init_from={tmp_path / 'phase1'}"]))
+    with pytest.raises(ConfigError, match="not a run directory"):
         build_model(config_from_dict({"model": {"kind": "soundstream"}}, [*TINY_CODEC, f"model.init_from={tmp_path}"]))

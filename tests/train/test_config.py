@@ -4,14 +4,19 @@ from pathlib import Path
 
 import pytest
 
-from train.config import Config, ConfigError, config_from_dict, load_config, save_config
+from train.config import Config, ConfigError
+from train.families import FAMILIES
+from train.recipe import RENAMED, config_from_dict, load_config, save_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_recipe_loads(recipe):
-    assert isinstance(load_config(recipe), Config)
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(recipe, tmp_path):
+    cfg = load_config(recipe)
+    assert isinstance(cfg, Config) and isinstance(cfg.model, FAMILIES[cfg.kind].model)
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg  # what config.yaml records loads back to the same recipe
 
 
 def test_unknown_key_names_key_and_allowed_keys():
@@ -51,17 +56,18 @@ def test_semantic_checks():
 def test_codec_dead_code_threshold_must_be_below_the_mean_cluster_size():
     """8 clips x 0.5 s at 75 Hz = 300 frames per step over 1024 codes: a code's EMA cluster size
     tends to 0.29 under uniform use, so a threshold of 2 restarts every code every step."""
-    recipe = {"model": {"kind": "soundstream", "codebook_size": 1024, "vq_ema_decay": 0.99},
-              "data": {"segment_seconds": 0.5}, "train": {"batch_size": 8}}
-    with pytest.raises(ConfigError, match=r"model.dead_code_threshold: .*0.297"):
-        config_from_dict({**recipe, "model": {**recipe["model"], "dead_code_threshold": 2.0}})
-    assert config_from_dict({**recipe, "model": {**recipe["model"], "dead_code_threshold": 0.25}})
+    def recipe(threshold, **train):
+        return {"model": {"kind": "soundstream", "quantizer": {"codebook_size": 1024, "ema_decay": 0.99,
+                                                               "dead_code_threshold": threshold}},
+                "data": {"segment_seconds": 0.5}, "train": {"batch_size": 8, **train}}
+
+    with pytest.raises(ConfigError, match=r"model.quantizer.dead_code_threshold: .*0.297"):
+        config_from_dict(recipe(2.0))
+    assert config_from_dict(recipe(0.25))
     # Twice the clips per forward doubles the mean size; accumulation halves it back.
-    assert config_from_dict({**recipe, "model": {**recipe["model"], "dead_code_threshold": 0.5},
-                             "train": {"batch_size": 16}})
-    with pytest.raises(ConfigError, match="model.dead_code_threshold"):
-        config_from_dict({**recipe, "model": {**recipe["model"], "dead_code_threshold": 0.5},
-                          "train": {"batch_size": 16, "grad_accum": 2}})
+    assert config_from_dict(recipe(0.5, batch_size=16))
+    with pytest.raises(ConfigError, match="model.quantizer.dead_code_threshold"):
+        config_from_dict(recipe(0.5, batch_size=16, grad_accum=2))
 
 
 def test_overrides_parse_yaml_values_and_win():
@@ -90,7 +96,7 @@ def test_round_trip_through_yaml(tmp_path):
 
 
 def test_cli_reports_missing_data_path(tmp_path, capsys):
-    from train.cli import main
+    from aetk.cli import main
 
     code = main(["train", str(REPO / "configs/kl-f4-tiny.yaml"), f"output_dir={tmp_path}",
                  f"data.path={tmp_path}/nope"])
@@ -100,7 +106,66 @@ def test_cli_reports_missing_data_path(tmp_path, capsys):
 
 
 def test_cli_reports_unknown_key(tmp_path, capsys):
-    from train.cli import main
+    from aetk.cli import main
 
     assert main(["train", str(REPO / "configs/kl-f4-tiny.yaml"), "train.bogus=1"]) == 2
     assert "unknown key train.bogus" in capsys.readouterr().err
+
+
+# --- one family, its own sections ------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, section, key, owner", [
+    ("kl_vae", "loss", "mel_weight", "soundstream"),
+    ("kl_vae", "model", "codebook_size", None),  # a key of no family's model section (quantizer keys moved)
+    ("vq_vae", "loss", "kl_weight", "kl_vae"),
+    ("soundstream", "data", "resolution", "kl_vae"),
+    ("soundstream", "model", "block_out_channels", "kl_vae"),
+    ("diffusion_prior", "model", "latent_channels", "kl_vae"),
+    ("ar_prior", "model", "denoiser", "diffusion_prior"),
+    ("classic", "model", "quantizer", "vq_vae"),
+])
+def test_a_key_of_another_family_names_both_kinds(kind, section, key, owner):
+    raw = {"model": {"kind": kind}}
+    raw.setdefault(section, {})[key] = 1
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw)
+    msg = str(e.value)
+    assert f"{section}.{key}" in msg
+    if owner:
+        assert owner in msg and kind in msg
+
+
+@pytest.mark.parametrize("kind", [k for k, f in FAMILIES.items() if f.loss is None])
+def test_families_without_a_loss_section_refuse_one(kind):
+    with pytest.raises(ConfigError, match=f"model.kind={kind} has no loss section"):
+        config_from_dict({"model": {"kind": kind}, "loss": {"disc_start": 3}})
+
+
+@pytest.mark.parametrize("kind, old, new", [(k, o, n) for k, table in RENAMED.items() for o, n in table.items()
+                                            if "<key>" not in n])
+def test_a_renamed_key_gives_its_new_name(kind, old, new):
+    with pytest.raises(ConfigError, match=f"{old} was renamed: use {new}"):
+        config_from_dict({"model": {"kind": kind}}, [f"{old}=1"])
+
+
+def test_a_renamed_section_points_to_its_keys():
+    for kind, old in (("soundstream", "model.codec.ratios=[2]"), ("ar_prior", "model.ar.width=8"),
+                      ("classic", "model.classic.code_size=4")):
+        with pytest.raises(ConfigError, match="was renamed"):
+            config_from_dict({"model": {"kind": kind}}, [old])
+    with pytest.raises(ConfigError, match="model.quantizer.type=fsq"):
+        config_from_dict({"model": {"kind": "vq_vae", "quantizer": "fsq"}})
+
+
+def test_unknown_kind_lists_the_kinds():
+    with pytest.raises(ConfigError, match="model.kind: 'vae' is not one of"):
+        config_from_dict({"model": {"kind": "vae"}})
+
+
+@pytest.mark.parametrize("override, key", [
+    ("seed=-1", "seed"), ("train.betas=[0.5,1.0]", "train.betas"), ("train.ema_decay=1.0", "train.ema_decay"),
+    ("data.builtin_size=0", "data.builtin_size"), ("train.lr=.inf", "train.lr"), ("train.lr=-1", "train.lr"),
+    ("train.warmup_steps=-2", "train.warmup_steps"), ("train.lr=.nan", "train.lr")])
+def test_values_the_schema_lets_through_are_checked_at_load(override, key):
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict({}, [override])

@@ -9,7 +9,8 @@ import skimage.data
 import torch
 from PIL import Image
 
-from train.data import ImageTransform, build_image_dataset, collate_images
+from tokenizers_ae.data.images import ImageTransform, collate_images
+from tokenizers_ae.data.sources import build_image_dataset
 
 R = 32
 

@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from PIL import Image
 
-from helpers import run_cli
-from latent_diffusion.latents import LatentShardDataset
+from latent_diffusion.shards import LatentShardDataset
 from tokenizers_ae.models.kl_vae import build_autoencoder_kl
 
 
@@ -51,7 +51,7 @@ def test_manifest_shards_and_reader(vae_dir, folder, tmp_path):
     torch.testing.assert_close(torch.tensor(m["channel_mean"]), z.mean((0, 2, 3)), rtol=1e-4, atol=1e-6)
     # Posterior means of the same model on the same crops.
     vae = AutoencoderKL.from_pretrained(vae_dir)
-    from train.data import build_image_dataset
+    from tokenizers_ae.data.sources import build_image_dataset
 
     src = build_image_dataset(str(folder), resolution=16, random_crop=False, random_flip=False)
     item = ds[4]
@@ -87,7 +87,7 @@ def test_killed_encode_resumes_with_every_item_once_and_rerun_is_a_noop(vae_dir,
 def test_two_process_encode_covers_every_item_once(vae_dir, folder, tmp_path):
     out = tmp_path / "lat"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "train.cli"]
+                "-m", "aetk"]
     run_cli(["encode", str(vae_dir), "--data", str(folder), "--out", str(out), "--resolution", "16",
              "--shard-size", "2", "--dtype", "float32", "--precision", "no"], launcher=torchrun)
     one = tmp_path / "one"
@@ -104,7 +104,7 @@ def test_two_process_encode_covers_every_item_once(vae_dir, folder, tmp_path):
 
 def test_tiled_encode_and_eval_match_untiled(vae_dir, folder, tmp_path):
     """--tile runs the exact tiled encoder: the same latents (and eval metrics) as untiled."""
-    from train.cli import main
+    from aetk.cli import main
 
     common = ["--data", str(folder), "--resolution", "16"]
     plain, tiled = tmp_path / "plain", tmp_path / "tiled"

@@ -7,15 +7,18 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
-from train.cli import main
-from train.export import SD_DEFAULT_SCALING, load_vae
+from aetk.cli import main
+from tokenizers_ae.models.kl_vae import KLVAE
+from tokenizers_ae.pretrained import LoadError
+from train.families.kl_vae import SD_DEFAULT_SCALING
 from train.run import train
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from helpers import tiny_overrides
-    from train.config import config_from_dict
+
+    from train.recipe import config_from_dict
 
     out = tmp_path_factory.mktemp("run")
     trainer = train(config_from_dict({}, tiny_overrides(out, "train.max_steps=3", "train.eval_every=3")))
@@ -88,6 +91,6 @@ def test_export_measures_scaling_on_data_or_takes_it_explicitly(trained, tmp_pat
     assert AutoencoderKL.from_pretrained(tmp_path / "x").config.scaling_factor == 0.5
 
 
-def test_load_vae_rejects_unknown_sources(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a run directory"):
-        load_vae(tmp_path)
+def test_loading_rejects_unknown_sources(tmp_path):
+    with pytest.raises(LoadError, match="not a run directory"):
+        KLVAE.from_pretrained(tmp_path)

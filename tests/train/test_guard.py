@@ -4,8 +4,8 @@ discriminator but not on a healthy run."""
 
 import pytest
 
+from train.config import GANLoss as LossConfig
 from train.guard import GanGuard, GanGuardError
-from train.config import LossConfig
 from train.loop import Trainer
 
 

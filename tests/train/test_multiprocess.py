@@ -4,32 +4,32 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO, run_cli, tiny_overrides
 from safetensors.torch import load_file
 
-from helpers import REPO, run_cli, tiny_overrides
-
-CFG = str(REPO / "configs/kl-f4-tiny.yaml")
+KL, VQ_RECIPE = str(REPO / "configs/kl-f4-tiny.yaml"), str(REPO / "configs/vq-f4-tiny.yaml")
 # fp32 so the comparison measures the algorithm, not bf16 rounding; group norm in the PatchGAN so
 # its statistics do not depend on the split (batch norm is per process, as in taming).
 COMMON = ["train.mixed_precision=no", "loss.disc_norm=group", "loss.disc_start=2", "train.max_steps=4",
           "train.checkpoint_every=4", "train.eval_every=4", "train.lr=1e-4"]
 
 
-VQ = ["model.kind=vq_vae", "model.latent_channels=4", "model.codebook_size=32", "model.kmeans_init=true",
-      "model.dead_code_threshold=0.5"]
+VQ = ["model.kind=vq_vae", "model.latent_channels=4", "model.quantizer.codebook_size=32",
+      "model.quantizer.kmeans_init=true", "model.quantizer.dead_code_threshold=0.5"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [[], VQ, [*VQ, "model.quantizer=rvq", "model.rvq_levels=3"]],
+@pytest.mark.parametrize("recipe, model", [(KL, []), (VQ_RECIPE, VQ),
+                                           (VQ_RECIPE, [*VQ, "model.quantizer.type=rvq", "model.quantizer.levels=3"])],
                          ids=["kl_vae", "vq_ema_restarts_kmeans", "rvq"])
-def test_two_processes_match_one(tmp_path, model):
+def test_two_processes_match_one(tmp_path, recipe, model):
     # For VQ: EMA statistics, k-means initialisation and dead-code restarts must be global, so the
     # codebooks (in model.safetensors) match the one-process run too.
     one, two = tmp_path / "one", tmp_path / "two"
-    run_cli(["train", CFG, *tiny_overrides(one, *COMMON, *model)])
+    run_cli(["train", recipe, *tiny_overrides(one, *COMMON, *model)])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "train.cli"]
-    run_cli(["train", CFG, *tiny_overrides(two, *COMMON, *model)], launcher=torchrun,
+                "-m", "aetk"]
+    run_cli(["train", recipe, *tiny_overrides(two, *COMMON, *model)], launcher=torchrun,
                    env={"OMP_NUM_THREADS": "1"})
     # Float tolerance: summation order differs across processes, and Adam turns a rounding-level
     # difference in a near-zero gradient into up to one lr-sized step. A wrong split (other data,

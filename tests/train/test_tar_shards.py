@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, run_cli
 from PIL import Image
 
-from helpers import REPO, run_cli
-from train.data import build_image_dataset
-from train.data.tar_shards import TarShardImages
+from tokenizers_ae.data.sources import build_image_dataset
+from tokenizers_ae.data.tar_shards import TarShardImages
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_sharded_training_resumes_exactly(shards, tmp_path, tiny_config):
 
 @pytest.mark.slow
 def test_two_process_encode_of_shards_covers_every_item_once(shards, tmp_path):
-    from latent_diffusion.latents import LatentShardDataset
+    from latent_diffusion.shards import LatentShardDataset
     from tokenizers_ae.models.kl_vae import build_autoencoder_kl
 
     _, out = shards
@@ -81,7 +81,7 @@ def test_two_process_encode_of_shards_covers_every_item_once(shards, tmp_path):
     build_autoencoder_kl(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=2).save_pretrained(
         tmp_path / "vae")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "train.cli"]
+                "-m", "aetk"]
     run_cli(["encode", str(tmp_path / "vae"), "--data", str(out), "--out", str(tmp_path / "lat"),
              "--resolution", "16", "--shard-size", "3"], launcher=torchrun)
     m = json.loads((tmp_path / "lat/manifest.json").read_text())

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers import REPO, run_cli, tiny_overrides
+from safetensors.torch import load_file
 
 CFG = str(REPO / "configs/kl-f4-tiny.yaml")
 EXTRA = ["train.checkpoint_every=2", "train.keep_checkpoints=5", "loss.disc_start=2"]
@@ -80,7 +79,7 @@ def test_kill_while_saving_never_leaves_a_loadable_half_checkpoint(reference_run
     assert proc.returncode == -9
     ckpts = out / "checkpoints"
     assert (ckpts / ".tmp-step-4").is_dir() and not (ckpts / "step-4").exists()
-    from train.checkpoint import latest_checkpoint
+    from tokenizers_ae.pretrained import latest_checkpoint
 
     assert latest_checkpoint(ckpts).name == "step-2"
     train_cli(out)

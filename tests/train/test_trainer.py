@@ -57,7 +57,7 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, tiny_config):
     before = {k: v.clone() for k, v in trainer.task.generator.state_dict().items()}
     good = trainer.next_micro_batches()
     nan = [{**b, "x": torch.full_like(b["x"], float("nan"))} for b in good]
-    for i in range(2):
+    for _ in range(2):
         logs = trainer.step(nan)
         assert logs["skipped"] == 1.0
     after = trainer.task.generator.state_dict()
@@ -145,12 +145,10 @@ def test_a_run_that_fails_frees_accelerate_for_the_next_one(tmp_path, tiny_confi
     """An error inside `train` (here in the periodic eval) must not leave accelerate's process-wide
     state behind: the next run in the same process (a notebook, the test session) may pick another
     precision instead of failing with 'AcceleratorState has already been initialized'."""
-    import train.run as run
-
     def broken_eval(*args, **kwargs):
         raise RuntimeError("eval broke")
 
-    monkeypatch.setattr(run, "evaluate", broken_eval)
+    monkeypatch.setattr(Trainer, "evaluate", broken_eval)
     with pytest.raises(RuntimeError, match="eval broke"):
         train(tiny_config(tmp_path / "a", "train.mixed_precision=bf16", "train.max_steps=1"))
     trainer = Trainer(tiny_config(tmp_path / "b", "train.mixed_precision=no"))

@@ -9,15 +9,17 @@ from diffusers import VQModel
 
 from train.run import train
 
-VQ = ["model.kind=vq_vae", "model.latent_channels=4", "model.codebook_size=64", "model.kmeans_init=true",
-      "model.dead_code_threshold=0.01", "loss.disc_start=2", "train.max_steps=4", "train.eval_every=4",
+VQ = ["model.kind=vq_vae", "model.latent_channels=4", "model.quantizer.codebook_size=64",
+      "model.quantizer.kmeans_init=true", "model.quantizer.dead_code_threshold=0.01", "loss.disc_start=2",
+      "train.max_steps=4", "train.eval_every=4",
       "train.checkpoint_every=4"]
 
 
 @pytest.fixture(scope="module")
 def vq_run(tmp_path_factory):
     from helpers import tiny_overrides
-    from train.config import config_from_dict
+
+    from train.recipe import config_from_dict
 
     out = tmp_path_factory.mktemp("vq")
     trainer = train(config_from_dict({}, tiny_overrides(out / "run", *VQ)))
@@ -47,9 +49,9 @@ def test_tiny_vqgan_trains_and_exports_to_vqmodel_exactly(vq_run):
 
 @pytest.mark.parametrize("source", ["run", "run/model"])
 def test_encode_writes_token_shards_with_codebook_statistics(vq_run, tmp_path, source):
-    from latent_diffusion.latents import LatentShardDataset
-    from train.cli import main
-    from train.data import build_image_dataset
+    from aetk.cli import main
+    from latent_diffusion.shards import LatentShardDataset
+    from tokenizers_ae.data.sources import build_image_dataset
 
     run, trainer = vq_run
     out = tmp_path / "tok"
@@ -72,7 +74,7 @@ def test_encode_writes_token_shards_with_codebook_statistics(vq_run, tmp_path, s
 
 
 def test_eval_reports_codebook_usage_and_token_rate(vq_run, tmp_path):
-    from train.cli import main
+    from aetk.cli import main
 
     run, _ = vq_run
     assert main(["eval", str(run / "run"), "--data", "builtin:skimage", "--resolution", "16", "--n", "8",
@@ -84,21 +86,21 @@ def test_eval_reports_codebook_usage_and_token_rate(vq_run, tmp_path):
     assert r["model"]["bpp"] == pytest.approx(64 * 6 / 256)  # 8x8 tokens x log2(64) bits over 16x16 px
 
 
-@pytest.mark.parametrize("quantizer,extra", [("fsq", ["model.fsq_levels=[5,5,3]", "model.latent_channels=3"]),
-                                             ("lfq", ["model.lfq_bits=4", "model.latent_channels=4"])])
+@pytest.mark.parametrize("quantizer,extra", [("fsq", ["model.quantizer.fsq_levels=[5,5,3]", "model.latent_channels=3"]),
+                                             ("lfq", ["model.quantizer.lfq_bits=4", "model.latent_channels=4"])])
 def test_fsq_and_lfq_train_and_export_natively_with_a_reason(tmp_path, tiny_config, caplog, quantizer, extra):
-    trainer = train(tiny_config(tmp_path / "run", *VQ, f"model.quantizer={quantizer}", *extra))
+    trainer = train(tiny_config(tmp_path / "run", *VQ, f"model.quantizer.type={quantizer}", *extra))
     assert (tmp_path / "run/model/model.safetensors").is_file()
     meta = json.loads((tmp_path / "run/model/aetk_model.json").read_text())
-    assert meta["format"] == "aetk-model" and meta["recipe"]["quantizer"] == quantizer
+    assert meta["format"] == "aetk-model" and meta["config"]["quantizer"]["class"] == quantizer.upper()
     assert any("no codebook" in r.getMessage() for r in caplog.records)
     trainer.close()
 
 
 def test_unknown_regulariser_weight_is_an_error():
-    from train.tasks import AutoencoderGANTask
     from tokenizers_ae.losses.reconstruction import ReconstructionLoss
     from tokenizers_ae.models.output import AEOutput
+    from train.tasks import AutoencoderGANTask
 
     class M(torch.nn.Module):
         def forward(self, x, noise=None):
@@ -111,8 +113,9 @@ def test_unknown_regulariser_weight_is_an_error():
 
 
 def test_export_cli_for_vq_and_fsq(vq_run, tmp_path, tiny_config):
-    from train.cli import main
-    from train.export import load_tokenizer
+    from aetk.cli import main
+    from tokenizers_ae.models.vq_vae import VQVAE
+    from train.families.vq_vae import build_model
 
     run, trainer = vq_run
     assert main(["export", str(run / "run"), "--out", str(tmp_path / "vq")]) == 0
@@ -121,13 +124,10 @@ def test_export_cli_for_vq_and_fsq(vq_run, tmp_path, tiny_config):
     with torch.no_grad():
         assert (vq(x).sample - trainer.averaged_model().eval()(x).recon).abs().max() < 1e-5
     # FSQ has no codebook: native format, loadable again by aetk.
-    from train.registry import build_model
-
-    fsq = build_model(tiny_config(tmp_path / "f", *VQ, "model.quantizer=fsq", "model.fsq_levels=[5,5,3]",
+    fsq = build_model(tiny_config(tmp_path / "f", *VQ, "model.quantizer.type=fsq", "model.quantizer.fsq_levels=[5,5,3]",
                                   "model.latent_channels=3")).eval()
-    from train.export import save_native
-
-    save_native(fsq, tmp_path / "fsq", model_config={"recipe": fsq.recipe})
-    back = load_tokenizer(tmp_path / "fsq")
+    fsq.save_pretrained(tmp_path / "fsq")
+    assert (tmp_path / "fsq/aetk_model.json").is_file()  # no VQModel holds FSQ: aetk's native format
+    back = VQVAE.from_pretrained(tmp_path / "fsq")
     with torch.no_grad():
         torch.testing.assert_close(back(x).recon, fsq(x).recon)

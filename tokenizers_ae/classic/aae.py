@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizers_ae.classic.base import Autoencoder
+from tokenizers_ae.classic.base import Autoencoder, Hparams, pair
 
 
 class LatentDiscriminator(nn.Module):
@@ -41,6 +41,12 @@ def generator_loss(logits_code: torch.Tensor) -> torch.Tensor:
 class AdversarialAutoencoder(Autoencoder):
     """A plain autoencoder (recon + whatever the task adds); its codes are matched to N(0, I) by the
     task's `LatentDiscriminator`, so decoding prior draws gives samples."""
+
+    variants = ("aae",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> AdversarialAutoencoder:
+        return cls(**pair(c, shape))
 
     @torch.no_grad()
     def sample(self, n: int, y=None, *, generator: torch.Generator | None = None) -> torch.Tensor:

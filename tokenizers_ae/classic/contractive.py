@@ -8,17 +8,23 @@ exact, and O(code x input) per example instead of one backward pass per code uni
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from tokenizers_ae.classic.base import Autoencoder, mlp
+from tokenizers_ae.classic.base import Autoencoder, Hparams, mlp
 
 
 class ContractiveAutoencoder(Autoencoder):
     """Encoder: Linear + sigmoid (one layer, for the closed-form Jacobian); decoder: an MLP.
     reg: `contractive` = ||dh/dx||_F^2 averaged over the batch."""
+
+    variants = ("contractive",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> ContractiveAutoencoder:
+        return cls(input_shape=shape, code_size=c.code_size, hidden_sizes=c.hidden_sizes, activation=c.activation)
 
     def __init__(self, *, input_shape: Sequence[int], code_size: int, hidden_sizes: Sequence[int] = (),
                  activation: str = "relu") -> None:

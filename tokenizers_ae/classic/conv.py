@@ -3,11 +3,11 @@ transposed convolutions back up. Weight sharing across positions is the inductiv
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
-from tokenizers_ae.classic.base import ACTIVATIONS, Autoencoder
+from tokenizers_ae.classic.base import ACTIVATIONS, Autoencoder, Hparams
 
 
 def conv_pair(*, input_shape: Sequence[int], channels: Sequence[int], code_size: int,
@@ -34,6 +34,14 @@ def conv_pair(*, input_shape: Sequence[int], channels: Sequence[int], code_size:
 
 class ConvAutoencoder(Autoencoder):
     """(B, C, H, W) -> conv encoder -> code (B, code_size) -> transposed-conv decoder -> (B, C, H, W)."""
+
+    variants = ("conv",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> ConvAutoencoder:
+        if len(shape) != 3:
+            raise ValueError(f"variant conv needs images (C, H, W), not inputs of shape {shape}")
+        return cls(input_shape=shape, channels=c.channels, code_size=c.code_size, activation=c.activation)
 
     def __init__(self, *, input_shape: Sequence[int], channels: Sequence[int], code_size: int,
                  activation: str = "relu") -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tokenizers_ae.classic.base import Autoencoder, ClassicOutput, NoiseFn, mse, standard_normal
+from tokenizers_ae.classic.base import Autoencoder, ClassicOutput, Hparams, NoiseFn, mse, pair, standard_normal
 
 
 class GaussianNoise(nn.Module):
@@ -58,6 +58,12 @@ CORRUPTIONS = {"gaussian": lambda level: GaussianNoise(std=level), "masking": la
 class DenoisingAutoencoder(Autoencoder):
     """Training: encode corrupt(x), reconstruct x. Evaluation (`model.eval()`): no corruption, so
     `model(x_noisy).recon` is the denoised image."""
+
+    variants = ("denoising",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> DenoisingAutoencoder:
+        return cls(**pair(c, shape), corruption=CORRUPTIONS[c.corruption](c.corruption_level))
 
     def __init__(self, *, encoder: nn.Module, decoder: nn.Module, input_shape, code_size: int,
                  corruption: nn.Module) -> None:

@@ -9,17 +9,26 @@ the encoder and the decoder; the stages and the loss are spelled out here.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from tokenizers_ae.classic.base import ClassicOutput, NoiseFn, standard_normal
+from tokenizers_ae.classic.base import ClassicOutput, ClassicPretrained, Hparams, NoiseFn, standard_normal
 
 
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(ClassicPretrained, nn.Module):
     """(B, C, H, W) square images, H divisible by `patch_size`. The decoder is half as wide as the
     encoder with one layer. `code_size` reports the encoder width (the code is a token sequence)."""
+
+    variants = ("mae",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> MaskedAutoencoder:
+        if len(shape) != 3:
+            raise ValueError(f"variant mae needs images (C, H, W), not inputs of shape {shape}")
+        return cls(input_shape=shape, patch_size=c.patch_size, dim=c.vit_dim, depth=c.vit_depth, heads=c.vit_heads,
+                   mask_ratio=c.mask_ratio)
 
     def __init__(self, *, input_shape: Sequence[int], patch_size: int = 4, dim: int = 64, depth: int = 2,
                  heads: int = 4, mask_ratio: float = 0.75) -> None:

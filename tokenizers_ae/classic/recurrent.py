@@ -9,17 +9,25 @@ sequences directly.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from tokenizers_ae.classic.base import ClassicOutput, NoiseFn, mse
+from tokenizers_ae.classic.base import ClassicOutput, ClassicPretrained, Hparams, NoiseFn, mse
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
-class Seq2SeqAutoencoder(nn.Module):
+class Seq2SeqAutoencoder(ClassicPretrained, nn.Module):
+    variants = ("recurrent",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> Seq2SeqAutoencoder:
+        if len(shape) != 3:
+            raise ValueError(f"variant recurrent needs images (C, H, W), not inputs of shape {shape}")
+        return cls(input_shape=shape, hidden_size=c.hidden_sizes[0], code_size=c.code_size, cell=c.rnn)
+
     def __init__(self, *, input_shape: Sequence[int], hidden_size: int, code_size: int, cell: str = "gru") -> None:
         super().__init__()
         self.input_shape, self.code_size = tuple(input_shape), code_size

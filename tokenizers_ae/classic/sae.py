@@ -15,11 +15,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tokenizers_ae.classic.base import ClassicOutput, NoiseFn, mse
+from tokenizers_ae.classic.base import ClassicOutput, ClassicPretrained, Hparams, NoiseFn, mse, numel
 
 
-class TopKSAE(nn.Module):
-    def __init__(self, *, d_model: int, n_latents: int, k: int, dead_steps: int = 200, k_aux: int | None = None) -> None:
+class TopKSAE(ClassicPretrained, nn.Module):
+    variants = ("sae",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> TopKSAE:
+        return cls(d_model=numel(shape), n_latents=c.code_size, k=c.k, dead_steps=c.dead_steps)
+
+    def __init__(self, *, d_model: int, n_latents: int, k: int, dead_steps: int = 200,
+                 k_aux: int | None = None) -> None:
         super().__init__()
         self.input_shape, self.code_size, self.k, self.dead_steps = (d_model,), n_latents, k, dead_steps
         self.k_aux = k_aux if k_aux is not None else max(1, d_model // 2)  # the paper's d_model / 2

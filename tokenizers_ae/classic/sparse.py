@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from tokenizers_ae.classic.base import Autoencoder
+from tokenizers_ae.classic.base import Autoencoder, Hparams, numel, pair
 
 
 def bernoulli_kl(rho: float, rho_hat: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -24,9 +25,15 @@ def bernoulli_kl(rho: float, rho_hat: torch.Tensor, eps: float = 1e-6) -> torch.
 class KLSparseAutoencoder(Autoencoder):
     """The encoder must end in a sigmoid (activations are rates in (0, 1)). reg: `sparsity/kl`."""
 
+    variants = ("sparse_kl",)
+
     def __init__(self, *, rho: float = 0.05, **parts) -> None:
         super().__init__(**parts)
         self.rho = rho
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> KLSparseAutoencoder:
+        return cls(rho=c.rho, **pair(c, shape, nn.Sigmoid()))
 
     def regularisers(self, x, z):
         rho_hat = z.float().mean(0)  # (code,) mean activation of each unit over the batch
@@ -40,6 +47,15 @@ class KLSparseAutoencoder(Autoencoder):
 
 class L1Autoencoder(Autoencoder):
     """reg: `sparsity/l1` = sum over code units of |z|, averaged over the batch."""
+
+    variants = ("sparse_l1", "overcomplete")
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> L1Autoencoder:
+        if c.variant == "overcomplete" and c.code_size <= numel(shape):
+            raise ValueError(f"code_size: overcomplete means a code wider than the input ({numel(shape)} values), "
+                             f"got {c.code_size}")
+        return cls(**pair(c, shape, nn.ReLU()))
 
     def regularisers(self, x, z):
         return {"sparsity/l1": z.float().abs().sum(1).mean()}
@@ -59,9 +75,15 @@ def keep_topk(z: torch.Tensor, k: int) -> torch.Tensor:
 class TopKAutoencoder(Autoencoder):
     """Linear encoder output, then only the k largest units survive: ||z||_0 = k for every input."""
 
+    variants = ("topk",)
+
     def __init__(self, *, k: int, **parts) -> None:
         super().__init__(**parts)
         self.k = k
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> TopKAutoencoder:
+        return cls(k=c.k, **pair(c, shape))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return keep_topk(super().encode(x), self.k)  # (B, code), k nonzeros per row

@@ -9,17 +9,23 @@ stack, used for fine-tuning and evaluation. The training task picks the stage fr
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from tokenizers_ae.classic.base import ACTIVATIONS, ClassicOutput, NoiseFn, mse
+from tokenizers_ae.classic.base import ACTIVATIONS, ClassicOutput, ClassicPretrained, Hparams, NoiseFn, mse
 
 
-class StackedAutoencoder(nn.Module):
+class StackedAutoencoder(ClassicPretrained, nn.Module):
     """sizes = [input, h1, ..., code]: layer i maps sizes[i] -> sizes[i+1] (activation after each
     encoder except the code) and back (activation after each decoder except the output)."""
+
+    variants = ("stacked",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> StackedAutoencoder:
+        return cls(input_shape=shape, hidden_sizes=c.hidden_sizes, code_size=c.code_size, activation=c.activation)
 
     def __init__(self, *, input_shape: Sequence[int], hidden_sizes: Sequence[int], code_size: int,
                  activation: str = "sigmoid") -> None:

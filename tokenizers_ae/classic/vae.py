@@ -11,13 +11,22 @@ code closer to the prior.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizers_ae.classic.base import ClassicOutput, NoiseFn, mse, standard_normal
+from tokenizers_ae.classic.base import (
+    ClassicOutput,
+    ClassicPretrained,
+    Hparams,
+    NoiseFn,
+    mlp,
+    mse,
+    numel,
+    standard_normal,
+)
 
 
 def gaussian_nll(recon: torch.Tensor, x: torch.Tensor, std: float) -> torch.Tensor:
@@ -30,8 +39,22 @@ def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
     return 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).sum(1)
 
 
-class VAE(nn.Module):
+def vae_parts(c: Hparams, shape: Sequence[int], extra: int = 0) -> dict:
+    """Encoder D (+ label) -> hidden -> 2k (mean, logvar); decoder k (+ label) -> hidden -> D."""
+    d, hid = numel(shape), list(c.hidden_sizes)
+    return dict(encoder=mlp([d + extra, *hid, 2 * c.code_size], c.activation),
+                decoder=mlp([c.code_size + extra, *hid[::-1], d], c.activation),
+                input_shape=shape, code_size=c.code_size, decoder_std=c.decoder_std)
+
+
+class VAE(ClassicPretrained, nn.Module):
     """encoder: (B, D) -> (B, 2 * code_size) (mean, logvar); decoder: (B, code_size) -> (B, D)."""
+
+    variants = ("vae",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> VAE:
+        return cls(**vae_parts(c, shape))
 
     def __init__(self, *, encoder: nn.Module, decoder: nn.Module, input_shape: Sequence[int], code_size: int,
                  decoder_std: float = 0.2) -> None:
@@ -87,7 +110,8 @@ class VAE(nn.Module):
         return loglik - kl_to_standard_normal(mean, logvar)
 
     @torch.no_grad()
-    def sample(self, n: int, y: torch.Tensor | None = None, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, y: torch.Tensor | None = None, *,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """Decode n draws from the prior: (n, *input_shape) (the decoder's mean)."""
         z = torch.randn((n, self.code_size), generator=generator).to(next(self.parameters()))
         return self.decode(z, y)
@@ -96,6 +120,12 @@ class VAE(nn.Module):
 class ConditionalVAE(VAE):
     """q(z|x, y) and p(x|z, y): the one-hot label is appended to the encoder's and the decoder's
     input, so the code need not carry the class and `sample(n, y)` draws a chosen digit."""
+
+    variants = ("cvae",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> ConditionalVAE:
+        return cls(num_classes=c.num_classes, **vae_parts(c, shape, extra=c.num_classes))
 
     def __init__(self, *, num_classes: int, **parts) -> None:
         super().__init__(**parts)

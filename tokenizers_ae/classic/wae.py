@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from tokenizers_ae.classic.base import Autoencoder, ClassicOutput, NoiseFn, mse, standard_normal
+from tokenizers_ae.classic.base import Autoencoder, ClassicOutput, Hparams, NoiseFn, mse, pair, standard_normal
 
 
 def imq_kernel(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
@@ -26,6 +26,12 @@ def mmd(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
 class WassersteinAutoencoder(Autoencoder):
     """reg: `mmd` between the batch's codes and as many N(0, I) samples (IMQ kernel with
     C = 2 * code_size, the paper's choice for a unit-variance prior)."""
+
+    variants = ("wae",)
+
+    @classmethod
+    def build(cls, c: Hparams, shape: tuple[int, ...]) -> WassersteinAutoencoder:
+        return cls(**pair(c, shape))
 
     def forward(self, x: torch.Tensor, *, y: torch.Tensor | None = None, noise: NoiseFn | None = None) -> ClassicOutput:
         z = self.encode(x)  # (B, code)

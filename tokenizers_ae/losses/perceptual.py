@@ -74,7 +74,7 @@ class LPIPS(nn.Module):
         self.pretrained = vgg_file is not None
         self.eval().requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "LPIPS":
+    def train(self, mode: bool = True) -> LPIPS:
         return super().train(False)  # always eval: dropout in the heads would add noise to the loss
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -1,19 +1,27 @@
 """KL-regularised autoencoder (the latent-diffusion / Stable Diffusion VAE) on diffusers' `AutoencoderKL`.
 
 Keeping diffusers' class as the network means an exported model is a working `AutoencoderKL`
-(`save_pretrained` / `from_pretrained`) with no conversion step.
+(`save_pretrained` writes a diffusers directory) with no conversion step; `from_pretrained` also
+reads Stable Diffusion single files and `aetk train` checkpoints and run directories.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
+from tokenizers_ae.export.sd_single_file import load_sd_single_file, save_sd_single_file
 from tokenizers_ae.models.output import AEOutput
+from tokenizers_ae.pretrained import LoadError, Pretrained, Saved, check_finite, expect, prepare_dir
 from tokenizers_ae.tiling import vae_decode, vae_moments
+
+MEASURED_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast")
+"""Config entries training measures on data at the end and writes to the run's `model/`."""
 
 NoiseFn = Callable[[torch.Size], torch.Tensor]
 
@@ -53,16 +61,87 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return kl.sum(dim=tuple(range(1, kl.ndim)))
 
 
-class KLVAE(nn.Module):
+class KLVAE(Pretrained, nn.Module):
     """x -> q(z|x) = N(mean, var) -> z -> x_hat, with a per-value KL term.
 
     `vae` is any diffusers AutoencoderKL (built fresh or loaded to fine-tune).
     """
 
+    saved_name, saved_what = "KLVAE", "a KL-VAE"
+
     def __init__(self, vae: AutoencoderKL, *, sample_posterior: bool = True) -> None:
         super().__init__()
         self.vae = vae
         self.sample_posterior = sample_posterior
+
+    # --- saving and loading ---------------------------------------------------------------------
+
+    def pretrained_config(self) -> dict:
+        return dict(self.vae.config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> KLVAE:
+        return cls(AutoencoderKL.from_config(config))
+
+    @classmethod
+    def from_legacy(cls, legacy: dict) -> KLVAE:
+        m = legacy["model"]
+        if m.get("init_from"):  # the architecture was the fine-tuned model's
+            return cls(cls.from_pretrained(m["init_from"]).vae)
+        return cls(build_autoencoder_kl(
+            in_channels=m["in_channels"], block_out_channels=m["block_out_channels"],
+            layers_per_block=m["layers_per_block"], latent_channels=m["latent_channels"],
+            norm_num_groups=m["norm_num_groups"], mid_block_attention=m["mid_block_attention"],
+            sample_size=legacy["data"].get("resolution", 64)))
+
+    @classmethod
+    def from_saved(cls, saved: Saved) -> KLVAE:
+        expect(saved, cls.saved_name, cls.saved_what)
+        if saved.source == "single_file":
+            try:
+                return cls(load_sd_single_file(saved.path))
+            except ValueError as e:
+                raise LoadError(str(e)) from None
+        if saved.source == "diffusers":
+            return cls(AutoencoderKL.from_pretrained(saved.path).eval()).eval()
+        model = super().from_saved(saved)
+        measured = saved.run_dir / "model" / "config.json" if saved.run_dir else None
+        if measured is not None and measured.is_file():  # what training measured on its data at the end
+            done = json.loads(measured.read_text())
+            model.vae.register_to_config(**{k: done[k] for k in MEASURED_KEYS if k in done})
+        return model
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """A diffusers AutoencoderKL directory (`AutoencoderKL.from_pretrained(out)` loads it)."""
+        check_finite(self.vae.state_dict(), f"KL-VAE for {out}")
+        out = prepare_dir(out)
+        self.vae.save_pretrained(out, safe_serialization=True)
+        return out
+
+    def save_single_file(self, path: str | Path) -> Path:
+        """One LDM-named `.safetensors` file (what `AutoencoderKL.from_single_file` and SD tools read)."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise ValueError(f"an SD single file must end in .safetensors, got {path}")
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory; an SD single file is one .safetensors file")
+        check_finite(self.vae.state_dict(), f"KL-VAE for {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_sd_single_file(self.vae, path)
+        return path
+
+    @property
+    def scaling_factor(self) -> float:
+        """Latents times this have unit variance (what a diffusion prior and diffusers pipelines use)."""
+        return float(self.vae.config.scaling_factor)
+
+    def encode(self, x: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+        """(B, C, H, W) in [-1, 1] -> posterior means (B, c, h, w), unscaled."""
+        return self.encode_moments(x, tile)[0]
+
+    def reconstruct(self, x: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> the decoded posterior mean (B, C, H, W); `tile` as in `encode_moments`."""
+        return self.decode(self.encode(x, tile), tile)
 
     @property
     def last_layer(self) -> torch.Tensor:

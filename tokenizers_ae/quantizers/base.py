@@ -36,6 +36,8 @@ class Quantizer(nn.Module):
     """Base class: `forward(z) -> QuantizerOutput` and `indices_to_codes(indices) -> (B, D, *spatial)`."""
 
     codebook_size: int
+    config: dict
+    """The constructor's keyword arguments: `build_quantizer({"class": name, **config})` rebuilds it."""
 
     def forward(self, z: Tensor) -> QuantizerOutput:  # pragma: no cover - interface
         raise NotImplementedError

@@ -5,7 +5,7 @@ prod(L_i) points, so there is nothing to learn, no auxiliary loss and no dead co
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ class FSQ(Quantizer):
         levels = [int(l) for l in levels]
         if not levels or min(levels) < 2:
             raise ValueError(f"levels must be a non-empty list of integers >= 2, got {levels}")
+        self.config = dict(levels=levels, dim=dim)
         self.levels_list = levels
         self.codebook_size = math.prod(levels)
         n = len(levels)

@@ -94,6 +94,9 @@ class LFQ(Quantizer):
         super().__init__()
         if not 1 <= codebook_bits <= 62:
             raise ValueError(f"codebook_bits must be in [1, 62], got {codebook_bits}")
+        self.config = dict(dim=dim, codebook_bits=codebook_bits, entropy_weight=entropy_weight,
+                           commitment_weight=commitment_weight, entropy_temperature=entropy_temperature,
+                           entropy_group_bits=entropy_group_bits)
         self.codebook_bits, self.codebook_size = codebook_bits, 1 << codebook_bits
         self.dim = dim or codebook_bits
         self.entropy_weight, self.commitment_weight = entropy_weight, commitment_weight

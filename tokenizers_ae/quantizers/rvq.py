@@ -34,6 +34,8 @@ class ResidualVQ(Quantizer):
         super().__init__()
         if num_quantizers < 1 or not 0.0 <= quantizer_dropout <= 1.0:
             raise ValueError("num_quantizers must be >= 1 and quantizer_dropout in [0, 1]")
+        self.config = dict(num_quantizers=num_quantizers, codebook_size=codebook_size, dim=dim,
+                           quantizer_dropout=quantizer_dropout, **vq_kwargs)
         self.num_quantizers, self.codebook_size, self.dim = num_quantizers, codebook_size, dim
         self.quantizer_dropout = quantizer_dropout
         self.layers = nn.ModuleList(

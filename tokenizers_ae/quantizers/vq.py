@@ -81,6 +81,10 @@ class VectorQuantizer(Quantizer):
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         if dead_code_threshold < 0 or dead_code_window < 1:
             raise ValueError("dead_code_threshold must be >= 0 and dead_code_window >= 1")
+        self.config = dict(codebook_size=codebook_size, dim=dim, commitment_weight=commitment_weight,
+                           ema_decay=ema_decay, dead_code_threshold=dead_code_threshold,
+                           dead_code_window=dead_code_window, kmeans_init=kmeans_init, cosine=cosine,
+                           codebook_dim=codebook_dim)
         self.codebook_size, self.dim = codebook_size, dim
         self.commitment_weight = commitment_weight
         self.ema_decay, self.cosine = ema_decay, cosine

@@ -1,21 +1,3 @@
-"""Datasets: `build_image_dataset(path, resolution=...)` and `collate_images` for the DataLoader."""
-
-from train.data.images import (
-    HFImageDataset,
-    ImageDataset,
-    ImageFolder,
-    ImageTransform,
-    SkimagePhotos,
-    build_image_dataset,
-    collate_images,
-)
-
-__all__ = [
-    "HFImageDataset",
-    "ImageDataset",
-    "ImageFolder",
-    "ImageTransform",
-    "SkimagePhotos",
-    "build_image_dataset",
-    "collate_images",
-]
+"""Training data: the recipe's data section -> datasets (`sources`), shards as prior data
+(`shards`), and the deterministic, resumable, process-split batches the loop draws (`loader`).
+The datasets themselves live with their models (`tokenizers_ae.data`, `audio_codec.data`)."""

@@ -14,14 +14,14 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from train.config import Config, ConfigError
-from train.data.images import ImageDataset, build_image_dataset, collate_images
+from tokenizers_ae.data.images import collate_images
+from train.config import Config
 
 
 class _EpochItems(Dataset):
     """Index with (i, epoch) pairs; the wrapped dataset's augmentation reads the epoch."""
 
-    def __init__(self, ds: ImageDataset) -> None:
+    def __init__(self, ds: Dataset) -> None:
         self.ds = ds
 
     def __len__(self) -> int:
@@ -70,8 +70,8 @@ class Loaders:
     rank: int
     world: int
     micro_batch: int
-    train_dataset: ImageDataset
-    val_dataset: ImageDataset
+    train_dataset: Dataset
+    val_dataset: Dataset
 
     def train(self, start_micro_batch: int = 0) -> Iterator[dict]:
         t = self.cfg.train
@@ -87,61 +87,7 @@ class Loaders:
         return collate_images([self.val_dataset[i] for i in range(n)])  # stacks "x" of any shape
 
 
-def build_loaders(cfg: Config, *, rank: int, world: int, micro_batch: int) -> Loaders:
-    d = cfg.data
-    from train.data.latents import LatentItems, is_latent_dir
-
-    if cfg.model.kind == "ar_prior":  # token shards of `aetk encode`
-        from train.data.tokens import TokenItems
-
-        return Loaders(cfg, rank, world, micro_batch, TokenItems(d.path), TokenItems(d.val_path or d.path))
-    if is_latent_dir(d.path):  # `aetk encode` output: a prior trains on latents
-        latents = LatentItems(d.path)
-        val = LatentItems(d.val_path or d.path, scaling_factor=latents.scaling_factor)
-        return Loaders(cfg, rank, world, micro_batch, latents, val)
-    if cfg.model.kind == "soundstream":  # audio folders: crops of data.segment_seconds at the model's rate
-        from train.data.audio import AudioFolder
-
-        sr = cfg.model.codec.sample_rate
-        common = dict(sample_rate=sr, segment_samples=round(d.segment_seconds * sr), seed=cfg.seed,
-                      silence_db=d.silence_db)
-        try:
-            train = AudioFolder(d.path, random_crop=d.random_crop, silence_prob=d.silence_prob, **common)
-        except ConfigError as e:
-            raise ConfigError(f"data.path: {e}") from e
-        try:
-            val = AudioFolder(d.val_path or d.path, random_crop=False, **common)
-        except ConfigError as e:
-            raise ConfigError(f"data.val_path: {e}") from e
-        return Loaders(cfg, rank, world, micro_batch, train, val)
-    if d.path == "builtin:lm-activations":  # a sparse autoencoder trains on a language model's activations
-        from train.data.activations import LMActivations
-
-        c = cfg.model.classic
-        acts = {s: LMActivations(lm=c.lm, layer=c.lm_layer, n_tokens=c.lm_tokens, split=s) for s in ("train", "val")}
-        return Loaders(cfg, rank, world, micro_batch, acts["train"], acts["val"])
-    train, val = image_datasets(cfg)
-    if cfg.model.kind == "diffusion_prior":  # the pixel-space baseline: the prior's "latents" are images
-        from train.data.latents import PixelItems
-
-        train, val = PixelItems(train), PixelItems(val)
-    return Loaders(cfg, rank, world, micro_batch, train, val)
-
-
-def image_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
-    """data.path / data.val_path as image datasets (train split augmented, validation plain)."""
-    d = cfg.data
-    common = dict(resolution=d.resolution, seed=cfg.seed, image_column=d.image_column, builtin_size=d.builtin_size,
-                  holdout_class=d.holdout_class)
-    try:
-        train = build_image_dataset(d.path, random_crop=d.random_crop, random_flip=d.random_flip,
-                                    split="train", **common)
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"data.path: {e}") from e
-    val_path = d.val_path or d.path
-    try:
-        val = build_image_dataset(val_path, random_crop=False, random_flip=False,
-                                  split="val" if val_path.startswith("builtin:") else "train", **common)
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"data.val_path: {e}") from e
-    return train, val
+def build_loaders(cfg: Config, datasets: tuple[Dataset, Dataset], *, rank: int, world: int,
+                  micro_batch: int) -> Loaders:
+    """Loaders over the family's (training, validation) datasets (`Family.datasets`)."""
+    return Loaders(cfg, rank, world, micro_batch, *datasets)

@@ -9,8 +9,16 @@ import torch
 from torch import nn
 
 from eval.classic import anomaly_auc, denoising_gain, image_rows, inpainting, pca_mse, pca_subspace_angle
-from tokenizers_ae.classic import CORRUPTIONS, VAE, Autoencoder, DenoisingAutoencoder, KLSparseAutoencoder, mlp, mlp_pair
-from train.data.digits import digits_split
+from tokenizers_ae.classic import (
+    CORRUPTIONS,
+    VAE,
+    Autoencoder,
+    DenoisingAutoencoder,
+    KLSparseAutoencoder,
+    mlp,
+    mlp_pair,
+)
+from tokenizers_ae.data.digits import digits_split
 
 SHAPE = (1, 8, 8)
 

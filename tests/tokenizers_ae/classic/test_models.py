@@ -5,28 +5,40 @@ import torch
 from torch import nn
 
 from tokenizers_ae.classic import (
-    CORRUPTIONS, VAE, Autoencoder, ConditionalVAE, ContractiveAutoencoder, ConvAutoencoder, DenoisingAutoencoder,
-    KLSparseAutoencoder, MaskedAutoencoder, Seq2SeqAutoencoder, StackedAutoencoder, TopKAutoencoder, TopKSAE,
-    mlp, mlp_pair,
+    CORRUPTIONS,
+    VAE,
+    Autoencoder,
+    ConditionalVAE,
+    ContractiveAutoencoder,
+    ConvAutoencoder,
+    DenoisingAutoencoder,
+    KLSparseAutoencoder,
+    MaskedAutoencoder,
+    Seq2SeqAutoencoder,
+    StackedAutoencoder,
+    TopKAutoencoder,
+    TopKSAE,
+    mlp,
+    mlp_pair,
 )
 from tokenizers_ae.classic.sparse import bernoulli_kl
 from tokenizers_ae.classic.vae import kl_to_standard_normal
 from tokenizers_ae.classic.wae import imq_kernel, mmd
-from train.config import config_from_dict
+from train.recipe import config_from_dict
 
 SHAPE = (1, 8, 8)
 
 
 def cfg_for(variant: str, *extra: str):
     data = {"conv": ["data.path=builtin:skimage", "data.resolution=16"],
-            "mae": ["data.path=builtin:skimage", "data.resolution=16", "model.classic.patch_size=4"],
-            "sae": ["data.path=builtin:lm-activations", "model.classic.code_size=64"],
+            "mae": ["data.path=builtin:skimage", "data.resolution=16", "model.patch_size=4"],
+            "sae": ["data.path=builtin:lm-activations", "model.code_size=64"],
             "overcomplete": ["data.path=builtin:digits", "data.resolution=8", "model.in_channels=1",
-                             "model.classic.code_size=80"]}.get(
+                             "model.code_size=80"]}.get(
         variant, ["data.path=builtin:digits", "data.resolution=8", "model.in_channels=1"])
-    return config_from_dict({}, ["model.kind=classic", f"model.classic.variant={variant}",
-                                 "model.classic.hidden_sizes=[16,12]", "model.classic.code_size=6",
-                                 "model.classic.channels=[4,8]", "model.classic.vit_dim=16", *data, *extra])
+    return config_from_dict({}, ["model.kind=classic", f"model.variant={variant}",
+                                 "model.hidden_sizes=[16,12]", "model.code_size=6",
+                                 "model.channels=[4,8]", "model.vit_dim=16", *data, *extra])
 
 
 VARIANTS = ["linear", "mlp", "deep", "conv", "overcomplete", "denoising", "sparse_kl", "sparse_l1", "topk",
@@ -35,7 +47,8 @@ VARIANTS = ["linear", "mlp", "deep", "conv", "overcomplete", "denoising", "spars
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_reconstructs_its_input_shape_and_trains_every_parameter(variant):
-    from train.classic_registry import build_classic, input_shape, reg_weights
+    from train.families.classic import build_model as build_classic
+    from train.families.classic import input_shape, reg_weights
 
     cfg = cfg_for(variant)
     torch.manual_seed(0)
@@ -52,7 +65,7 @@ def test_every_variant_reconstructs_its_input_shape_and_trains_every_parameter(v
 
 
 def test_linear_autoencoder_is_linear():
-    from train.classic_registry import build_classic
+    from train.families.classic import build_model as build_classic
 
     model = build_classic(cfg_for("linear")).eval()
     a, b = torch.randn(2, *SHAPE), torch.randn(2, *SHAPE)
@@ -122,7 +135,8 @@ def test_contractive_penalty_equals_the_exact_jacobian_frobenius_norm():
         assert jac.shape == (7, 16)
         assert float(closed[i].detach()) == pytest.approx(float(jac.pow(2).sum()), rel=1e-10)
     out = m(x)
-    assert float(out.reg["contractive"].detach()) == pytest.approx(float(closed.detach().mean()), rel=1e-6)  # float32 in the loss
+    # float32 in the loss
+    assert float(out.reg["contractive"].detach()) == pytest.approx(float(closed.detach().mean()), rel=1e-6)
 
 
 def test_stacked_stage_trains_only_its_own_layer():
@@ -187,17 +201,19 @@ def test_vae_kl_is_the_closed_form_and_the_loss_is_the_negative_elbo_per_value()
 def test_conditional_vae_uses_the_label():
     m = _vae(ConditionalVAE, num_classes=10)
     z = torch.randn(4, 3)
-    assert not torch.allclose(m.decode(z, torch.zeros(4, dtype=torch.long)), m.decode(z, torch.ones(4, dtype=torch.long)))
+    zeros, ones = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    assert not torch.allclose(m.decode(z, zeros), m.decode(z, ones))
     assert m.sample(10, torch.arange(10)).shape == (10, *SHAPE)
     with pytest.raises(ValueError, match="needs labels"):
         m(torch.randn(2, *SHAPE))
 
 
 def test_aae_task_trains_the_discriminator_only_in_its_own_phase():
-    from train.classic_registry import build_classic_task
+    from train.families.classic import build_model, build_task
     from train.tasks import StepContext
 
-    task = build_classic_task(cfg_for("aae"))
+    cfg = cfg_for("aae")
+    task = build_task(cfg, build_model(cfg))
     models = {ph.name: ph.module for ph in task.phases()}
     assert list(models) == ["autoencoder", "latent_discriminator"]
     ctx = StepContext(step=0, noise=lambda s: torch.randn(s))

@@ -21,7 +21,7 @@ VAL_FRACTION = 0.2
 @functools.cache
 def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images (1797, 8, 8) float32 in [-1, 1], labels (1797,), the fixed permutation)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn: heavy, only builtin:digits needs it
 
     d = load_digits()
     images = (d.images.astype(np.float32) / 8.0 - 1.0)  # pixel values are 0..16

@@ -1,5 +1,5 @@
-"""`aetk encode`: a dataset -> latent shards (KL-VAE) or token shards (VQ) as safetensors +
-`manifest.json`, resumable and split across processes.
+"""`aetk encode`: a dataset -> latent shards (KL-VAE), token shards (VQ tokenizer) or audio token
+shards (codec) as safetensors + `manifest.json`, resumable and split across processes.
 
 Items are numbered 0..N-1 (then N..2N-1 for horizontal-flip copies) and cut into fixed shards of
 `shard_size` items; process r encodes shards r, r+W, r+2W, ... Each shard is written to a
@@ -11,8 +11,9 @@ merged from shard headers alone.
 Shard format (version 1): tensors `latents` (n, c, h, w) with `stat_sum`, `stat_sumsq` (c,)
 float64 — or `tokens` (n, h, w) int16/int32 with `code_counts` (K,) —, `index` (n,) source item,
 `flip` (n,), `label` (n,) int64 class indices when the source is labelled (class sub-folders, a
-`label` column, builtin:digits; the manifest then lists `num_classes` and `class_names`); metadata JSON `aetk` = {version, bad: [{index, source,
-error}], hashes: {index: sha256 of the decoded RGB pixels}}.
+`label` column, builtin:digits; the manifest then lists `num_classes` and `class_names`); metadata
+JSON `aetk` = {version, bad: [{index, source, error}], hashes: {index: sha256 of the decoded RGB
+pixels}}.
 """
 
 from __future__ import annotations
@@ -23,23 +24,53 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from audio_codec.container import state_dict_hash
+from audio_codec.data import AudioFolder, AudioSegments
+from audio_codec.model import SoundStream
+from latent_diffusion.shards import FORMAT_VERSION, shard_done, shard_path, write_shard
+from tokenizers_ae.data.sources import build_image_dataset
+from tokenizers_ae.files import atomic_write, fault_point
+from tokenizers_ae.models.kl_vae import KLVAE
+from tokenizers_ae.models.vq_vae import VQVAE
 from tokenizers_ae.tiling import vae_moments
-from train.checkpoint import fault_point
 
 log = logging.getLogger("aetk.encode")
-FORMAT_VERSION = 1
+
+
+class Processes(Protocol):
+    """Who encodes which shards: accelerate's `PartialState` under a launcher, `OneProcess` otherwise."""
+
+    process_index: int
+    num_processes: int
+    is_main_process: bool
+    is_local_main_process: bool
+    device: torch.device
+
+    def wait_for_everyone(self) -> None: ...
+
+
+class OneProcess:
+    """A single process, on the GPU when there is one."""
+
+    process_index, num_processes, is_main_process, is_local_main_process = 0, 1, True, True
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def wait_for_everyone(self) -> None:
+        pass
 
 
 @dataclass
 class EncodeOptions:
+    """How `aetk encode` runs (the command line's flags)."""
+
     resolution: int = 256
     batch_size: int = 8
     shard_size: int = 1024
@@ -57,12 +88,12 @@ class EncodeOptions:
     the encoder's threads use, at most 4 (0 on a 2-core machine, where a worker only steals time)."""
     progress: bool = True
     tile: int | None = None
+    """Run the encoder in exact tiles of this many pixels (bounded memory for large images)."""
     split: str = "train"
     """Split of a builtin source or a `datasets` DatasetDict (`val`: builtin held-out items)."""
-    """Run the encoder in exact tiles of this many pixels (bounded memory for large images)."""
 
 
-class _Items(torch.utils.data.Dataset):
+class ImageItems(torch.utils.data.Dataset):
     """Item k of the encode order: source image k % N, flipped when k >= N. Unreadable -> x=None."""
 
     def __init__(self, ds, flip: bool) -> None:
@@ -93,20 +124,6 @@ def _collate(items: list[dict]) -> list[dict]:
     return items
 
 
-def _shard_path(out: Path, s: int) -> Path:
-    return out / f"shard-{s:05d}.safetensors"
-
-
-def _shard_done(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["aetk"])["version"] == FORMAT_VERSION
-    except Exception:  # noqa: BLE001 - a damaged shard is simply encoded again
-        return False
-
-
 def _fast_input(model, xs: torch.Tensor, opts: EncodeOptions) -> torch.Tensor:
     # channels-last: oneDNN's fast (AMX) bf16 convolution path wants NHWC (~2x here). Not for fp32,
     # which stays bit-identical to a plain diffusers encode.
@@ -115,13 +132,13 @@ def _fast_input(model, xs: torch.Tensor, opts: EncodeOptions) -> torch.Tensor:
     return xs.to(p.device, p.dtype).contiguous(memory_format=fmt)
 
 
-class _Latents:
+class LatentCodec:
     """KL-VAE: posterior means (or seeded samples), float shards, scaling factor from their std."""
 
     key, fmt = "latents", "aetk-latents"
 
-    def __init__(self, vae, opts: EncodeOptions) -> None:
-        self.vae, self.opts = vae, opts
+    def __init__(self, model: KLVAE, opts: EncodeOptions) -> None:
+        self.vae, self.opts = model.vae, opts
 
     @torch.no_grad()
     def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
@@ -153,12 +170,12 @@ class _Latents:
                 "scaling_factor": 1.0 / std, "model_scaling_factor": float(self.vae.config.scaling_factor)}
 
 
-class _Tokens:
+class TokenCodec:
     """VQ tokenizers: integer code grids (B, h, w) or (B, Q, h, w), with codebook usage statistics."""
 
     key, fmt = "tokens", "aetk-tokens"
 
-    def __init__(self, model, opts: EncodeOptions) -> None:
+    def __init__(self, model: VQVAE, opts: EncodeOptions) -> None:
         self.model, self.opts = model, opts
         self.codebook_size = int(model.quantizer.codebook_size)
 
@@ -184,7 +201,32 @@ class _Tokens:
                 "bits_per_token": float(np.log2(self.codebook_size))}
 
 
-def _encode_shard(codec, items: _Items, s: int, out: Path, opts: EncodeOptions, bar) -> None:
+class AudioTokenCodec(TokenCodec):
+    """Codec tokens: each segment -> (n_q, frames) codes; `TokenCodec`'s storage and codebook statistics,
+    plus the rates a prior needs to turn its samples back into audio."""
+
+    def __init__(self, model: SoundStream, opts: EncodeOptions, *, n_quantizers: int,
+                 segments: AudioSegments) -> None:
+        self.model, self.opts = model, opts
+        self.codebook_size = int(model.codebook_size)
+        self.n_quantizers, self.segments = n_quantizers, segments
+
+    @torch.no_grad()
+    def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
+        """(B, 1, S) -> codes (B, n_q, F), fp32 compute: the codes `compress` would write."""
+        return self.model.encode(xs, self.n_quantizers).cpu()
+
+    def summarise(self, stats: dict[str, torch.Tensor], count: int, shape: list[int]) -> dict:
+        m, seg = self.model, self.segments
+        return {**super().summarise(stats, count, shape), "sample_rate": m.sample_rate,
+                "hop_length": m.hop_length, "frame_rate": m.frame_rate, "n_quantizers": self.n_quantizers,
+                "kbps": m.bitrate(self.n_quantizers) / 1000, "segment_samples": seg.segment_samples,
+                "segment_seconds": seg.segment_samples / m.sample_rate,
+                "files": [{"path": p, "segments": n} for p, n in zip(seg.files, seg.segments_per_file)],
+                "too_short": seg.too_short}
+
+
+def _encode_shard(codec, items: ImageItems | AudioSegments, s: int, out: Path, opts: EncodeOptions, bar) -> None:
     lo, hi = s * opts.shard_size, min((s + 1) * opts.shard_size, len(items))
     workers = opts.num_workers if opts.num_workers is not None else min(4, max(0, (os.cpu_count() or 2) - 2))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(items, range(lo, hi)), batch_size=opts.batch_size,
@@ -210,11 +252,7 @@ def _encode_shard(codec, items: _Items, s: int, out: Path, opts: EncodeOptions, 
     if latents:  # a shard of only unreadable files holds no data tensor
         z = torch.cat(latents)
         tensors.update({codec.key: codec.store(z).contiguous(), **codec.shard_stats(z)})
-    meta = {"aetk": json.dumps({"version": FORMAT_VERSION, "bad": bad, "hashes": hashes})}
-    path = _shard_path(out, s)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
+    write_shard(shard_path(out, s), tensors, {"bad": bad, "hashes": hashes})
 
 
 def model_hash(model) -> str:
@@ -227,13 +265,14 @@ def model_hash(model) -> str:
     return h.hexdigest()
 
 
-def _merge_manifest(out: Path, n_shards: int, items: _Items, codec, model_digest: str, opts: EncodeOptions,
+def _merge_manifest(out: Path, n_shards: int, items: ImageItems | AudioSegments, codec, model_digest: str,
+                    opts: EncodeOptions,
                     data: str) -> dict:
     count, bad, sources, shards = 0, [], {}, []
     stats: dict[str, torch.Tensor] = {}
     shape = None
     for s in range(n_shards):
-        path = _shard_path(out, s)
+        path = shard_path(out, s)
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["aetk"])
             n = f.get_slice("index").get_shape()[0]
@@ -260,9 +299,7 @@ def _merge_manifest(out: Path, n_shards: int, items: _Items, codec, model_digest
                     for i, h in sorted(sources.items(), key=lambda kv: int(kv[0]))],
         "bad": sorted(bad_unique.values(), key=lambda b: b["index"]),
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / "manifest.json")
+    atomic_write(out / "manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     return manifest
 
 
@@ -280,34 +317,16 @@ def _claim(out: Path, job: dict, state) -> None:
         path.write_text(json.dumps(job, indent=1))
 
 
-def encode(model: str, data: str, out: str | Path, opts: EncodeOptions) -> dict:
-    """Encode `data` with the KL-VAE at `model` into `out`. Collective under a launcher."""
-    from accelerate import PartialState
-
-    from diffusers import AutoencoderKL
-
-    from train.data import build_image_dataset
-    from train.export import load_tokenizer
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    net = load_tokenizer(model).to(state.device)
-    if opts.precision == "bf16":
-        net = net.to(memory_format=torch.channels_last)
-    codec = _Latents(net, opts) if isinstance(net, AutoencoderKL) else _Tokens(net, opts)
-    ds = build_image_dataset(data, resolution=opts.resolution, seed=opts.seed, random_crop=False,
-                             random_flip=False, split=opts.split)
-    items = _Items(ds, opts.flip)
-    digest = model_hash(net)
-    _claim(out, {"model_hash": digest, "data": data, "items": len(items),
-                 **{k: v for k, v in vars(opts).items() if k not in ("num_workers", "progress", "batch_size")
-                    and not (k == "split" and v == "train")}}, state)  # older encode dirs had no split
+def _run(codec, items, out: Path, opts: EncodeOptions, *, job: dict, digest: str, data: str, unit: str,
+         state: Processes) -> dict:
+    """Encode every shard of `items` this process owns that is not done yet, then (main process)
+    merge the manifest. Collective: every process calls it."""
+    _claim(out, job, state)
     n_shards = -(-len(items) // opts.shard_size)
-    mine = [s for s in range(state.process_index, n_shards, state.num_processes)]
-    todo = [s for s in mine if not _shard_done(_shard_path(out, s))]
+    mine = range(state.process_index, n_shards, state.num_processes)
+    todo = [s for s in mine if not shard_done(shard_path(out, s))]
     total = sum(min(opts.shard_size, len(items) - s * opts.shard_size) for s in todo)
-    bar = tqdm(total=total, desc=f"encode[{state.process_index}]", unit="img",
+    bar = tqdm(total=total, desc=f"encode[{state.process_index}]", unit=unit,
                disable=not (opts.progress and state.is_local_main_process), mininterval=1.0)
     for s in todo:
         _encode_shard(codec, items, s, out, opts, bar)
@@ -319,3 +338,80 @@ def encode(model: str, data: str, out: str | Path, opts: EncodeOptions) -> dict:
         manifest = _merge_manifest(out, n_shards, items, codec, digest, opts, data)
     state.wait_for_everyone()
     return manifest if manifest is not None else json.loads((out / "manifest.json").read_text())
+
+
+def _image_items(data: str, opts: EncodeOptions) -> ImageItems:
+    ds = build_image_dataset(data, resolution=opts.resolution, seed=opts.seed, random_crop=False,
+                             random_flip=False, split=opts.split)
+    return ImageItems(ds, opts.flip)
+
+
+def _image_job(digest: str, data: str, items: ImageItems, opts: EncodeOptions) -> dict:
+    return {"model_hash": digest, "data": data, "items": len(items),
+            **{k: v for k, v in vars(opts).items() if k not in ("num_workers", "progress", "batch_size")
+               and not (k == "split" and v == "train")}}  # older encode dirs had no split
+
+
+def _prepare(model: torch.nn.Module, out: str | Path, opts: EncodeOptions, state: Processes):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.to(state.device).eval()
+    if opts.precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+    return model, out
+
+
+def encode_latents(vae: KLVAE, data: str, out: str | Path, opts: EncodeOptions, *,
+                   state: Processes | None = None) -> dict:
+    """The images at `data` -> KL latent shards in `out` (see the module docstring); the manifest.
+    Collective under a launcher (pass accelerate's `PartialState`)."""
+    state = state or OneProcess()
+    vae, out = _prepare(vae, out, opts, state)
+    items = _image_items(data, opts)
+    digest = model_hash(vae.vae)  # the diffusers model's own keys, as aetk 0.1 hashed them
+    return _run(LatentCodec(vae, opts), items, out, opts, job=_image_job(digest, data, items, opts), digest=digest,
+                data=data, unit="img", state=state)
+
+
+def encode_tokens(model: VQVAE, data: str, out: str | Path, opts: EncodeOptions, *,
+                  state: Processes | None = None) -> dict:
+    """The images at `data` -> token shards of the VQ tokenizer `model` in `out`; the manifest."""
+    state = state or OneProcess()
+    model, out = _prepare(model, out, opts, state)
+    items = _image_items(data, opts)
+    digest = model_hash(model)
+    return _run(TokenCodec(model, opts), items, out, opts, job=_image_job(digest, data, items, opts), digest=digest,
+                data=data, unit="img", state=state)
+
+
+def encode_audio(model: SoundStream, data_dir: str | Path, out_dir: str | Path, *, segment_seconds: float = 5.0,
+                 shard_size: int = 1024, kbps: float | None = None, batch_size: int = 8,
+                 num_workers: int | None = None, progress: bool = True, state: Processes | None = None) -> dict:
+    """Every audio file under `data_dir` -> consecutive `segment_seconds` segments (`AudioSegments`
+    says what happens to the last one) -> (n_q, frames) int16 codes at `kbps` (None: all levels),
+    written as token shards (`tokens` (n, n_q, frames), `index`, `flip`, `code_counts`) and a
+    `manifest.json` (format `aetk-tokens`: count, token_shape, shards, codebook statistics, model_hash
+    (as in `.aetk` files), sample_rate, hop_length, frame_rate, n_quantizers, files, sources, bad).
+    `latent_diffusion.shards.LatentShardDataset` reads it. Resumable like `aetk encode`; unreadable
+    files are listed in `bad`, never fatal. Collective under a launcher."""
+    if segment_seconds <= 0 or shard_size < 1 or batch_size < 1:
+        raise ValueError(f"need segment_seconds > 0, shard_size >= 1, batch_size >= 1; got {segment_seconds}, "
+                         f"{shard_size}, {batch_size}")
+    state = state or OneProcess()
+    model = model.eval()
+    n_q = model.num_quantizers if kbps is None else model.n_quantizers_for(kbps)
+    segment_samples = max(1, round(segment_seconds * model.sample_rate))
+    files = AudioFolder(str(data_dir), sample_rate=model.sample_rate, segment_samples=segment_samples).files
+    items = AudioSegments(files, sample_rate=model.sample_rate, segment_samples=segment_samples)
+    if all(err for _, _, err in items.items):
+        raise ValueError(f"no readable audio segment in {data_dir} ({len(files)} files; unreadable or shorter "
+                         f"than half a segment of {segment_seconds} s)")
+    digest = state_dict_hash(model.state_dict())
+    opts = EncodeOptions(resolution=None, batch_size=batch_size, shard_size=shard_size, precision="no",
+                         num_workers=num_workers, progress=progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    job = {"kind": "audio", "model_hash": digest, "data": str(data_dir), "items": len(items),
+           "segment_samples": segment_samples, "n_quantizers": n_q, "shard_size": shard_size}
+    codec = AudioTokenCodec(model, opts, n_quantizers=n_q, segments=items)
+    return _run(codec, items, out, opts, job=job, digest=digest, data=str(data_dir), unit="seg", state=state)

@@ -10,8 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from train.config import ConfigError
-from train.data.audio import AudioFolder, collate_audio, load_audio, rms_db
+from audio_codec.data import AudioFolder, collate_audio, load_audio, rms_db
 
 SR = 8000
 SEG = 1600
@@ -155,11 +154,11 @@ def test_collate(folder):
 
 
 def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match=str(tmp_path / "nope")):
+    with pytest.raises(ValueError, match=str(tmp_path / "nope")):
         make(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
-    with pytest.raises(ConfigError, match=r"no audio files found in .*empty"):
+    with pytest.raises(ValueError, match=r"no audio files found in .*empty"):
         make(tmp_path / "empty")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from train.data.images import IMAGE_SUFFIXES, ImageDataset, ImageTransform, _open_file
+from tokenizers_ae.data.images import IMAGE_SUFFIXES, ImageDataset, ImageTransform, open_image_file
 
 
 def tar_paths(path: str | Path) -> list[Path]:
@@ -44,7 +44,7 @@ class TarShardImages(ImageDataset):
         with open(shard, "rb") as f:
             f.seek(offset)
             data = f.read(size)
-        return _open_file(io.BytesIO(data))
+        return open_image_file(io.BytesIO(data))
 
     def describe(self, i: int) -> str:
         shard, _, _, name = self.members[i]

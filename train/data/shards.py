@@ -1,4 +1,5 @@
-"""Latent shards (from `aetk encode`) as a training dataset for priors: items {"x": scaled latent}."""
+"""`aetk encode` shards as training data for priors: scaled KL latents (diffusion), tokens (AR),
+and images seen as a prior's data (the pixel-space baseline)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ from pathlib import Path
 
 import torch
 
-from latent_diffusion.latents import LatentShardDataset
+from latent_diffusion.shards import LatentShardDataset
+from train.config import ConfigError
 
 
 def is_latent_dir(path: str) -> bool:
     return (Path(path) / "manifest.json").is_file()
+
+
+def open_shards(path: str, key: str, **kw) -> LatentShardDataset:
+    """The encode at `path`; ConfigError naming `key` (data.path / data.val_path) when it is not one."""
+    try:
+        return LatentShardDataset(path, **kw)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 class ShardItems(torch.utils.data.Dataset):
@@ -49,12 +59,17 @@ class ShardItems(torch.utils.data.Dataset):
 class LatentItems(ShardItems):
     """KL latents times the manifest's scaling factor (unit variance): a diffusion prior's data."""
 
-    def __init__(self, path: str, *, scaling_factor: float | None = None) -> None:
-        super().__init__(path, LatentShardDataset(path, scale=True))
+    def __init__(self, path: str, *, scaling_factor: float | None = None, key: str = "data.path") -> None:
+        ds = open_shards(path, key, scale=True)
+        if ds.item_key != "latent":
+            raise ConfigError(f"{key}: {path} holds {ds.manifest['format']}, not KL latents; a diffusion prior "
+                              "trains on `aetk encode` of a KL-VAE")
+        super().__init__(path, ds)
         if scaling_factor is not None:  # validation latents scale like the training latents they sit beside
             self.ds.scaling_factor = scaling_factor
         self.latent_shape = list(self.manifest["latent_shape"])
         self.scaling_factor = self.ds.scaling_factor
+        self.space = "latent"
 
 
 class PixelItems(torch.utils.data.Dataset):
@@ -65,6 +80,7 @@ class PixelItems(torch.utils.data.Dataset):
         self.images = images
         self.latent_shape = list(images[0]["x"].shape)
         self.scaling_factor = 1.0
+        self.space = "pixel"
         self.class_names = list(getattr(images, "class_names", None) or [])
         self.num_classes = len(self.class_names)
         self.path = images.path
@@ -85,10 +101,14 @@ class PixelItems(torch.utils.data.Dataset):
         return self.images.why_unreadable(i)
 
 
-def prior_items(cfg) -> LatentItems | PixelItems:
-    """The training data of a diffusion prior: encoded latents, or images for the pixel baseline."""
-    if is_latent_dir(cfg.data.path):
-        return LatentItems(cfg.data.path)
-    from train.data.loader import image_datasets
+class TokenItems(ShardItems):
+    """{"x": (*token_shape) long, "index": i, "bad": []} plus "y": int when the manifest has
+    `num_classes` (shards with a `label` tensor)."""
 
-    return PixelItems(image_datasets(cfg)[0])
+    def __init__(self, path: str, *, key: str = "data.path") -> None:
+        ds = open_shards(path, key)
+        if ds.item_key != "tokens":
+            raise ConfigError(f"{key}: {path} holds {ds.manifest['format']}, not token shards; an AR prior "
+                              "trains on `aetk encode` of a VQ tokenizer or an audio codec")
+        super().__init__(path, ds)
+        self.token_shape = list(self.manifest["token_shape"])

@@ -1,17 +1,43 @@
-"""Read latent or token shards written by `aetk encode` (memory-mapped; no whole-dataset load)."""
+"""The shard format of `aetk encode`: writing one shard, and reading a whole encode
+(memory-mapped; no whole-dataset load). `latent_diffusion.encode` documents the layout."""
 
 from __future__ import annotations
 
 import bisect
 import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
-SUPPORTED_VERSION = 1
+FORMAT_VERSION = 1
+SUPPORTED_VERSION = FORMAT_VERSION
 FORMATS = {"aetk-latents": ("latents", "latent"), "aetk-tokens": ("tokens", "tokens")}
 """manifest format -> (tensor name in the shards, key in the returned items)"""
+
+
+def shard_path(out: Path, s: int) -> Path:
+    return Path(out) / f"shard-{s:05d}.safetensors"
+
+
+def shard_done(path: Path) -> bool:
+    """True when `path` is a complete shard of this format version (a damaged one is encoded again)."""
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["aetk"])["version"] == FORMAT_VERSION
+    except Exception:  # noqa: BLE001 - any unreadable shard is simply encoded again
+        return False
+
+
+def write_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """One shard, written to a temporary name and renamed: a kill leaves no partial shard."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file(tensors, tmp, metadata={"aetk": json.dumps({"version": FORMAT_VERSION, **meta})})
+    os.replace(tmp, path)
 
 
 class LatentShardDataset(torch.utils.data.Dataset):

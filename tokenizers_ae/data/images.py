@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from train.data.skipping import SkippingDataset
+from tokenizers_ae.data.skipping import SkippingDataset
 
 log = logging.getLogger("aetk.data")
 
@@ -105,7 +105,7 @@ class ImageDataset(SkippingDataset):
         return self.transform(raw, rng)
 
 
-def _open_file(path: str | Path) -> Image.Image:
+def open_image_file(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
         img.load()  # decode now: a truncated file raises OSError here
         img = ImageOps.exif_transpose(img)  # phone photos store rotation in EXIF
@@ -142,7 +142,7 @@ class ImageFolder(ImageDataset):
         return self._labels[i] if self.class_names else None
 
     def load(self, i: int) -> Image.Image:
-        return _open_file(self.files[i])
+        return open_image_file(self.files[i])
 
     def describe(self, i: int) -> str:
         return self.files[i]
@@ -155,9 +155,9 @@ def _decode_value(value: Any) -> Image.Image:
         return to_rgb(value)
     if isinstance(value, dict):
         if value.get("bytes"):
-            return _open_file(io.BytesIO(value["bytes"]))
+            return open_image_file(io.BytesIO(value["bytes"]))
         if value.get("path"):
-            return _open_file(value["path"])
+            return open_image_file(value["path"])
         raise ValueError(f"image dict has neither bytes nor path: keys {sorted(value)}")
     arr = np.asarray(value)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
@@ -213,7 +213,7 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
 @functools.cache
 def skimage_photos(max_side: int = 512) -> tuple[tuple[str, Image.Image], ...]:
     """The photos shipped inside scikit-image (no downloads), as RGB, shorter side at most `max_side`."""
-    import skimage.data
+    import skimage.data  # scikit-image: heavy, only builtin:skimage needs it
 
     photos = []
     for name in SKIMAGE_PHOTOS:
@@ -261,34 +261,6 @@ class SkimagePhotos(ImageDataset):
 
     def describe(self, i: int) -> str:
         return f"skimage:{self.photos[i % len(self.photos)][0]}"
-
-
-def build_image_dataset(path: str, *, resolution: int, seed: int = 0, random_crop: bool = True,
-                        random_flip: bool = True, image_column: str = "image", builtin_size: int = 512,
-                        split: str = "train", holdout_class: int | None = None) -> ImageDataset:
-    """"builtin:skimage" -> SkimagePhotos; "builtin:digits" -> scikit-learn's digits (train/data/digits.py,
-    `holdout_class` left out of its train split); a `save_to_disk` directory -> HFImageDataset; a .tar file or a
-    directory of .tar shards -> TarShardImages; any other directory -> ImageFolder. Raises FileNotFoundError for a missing path, ValueError for a folder without images."""
-    if path == "builtin:digits":
-        from train.data.digits import Digits
-
-        return Digits(split=split, resolution=resolution, holdout_class=holdout_class)
-    if path == "builtin:skimage":
-        return SkimagePhotos(resolution=resolution, size=builtin_size, seed=seed, random_flip=random_flip,
-                             split=split)
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"dataset path does not exist: {path}")
-    transform = ImageTransform(resolution, random_crop=random_crop, random_flip=random_flip)
-    from train.data.tar_shards import TarShardImages, tar_paths  # late: it imports this module
-
-    if tar_paths(root):  # WebDataset-style tar shards (a .tar file or a directory of them)
-        return TarShardImages(str(root), transform=transform, seed=seed)
-    if not root.is_dir():
-        raise ValueError(f"dataset path must be a directory, a .tar shard or 'builtin:skimage', got file {path}")
-    if any((root / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
-        return HFImageDataset(str(root), transform=transform, seed=seed, image_column=image_column, split=split)
-    return ImageFolder(str(root), transform=transform, seed=seed)
 
 
 def collate_images(items: list[dict]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def stdlib_text() -> str:
 
 def _load_lm(lm: str | None):
     """(model in eval mode, encode text -> ids, decode one id -> str)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel  # transformers: only the SAE data loads a language model
 
     if lm is None:
         torch.manual_seed(0)
@@ -67,7 +67,7 @@ def lm_hidden_size(lm: str | None) -> int:
     """d_model of the LM without running it."""
     if lm is None:
         return RANDOM_GPT2["n_embd"]
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # transformers: only the SAE data loads a language model
 
     cfg = AutoConfig.from_pretrained(lm, local_files_only=True)
     return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)

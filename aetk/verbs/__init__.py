@@ -1,0 +1,56 @@
+"""One module per `aetk` verb (`aetk.cli.VERBS`): `add(subparsers, name)` declares its flags and
+`run(args)` calls the library and prints. Shared flag types and output helpers live here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML recipe, e.g. configs/kl-f4-tiny.yaml")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help="override any recipe key with dotted.key=value, e.g. train.max_steps=100")
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="FILE", help="also write the printed JSON result to FILE")
+
+
+def emit(result: dict, json_path: str | None) -> int:
+    """Print a JSON result, and write it to --json too."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+    return 0
+
+
+def files_dir(out_dir: str | None, json_path: str | None) -> str:
+    """Where a report's figures go: --out-dir, else beside --json, else ./eval-out."""
+    if out_dir:
+        return out_dir
+    return str(Path(json_path).with_suffix("")) + "-files" if json_path else "eval-out"

@@ -1,0 +1,174 @@
+"""`aetk bench ...`: the benchmarks behind the README's speed figures, each printing JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from aetk.verbs import add_config_args, add_json, emit
+
+
+def add(sub, name: str) -> None:
+    bench = sub.add_parser(name, help="benchmarks", description="Benchmarks that print JSON.")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    p = bsub.add_parser("train-step", help="steady-state training images/s of `aetk train`'s code path",
+                        description="Times Trainer.step (the code path of `aetk train`) on the recipe's data "
+                                    "and, with --reference, the taming-style reference loop on the same model.")
+    add_config_args(p)
+    p.add_argument("--steps", type=int, default=10, help="timed optimizer steps (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--reference", action="store_true",
+                   help="also time diffusers AutoencoderKL + taming LPIPSWithDiscriminator and report the ratio")
+    add_json(p)
+    p.set_defaults(func=run_train_step)
+
+    p = bsub.add_parser("precision", help="validation PSNR after N steps in fp32 vs reduced precision",
+                        description="Trains the recipe once per precision (from the same seed) and "
+                                    "reports validation PSNR/SSIM and wall time of each.")
+    add_config_args(p)
+    p.add_argument("--steps", type=int, default=200, help="training steps per precision (default 200)")
+    p.add_argument("--precisions", default="no,bf16", help="comma-separated (default no,bf16)")
+    add_json(p)
+    p.set_defaults(func=run_precision)
+
+    p = bsub.add_parser("encode", help="`aetk encode` vs a plain diffusers encode loop: images/s, error, memory",
+                        description="Times `aetk encode` (fp32 and bf16) and a plain diffusers loop (PIL decode, "
+                                    "AutoencoderKL.encode fp32, batch 8) on the same PNG folder, each in a fresh "
+                                    "process; reports images/s, latent error vs fp32 and peak RSS.")
+    p.add_argument("model", help="a KL-VAE: run dir, checkpoint, diffusers AutoencoderKL dir or SD single file")
+    p.add_argument("--data", help="PNG/JPEG folder (default: write N crops of the built-in photos)")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--n", type=int, default=128, help="images in the default folder")
+    add_json(p)
+    p.set_defaults(func=run_encode)
+
+    p = bsub.add_parser("quantizer", help="VectorQuantizer (EMA) vs vector_quantize_pytorch: vectors/s, memory",
+                        description="Forward + backward training steps of aetk's VectorQuantizer and, when "
+                                    "vector-quantize-pytorch is installed, its VectorQuantize (same codebook size, "
+                                    "dim, EMA decay, commitment weight), each in a fresh process.")
+    p.add_argument("--codebook-size", type=int, default=16384)
+    p.add_argument("--dim", type=int, default=8)
+    p.add_argument("--n-vectors", type=int, default=16384)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--no-reference", action="store_true", help="time aetk only")
+    add_json(p)
+    p.set_defaults(func=run_quantizer)
+
+    p = bsub.add_parser("tiling", help="VAE decode/encode of large images: untiled vs aetk --tile vs diffusers tiling",
+                        description="Time, peak memory and max abs error against untiled, each in a fresh process, "
+                                    "for the kl-f8 (Stable Diffusion VAE) architecture with random weights.")
+    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="image sides (default 512 1024)")
+    p.add_argument("--tile", type=int, default=256, help="tile side, pixels (default 256)")
+    p.add_argument("--ops", nargs="+", choices=["decode", "encode"], default=["decode", "encode"])
+    p.add_argument("--threads", type=int, default=2)
+    add_json(p)
+    p.set_defaults(func=run_tiling)
+
+    p = bsub.add_parser("codec", help="audio codec encode+decode speed vs transformers' EncodecModel (24 kHz, 6 kbps)",
+                        description="Real-time factors of EncodecModel (default config, random weights; also with "
+                                    "weight norm folded) and aetk's SoundStream (whole file and streaming chunks), "
+                                    "alternating in one run; medians. Run on a quiet machine.")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    p.add_argument("--kbps", type=float, default=6.0)
+    p.add_argument("--arch", choices=["fast", "encodec"], default="fast",
+                   help="ours: the fast architecture (configs/soundstream-24k.yaml) or EnCodec's own widths")
+    p.add_argument("--chunk-ms", type=float, nargs="+", default=[20, 80, 320, 640, 1280, 2560])
+    p.add_argument("--threads", type=int, default=2)
+    add_json(p)
+    p.set_defaults(func=run_codec)
+
+    p = bsub.add_parser("prior", help="latent vs pixel-space diffusion cost, and aetk's sampler vs diffusers' pipeline",
+                        description="Training step and sampling time of the same UNet over KL latents (f-times "
+                                    "smaller, random VAE) and over pixels, on the same photos; and aetk's sample + "
+                                    "decode against diffusers' LDMPipeline with the same UNet and DDIM scheduler. "
+                                    "Variants alternate; medians.")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--factor", type=int, default=8, help="VAE downsampling factor (latent side = resolution / f)")
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 128], help="UNet block_out_channels")
+    p.add_argument("--batch", type=int, default=8, help="training batch")
+    p.add_argument("--n", type=int, default=8, help="samples per sampling call")
+    p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--threads", type=int)
+    add_json(p)
+    p.set_defaults(func=run_prior)
+
+    p = bsub.add_parser("classic", help="train + evaluate every classic autoencoder recipe: one table, one figure",
+                        description="Trains each recipe in configs/classic through `aetk train`'s code path, "
+                                    "evaluates it as `aetk eval` does (held-out MSE/PSNR, PCA with the same code "
+                                    "size, ELBO, sparsity, denoising gain, inpainting, anomaly AUC, SAE dead "
+                                    "latents) and writes table.md, figure.png and results.json to --out.")
+    p.add_argument("--recipes", default="configs/classic", help="directory of recipes (default configs/classic)")
+    p.add_argument("--out", default="runs/bench-classic", help="run directories, table and figure go here")
+    p.add_argument("--steps", type=int, help="train every recipe this many steps (default: each recipe's own)")
+    p.add_argument("--only", help="comma-separated recipe names, e.g. vae,beta-vae")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the models are tiny)")
+    add_json(p)
+    p.set_defaults(func=run_classic)
+
+
+def run_train_step(args: argparse.Namespace) -> int:
+    from eval.bench.train_step import bench_train_step
+    from train.recipe import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    return emit(bench_train_step(cfg, steps=args.steps, warmup=args.warmup, reference=args.reference), args.json)
+
+
+def run_precision(args: argparse.Namespace) -> int:
+    from eval.bench.precision import bench_precision
+    from train.recipe import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    return emit(bench_precision(cfg, steps=args.steps, precisions=tuple(args.precisions.split(","))), args.json)
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from eval.bench.encode import bench_encode
+
+    return emit(bench_encode(args.model, args.data, resolution=args.resolution, n=args.n), args.json)
+
+
+def run_quantizer(args: argparse.Namespace) -> int:
+    from eval.bench.quantizer import bench_quantizer
+
+    return emit(bench_quantizer(codebook_size=args.codebook_size, dim=args.dim, n_vectors=args.n_vectors,
+                                 steps=args.steps, reference=not args.no_reference), args.json)
+
+
+def run_tiling(args: argparse.Namespace) -> int:
+    from eval.bench.tiling import bench_tiling
+
+    return emit(bench_tiling(sizes=tuple(args.sizes), tile=args.tile, ops=tuple(args.ops), threads=args.threads),
+                 args.json)
+
+
+def run_codec(args: argparse.Namespace) -> int:
+    from eval.bench.codec import bench_codec
+
+    return emit(bench_codec(seconds=args.seconds, repeats=args.repeats, precision=args.precision, kbps=args.kbps,
+                             arch=args.arch, chunk_ms=tuple(args.chunk_ms), threads=args.threads), args.json)
+
+
+def run_prior(args: argparse.Namespace) -> int:
+    from eval.bench.prior import bench_prior
+
+    return emit(bench_prior(resolution=args.resolution, factor=args.factor, widths=tuple(args.widths),
+                             batch=args.batch, n=args.n, sample_steps=args.sample_steps, repeats=args.repeats,
+                             precision=args.precision, threads=args.threads), args.json)
+
+
+def run_classic(args: argparse.Namespace) -> int:
+    from eval.bench.classic import bench_classic
+
+    res = bench_classic(recipes=args.recipes, out=args.out, steps=args.steps,
+                        only=args.only.split(",") if args.only else None, threads=args.threads)
+    print(res["table"])
+    print(f"table, figure and results in {args.out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0

@@ -1,0 +1,179 @@
+"""`model.kind: kl_vae` -- the KL-regularised autoencoder of latent diffusion (Stable Diffusion's VAE),
+on diffusers' AutoencoderKL: L1/L2 + LPIPS + KL + a PatchGAN; exported as a diffusers directory with
+the latent scaling factor measured on the training data, or as an SD single file.
+
+Hooks import their parts when called (see `train/families/base.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from train.config import Config, ConfigError, ImageBackbone, ImageData, ImageGANLoss, check
+from train.families.base import EncodeRequest, EvalContext, ExportRequest, Family, ReportRequest
+
+log = logging.getLogger("aetk.export")
+
+SD_DEFAULT_SCALING = 0.18215
+"""diffusers' AutoencoderKL default, Stable Diffusion's measured value."""
+
+
+@dataclass
+class KLVAEModel(ImageBackbone):
+    kind: Literal["kl_vae"] = "kl_vae"
+    init_from: str | None = None
+    """A model to fine-tune: a diffusers `AutoencoderKL` directory (its architecture wins over the
+    keys above) or a Stable Diffusion / latent-diffusion single `.safetensors` file (architecture
+    from aetk's metadata in it, else from the keys above)."""
+    sample_posterior: bool = True
+    """Train on z ~ q(z|x) (true) or on its mean."""
+
+
+@dataclass
+class KLVAELoss(ImageGANLoss):
+    kl_weight: float = 1e-6
+    """KL weight. Both terms are divided by the number of input values, so this has the meaning
+    of latent-diffusion's `kl_weight` (which summed both over values)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.kl_weight >= 0, "loss.kl_weight", ">= 0")
+
+
+def build_model(cfg: Config):
+    from diffusers import AutoencoderKL
+    from safetensors import safe_open
+
+    from tokenizers_ae.export.sd_single_file import CONFIG_METADATA_KEY, load_sd_single_file
+    from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
+
+    m: KLVAEModel = cfg.model
+    fresh = build_autoencoder_kl(
+        in_channels=m.in_channels, block_out_channels=m.block_out_channels, layers_per_block=m.layers_per_block,
+        latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups, mid_block_attention=m.mid_block_attention,
+        sample_size=cfg.data.resolution)
+    if not m.init_from:
+        return KLVAE(fresh, sample_posterior=m.sample_posterior)
+    path = Path(m.init_from)
+    if path.is_file() and path.suffix == ".safetensors":
+        # An SD / latent-diffusion single file: its architecture comes from the file's metadata when
+        # aetk wrote it, else from the recipe's model keys (a third-party SD VAE: keep the defaults
+        # of configs/kl-f8.yaml).
+        with safe_open(str(path), framework="pt") as f:
+            has_config = CONFIG_METADATA_KEY in (f.metadata() or {})
+        try:
+            vae = load_sd_single_file(path, config=None if has_config else dict(fresh.config))
+        except ValueError as e:
+            raise ConfigError(f"model.init_from: {e}") from None
+    elif (path / "config.json").is_file():
+        vae = AutoencoderKL.from_pretrained(path)  # its architecture wins over the recipe's keys
+    else:
+        raise ConfigError(f"model.init_from: {path} is neither a diffusers AutoencoderKL directory "
+                          "(with config.json) nor a .safetensors single file")
+    vae.train()  # diffusers loaders return eval mode
+    return KLVAE(vae, sample_posterior=m.sample_posterior)
+
+
+def build_task(cfg: Config, model):
+    from train.parts import gan_task, image_losses
+
+    rec, disc = image_losses(cfg)
+    return gan_task(cfg, model, rec_loss=rec, discriminator=disc, reg_weights={"kl": cfg.loss.kl_weight})
+
+
+def datasets(cfg: Config):
+    from train.data.sources import image_datasets
+
+    return image_datasets(cfg)
+
+
+def evaluate(ctx: EvalContext) -> dict[str, float]:
+    from train.parts import evaluate_images
+
+    return evaluate_images(ctx)
+
+
+def export(cfg: Config, model, train_dataset, out: Path) -> None:
+    """The averaged model as a diffusers AutoencoderKL, with the latent scaling factor measured on the
+    training data (1/std of posterior samples, as Stable Diffusion's 0.18215 was derived) and
+    diffusers' `force_upcast` set from a precision audit; `latent_stats.json` beside it."""
+    import torch
+
+    from eval.latents import latent_statistics, set_scaling_factor
+    from eval.precision import precision_audit
+
+    vae = model.vae
+    device = next(vae.parameters()).device
+    n = min(cfg.train.latent_stats_images, len(train_dataset))
+    batches = (torch.stack([train_dataset[i]["x"] for i in range(s, min(s + 16, n))]).to(device)
+               for s in range(0, n, 16))
+    stats = latent_statistics(vae, batches, seed=cfg.seed)
+    set_scaling_factor(vae, stats["scaling_factor"])
+    # diffusers pipelines upcast a VAE to fp32 when `force_upcast` is set: record whether it must.
+    audit = precision_audit(vae, torch.stack([train_dataset[i]["x"] for i in range(min(8, n))]).to(device),
+                            lambda m, t: m(t, sample_posterior=False).sample)
+    vae.register_to_config(force_upcast=not audit["fp16_safe"])
+    stats["fp16_safe"] = audit["fp16_safe"]
+    model.save_pretrained(out)
+    (out / "latent_stats.json").write_text(json.dumps(stats, indent=1))
+
+
+def encode(model, req: EncodeRequest) -> dict:
+    from latent_diffusion.encode import EncodeOptions, encode_latents
+
+    return encode_latents(model, req.data, req.out, EncodeOptions(
+        resolution=req.resolution, batch_size=req.batch_size, shard_size=req.shard_size, sample=req.sample,
+        flip=req.flip, dtype=req.dtype, seed=req.seed, precision=req.precision, num_workers=req.num_workers,
+        tile=req.tile, split=req.split), state=req.processes)
+
+
+def report(model, req: ReportRequest) -> dict:
+    from eval.report import latent_rate
+    from train.parts import report_images
+
+    return report_images(model, req, latent_rate)
+
+
+def _set_scaling(model, req: ExportRequest) -> str:
+    """Measure (--data) or set (--scaling-factor) the latent scaling factor; say which, or warn."""
+    from eval.latents import set_scaling_factor
+    from train.parts import measured_scaling
+
+    if req.scaling_factor is not None:
+        set_scaling_factor(model.vae, req.scaling_factor)
+        return ""
+    if req.data:
+        stats = measured_scaling(model, req.data, resolution=req.resolution, n=req.n)
+        set_scaling_factor(model.vae, stats["scaling_factor"])
+        return f"measured scaling_factor {stats['scaling_factor']:.5f} on {stats['n']} images; "
+    if abs(model.scaling_factor - SD_DEFAULT_SCALING) < 1e-9:
+        log.warning(
+            "scaling_factor is diffusers' default %.5f (Stable Diffusion's), not measured on this model; pass "
+            "--data to measure it or --scaling-factor to set it", SD_DEFAULT_SCALING)
+    return ""
+
+
+def export_diffusers(model, req: ExportRequest) -> str:
+    note = _set_scaling(model, req)
+    out = model.save_pretrained(req.out)
+    return f"{note}wrote a diffusers AutoencoderKL to {out} (scaling_factor {model.scaling_factor:.5f})"
+
+
+def export_single_file(model, req: ExportRequest) -> str:
+    note = _set_scaling(model, req)
+    try:
+        out = model.save_single_file(req.out)
+    except ValueError as e:
+        raise ConfigError(f"--out: {e}") from None
+    return f"{note}wrote an SD single file to {out} (scaling_factor {model.scaling_factor:.5f})"
+
+
+FAMILY = Family(
+    kind="kl_vae", summary="KL-VAE on diffusers AutoencoderKL (continuous latents for latent diffusion)",
+    model=KLVAEModel, data=ImageData, loss=KLVAELoss, saved_names=("KLVAE",),
+    build_model=build_model, build_task=build_task, datasets=datasets, evaluator=lambda: evaluate, export=export,
+    encode=encode, report=report, exports={"diffusers": export_diffusers, "sd-single-file": export_single_file})
