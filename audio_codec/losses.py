@@ -71,7 +71,7 @@ def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, f_min: float = 
 
 # --- shared STFT helpers --------------------------------------------------------------------------------
 
-def _as_batch(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def as_batch(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, 1, T) / (B, T) / (T,) -> (B, T) in `dtype`."""
     if x.ndim == 3:
         if x.shape[1] != 1:
@@ -85,7 +85,7 @@ def _as_batch(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tens
 
 
 def _check_pair(est: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    est, ref = _as_batch(est), _as_batch(ref)
+    est, ref = as_batch(est), as_batch(ref)
     if est.shape != ref.shape:
         raise ValueError(f"estimate and reference differ in shape: {tuple(est.shape)} vs {tuple(ref.shape)}")
     return est, ref

@@ -18,12 +18,12 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from audio_codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, _as_batch
+from audio_codec.losses import MultiScaleMelLoss, MultiScaleSTFTLoss, as_batch
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, T) / (B, T) / (T,) -> (B, T) float64."""
-    return _as_batch(x.detach(), torch.float64)
+    return as_batch(x.detach(), torch.float64)
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from diffusers import AutoencoderKL
 
+from tokenizers_ae.data.sources import build_image_dataset
+
 
 @torch.no_grad()
 def latent_statistics(vae: AutoencoderKL, batches: Iterable[torch.Tensor], *, seed: int = 0) -> dict:
@@ -42,3 +44,16 @@ def set_scaling_factor(vae: AutoencoderKL, scaling_factor: float) -> None:
     switch to a different latent normalisation when they are present.
     """
     vae.register_to_config(scaling_factor=float(scaling_factor))
+
+
+def measure_on_data(vae: AutoencoderKL, data: str, *, resolution: int, n: int = 256, batch: int = 16,
+                    seed: int = 0) -> dict:
+    """`latent_statistics` on the first `n` images of `data` (centre crops, no flips); ValueError
+    naming --data when it holds no images."""
+    try:
+        ds = build_image_dataset(data, resolution=resolution, seed=seed, random_crop=False, random_flip=False)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"--data: {e}") from None
+    n = min(n, len(ds))
+    batches = (torch.stack([ds[i]["x"] for i in range(s, min(s + batch, n))]) for s in range(0, n, batch))
+    return latent_statistics(vae, batches, seed=seed)

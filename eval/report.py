@@ -5,7 +5,6 @@ with a reconstruction grid and a rate-distortion plot. The rate is the family's:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ import torch
 from eval.baselines import PatchPCA, jpeg_quality_for_bpp, jpeg_roundtrip
 from eval.image import reconstruction_metrics, save_reconstruction_grid
 from eval.latents import latent_statistics
+from eval.precision import precision_audit
+from tokenizers_ae.data.sources import build_image_dataset
 from tokenizers_ae.losses.perceptual import LPIPS
 from tokenizers_ae.models.kl_vae import KLVAE
 from tokenizers_ae.models.vq_vae import VQVAE
@@ -176,5 +177,31 @@ def _rd_plot(result: dict, curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_json(result: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result, indent=1))
+def evaluate_on_data(model: KLVAE | VQVAE, data: str | None, *, rate: Callable[..., Rate], resolution: int = 256,
+                     n: int = 64, fit_n: int = 256, precision: bool = False, **kwargs) -> dict:
+    """`aetk eval` of an image tokenizer: `evaluate` on the first `n` held-out images of `data` (the
+    `val` split of a built-in source, else the first images), PCA fitted on other images of the same
+    source; with `precision`, the fp32 / bf16 / fp16 audit on 8 of them. ValueError naming the flag
+    when the data gives no image."""
+    if not data:
+        raise ValueError("--data is required: the images to evaluate on")
+    if resolution < 8:
+        raise ValueError(f"--resolution {resolution}: must be at least 8 pixels")
+    builtin = data.startswith("builtin:")
+
+    def images(split: str, start: int, count: int) -> torch.Tensor | None:
+        try:
+            ds = build_image_dataset(data, resolution=resolution, random_crop=False, random_flip=False, split=split)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"--data: {e}") from None
+        idx = range(start, min(start + count, len(ds)))
+        return torch.stack([ds[i]["x"] for i in idx]) if len(idx) else None
+
+    x = images("val" if builtin else "train", 0, n)
+    if x is None:
+        raise ValueError(f"--data {data}: no images to evaluate")
+    fit = images("train", 0 if builtin else n, fit_n) if "pca" in kwargs.get("baselines", ()) else None
+    result = evaluate(model, x, rate=rate, fit_x=fit, **kwargs)
+    if precision:
+        result["precision_audit"] = precision_audit(model, x[:8], lambda m, t: m.reconstruct(t))
+    return result

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from audio_codec.losses import feature_matching_loss
+from eval.precision import first_nonfinite_module
 from tokenizers_ae.losses.adversarial import adaptive_weight, d_loss, g_loss
 from tokenizers_ae.losses.reconstruction import ReconstructionLoss
 from tokenizers_ae.models.output import AEOutput
@@ -153,8 +154,6 @@ class AutoencoderGANTask:
 
     def diagnose_nonfinite(self, batch: dict, autocast_dtype: torch.dtype | None) -> str:
         """Where a non-finite loss came from: the input, or the first module with a non-finite output."""
-        from eval.precision import first_nonfinite_module  # diagnostics only; never on the hot path
-
         x = batch["x"]
         if not torch.isfinite(x).all():
             return "the input batch (check the data)"

@@ -42,7 +42,7 @@ def _exact_nearest(x, codes, block: int = 256):
                       for i in range(0, x.shape[0], block)])
 
 
-def _worker(*, impl: str, codebook_size: int, dim: int, n_vectors: int, steps: int, threads: int | None,
+def worker(*, impl: str, codebook_size: int, dim: int, n_vectors: int, steps: int, threads: int | None,
             seed: int = 0) -> dict:
     """Runs in a fresh process: time `steps` training steps (after one warm-up) and measure the
     extra peak RSS of all of them."""
@@ -91,8 +91,8 @@ def _worker(*, impl: str, codebook_size: int, dim: int, n_vectors: int, steps: i
 
 
 def _run(**kwargs) -> dict:
-    code = ("import json, sys; from eval.bench.quantizer import _worker; "
-            "print(json.dumps(_worker(**json.loads(sys.argv[1]))))")
+    code = ("import json, sys; from eval.bench.quantizer import worker; "
+            "print(json.dumps(worker(**json.loads(sys.argv[1]))))")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], cwd=REPO, env=env,
                           capture_output=True, text=True)

@@ -4,7 +4,7 @@ statistics and the one place that knows about process groups.
 Layout: quantizers take channels-first latents, (B, D, H, W) images or (B, D, T) audio, and work on
 the flattened rows (N, D) with N = B * prod(spatial), so one module serves both.
 
-Distributed: `_all_reduce_`, `_broadcast_` and `sample_rows` are the only code that talks to
+Distributed: `all_reduce_`, `broadcast_` and `sample_rows` are the only code that talks to
 `torch.distributed`; they are no-ops in a single process. Collectives only run in training mode,
 where every rank runs the same forwards; an eval forward on one rank alone never blocks.
 """
@@ -112,27 +112,27 @@ def codebook_stats(indices: Tensor, codebook_size: int, *, prefix: str = "vq") -
 # --- process groups ---------------------------------------------------------------------------
 
 
-def _distributed() -> bool:
+def distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _all_reduce_(tensor: Tensor) -> Tensor:
+def all_reduce_(tensor: Tensor) -> Tensor:
     """Sum `tensor` in place over all processes (no-op in one process); returns it."""
-    if _distributed():
+    if distributed():
         dist.all_reduce(tensor)
     return tensor
 
 
-def _broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
+def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
     """Overwrite `tensor` in place with rank `src`'s (no-op in one process); returns it."""
-    if _distributed():
+    if distributed():
         dist.broadcast(tensor, src)
     return tensor
 
 
 def _row_offset_and_total(n: int, device: torch.device) -> tuple[int, int]:
     """This process's first row in the global batch (ranks concatenated in order) and its size."""
-    if not _distributed():
+    if not distributed():
         return 0, n
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
@@ -151,14 +151,14 @@ def sample_rows(x: Tensor, n: int) -> Tensor:
     """
     offset, total = _row_offset_and_total(x.shape[0], x.device)
     pick = torch.randperm(total)[:n] if total >= n else torch.randint(total, (n,))
-    pick = _broadcast_(pick.to(x.device))
-    if not _distributed():
+    pick = broadcast_(pick.to(x.device))
+    if not distributed():
         return x[pick].clone()
     local = pick - offset
     mine = (local >= 0) & (local < x.shape[0])
     rows = torch.zeros(n, x.shape[1], dtype=x.dtype, device=x.device)
     rows[mine] = x[local[mine]]
-    return _all_reduce_(rows)
+    return all_reduce_(rows)
 
 
 def entropy_nats(p: Tensor, dim: int = -1) -> Tensor:

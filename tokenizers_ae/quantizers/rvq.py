@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tokenizers_ae.quantizers.base import Quantizer, QuantizerOutput, _broadcast_, _distributed
+from tokenizers_ae.quantizers.base import Quantizer, QuantizerOutput, broadcast_, distributed
 from tokenizers_ae.quantizers.vq import VectorQuantizer
 
 
@@ -53,8 +53,8 @@ class ResidualVQ(Quantizer):
         if not (self.training and self.quantizer_dropout > 0):
             return q
         draw = torch.rand(2)  # (u, v): drop if u < p, then n = 1 + floor(v * Q)
-        if _distributed():
-            draw = _broadcast_(draw.to(device)).cpu()
+        if distributed():
+            draw = broadcast_(draw.to(device)).cpu()
         if float(draw[0]) < self.quantizer_dropout:
             return min(q, 1 + int(float(draw[1]) * q))
         return q

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from tokenizers_ae.quantizers.base import _all_reduce_, sample_rows
+from tokenizers_ae.quantizers.base import all_reduce_, sample_rows
 
 SEARCH_BLOCK_ELEMENTS = 1 << 20
 """CPU distance-block budget in elements (4 MiB of float32): 64 rows at K = 16384, 1024 at
@@ -79,7 +79,7 @@ def cluster_sums(x: Tensor, indices: Tensor, num_clusters: int) -> tuple[Tensor,
     d = x.shape[1]
     packed = torch.zeros(num_clusters, d + 1, dtype=x.dtype, device=x.device)  # (K, d + 1)
     packed.index_add_(0, indices, torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1))
-    _all_reduce_(packed)
+    all_reduce_(packed)
     return packed[:, :d], packed[:, d]
 
 

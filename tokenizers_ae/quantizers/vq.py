@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from tokenizers_ae.quantizers.base import (
     Quantizer,
     QuantizerOutput,
-    _all_reduce_,
+    all_reduce_,
     flatten_channels,
     lead_shape,
     sample_rows,
@@ -211,7 +211,7 @@ class VectorQuantizer(Quantizer):
             smoothed = (self.cluster_size + self.laplace_eps) / (n + k * self.laplace_eps) * n  # (K,)
             self.codebook.copy_(self.embed_sum / smoothed[:, None])
         else:
-            counts = _all_reduce_(torch.bincount(indices, minlength=k).to(x.dtype))  # (K,)
+            counts = all_reduce_(torch.bincount(indices, minlength=k).to(x.dtype))  # (K,)
         stats = stats_from_counts(counts, k)
         if self.dead_code_threshold > 0:
             dead = self._dead_codes(counts)

@@ -132,22 +132,23 @@ def encode(model, req: EncodeRequest) -> dict:
 
 
 def report(model, req: ReportRequest) -> dict:
-    from eval.report import latent_rate
-    from train.parts import report_images
+    from eval.report import evaluate_on_data, latent_rate
 
-    return report_images(model, req, latent_rate)
+    return evaluate_on_data(model, req.data, rate=latent_rate, resolution=req.resolution, n=req.n or 64,
+                            fit_n=req.fit_n, precision=req.precision_audit, baselines=req.baselines,
+                            latent_bits=req.latent_bits, tile=req.tile, lpips_weights=req.lpips_weights,
+                            inception_weights=req.inception_weights, out_dir=req.out_dir)
 
 
 def _set_scaling(model, req: ExportRequest) -> str:
     """Measure (--data) or set (--scaling-factor) the latent scaling factor; say which, or warn."""
-    from eval.latents import set_scaling_factor
-    from train.parts import measured_scaling
+    from eval.latents import measure_on_data, set_scaling_factor
 
     if req.scaling_factor is not None:
         set_scaling_factor(model.vae, req.scaling_factor)
         return ""
     if req.data:
-        stats = measured_scaling(model, req.data, resolution=req.resolution, n=req.n)
+        stats = measure_on_data(model.vae, req.data, resolution=req.resolution, n=req.n)
         set_scaling_factor(model.vae, stats["scaling_factor"])
         return f"measured scaling_factor {stats['scaling_factor']:.5f} on {stats['n']} images; "
     if abs(model.scaling_factor - SD_DEFAULT_SCALING) < 1e-9:
