@@ -21,6 +21,7 @@ from scipy.signal import resample_poly
 
 from tokenizers_ae.data.images import collate_images
 from tokenizers_ae.data.skipping import SkippingDataset
+from tokenizers_ae.files import file_stat
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga")
 collate_audio = collate_images  # stacks "x" of any shape: (B, 1, S) here
@@ -161,6 +162,10 @@ class AudioSegments(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return self.total
+
+    def fingerprint(self, k: int) -> str:
+        """Size and modification time of segment k's file (see `latent_diffusion.encode`)."""
+        return file_stat(self.files[self.items[k][0]])
 
     def describe(self, k: int) -> str:
         f, start, err = self.items[k]

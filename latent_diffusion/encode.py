@@ -35,11 +35,12 @@ from tqdm.auto import tqdm
 from audio_codec.container import state_dict_hash
 from audio_codec.data import AudioFolder, AudioSegments
 from audio_codec.model import SoundStream
-from latent_diffusion.shards import FORMAT_VERSION, shard_done, shard_path, write_shard
+from latent_diffusion.shards import FORMAT_VERSION, shard_meta, shard_path, shard_problem, write_shard
 from tokenizers_ae.data.sources import build_image_dataset
 from tokenizers_ae.files import atomic_write, fault_point
 from tokenizers_ae.models.kl_vae import KLVAE
 from tokenizers_ae.models.vq_vae import VQVAE
+from tokenizers_ae.pretrained import file_sha256
 from tokenizers_ae.tiling import vae_moments
 
 log = logging.getLogger("aetk.encode")
@@ -118,6 +119,11 @@ class ImageItems(torch.utils.data.Dataset):
         if flipped:
             x = torch.flip(x, dims=[-1])
         return {"k": k, "i": i, "x": x, "hash": digest, "label": self.ds.label(i)}
+
+    def fingerprint(self, k: int) -> str | None:
+        """Size and modification time of item k's source file (None for built-in data): what a re-run
+        compares to find sources replaced since a shard was written, without decoding them."""
+        return self.ds.source_stat(k % self.n) if hasattr(self.ds, "source_stat") else None
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -233,6 +239,7 @@ def _encode_shard(codec, items: ImageItems | AudioSegments, s: int, out: Path, o
                                          collate_fn=_collate, num_workers=workers,
                                          prefetch_factor=4 if workers else None)
     latents, index, flip, labels, bad, hashes = [], [], [], [], [], {}
+    sources = {str(k): items.fingerprint(k) for k in range(lo, hi)}
     for batch in loader:
         good = [b for b in batch if b["x"] is not None]
         for b in batch:
@@ -252,7 +259,22 @@ def _encode_shard(codec, items: ImageItems | AudioSegments, s: int, out: Path, o
     if latents:  # a shard of only unreadable files holds no data tensor
         z = torch.cat(latents)
         tensors.update({codec.key: codec.store(z).contiguous(), **codec.shard_stats(z)})
-    write_shard(shard_path(out, s), tensors, {"bad": bad, "hashes": hashes})
+    write_shard(shard_path(out, s), tensors, {"bad": bad, "hashes": hashes, "fingerprints": sources})
+
+
+def _stale(items, s: int, out: Path, shard_size: int) -> str | None:
+    """Why shard s must be encoded (again), or None when it is intact and its sources are the files
+    it was encoded from (sizes and modification times; `shard_problem` checks the tensors)."""
+    path = shard_path(out, s)
+    problem = shard_problem(path)
+    if problem is not None:
+        return problem
+    recorded = shard_meta(path).get("fingerprints")
+    if recorded is None:  # written before fingerprints: trusted as complete
+        return None
+    lo, hi = s * shard_size, min((s + 1) * shard_size, len(items))
+    changed = sum(recorded.get(str(k)) != items.fingerprint(k) for k in range(lo, hi))
+    return f"{changed} of its {hi - lo} sources changed since it was encoded" if changed else None
 
 
 def model_hash(model) -> str:
@@ -284,7 +306,7 @@ def _merge_manifest(out: Path, n_shards: int, items: ImageItems | AudioSegments,
         count += n
         bad += meta["bad"]
         sources.update(meta["hashes"])
-        shards.append({"file": path.name, "count": n})
+        shards.append({"file": path.name, "count": n, "sha256": file_sha256(path)})
     if count == 0:
         raise ValueError(f"no readable image in {data}: nothing was encoded ({len(bad)} unreadable)")
     bad_unique = {b["index"]: b for b in bad}  # a bad image with --flip is listed once
@@ -324,7 +346,13 @@ def _run(codec, items, out: Path, opts: EncodeOptions, *, job: dict, digest: str
     _claim(out, job, state)
     n_shards = -(-len(items) // opts.shard_size)
     mine = range(state.process_index, n_shards, state.num_processes)
-    todo = [s for s in mine if not shard_done(shard_path(out, s))]
+    todo = []
+    for s in mine:
+        why = _stale(items, s, out, opts.shard_size)
+        if why is not None:
+            todo.append(s)
+            if why != "missing":
+                log.warning("encoding %s again: %s", shard_path(out, s).name, why)
     total = sum(min(opts.shard_size, len(items) - s * opts.shard_size) for s in todo)
     bar = tqdm(total=total, desc=f"encode[{state.process_index}]", unit=unit,
                disable=not (opts.progress and state.is_local_main_process), mininterval=1.0)
@@ -341,8 +369,11 @@ def _run(codec, items, out: Path, opts: EncodeOptions, *, job: dict, digest: str
 
 
 def _image_items(data: str, opts: EncodeOptions) -> ImageItems:
-    ds = build_image_dataset(data, resolution=opts.resolution, seed=opts.seed, random_crop=False,
-                             random_flip=False, split=opts.split)
+    try:
+        ds = build_image_dataset(data, resolution=opts.resolution, seed=opts.seed, random_crop=False,
+                                 random_flip=False, split=opts.split)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"--data: {e}") from None
     return ImageItems(ds, opts.flip)
 
 
@@ -352,13 +383,22 @@ def _image_job(digest: str, data: str, items: ImageItems, opts: EncodeOptions) -
                and not (k == "split" and v == "train")}}  # older encode dirs had no split
 
 
-def _prepare(model: torch.nn.Module, out: str | Path, opts: EncodeOptions, state: Processes):
+def _prepare(model: KLVAE | VQVAE, data: str, out: str | Path, opts: EncodeOptions, state: Processes):
+    """(model on the device, the items, the output directory): every check before anything is written."""
+    f = model.downsampling_factor
+    if opts.resolution % f:
+        lo, hi = opts.resolution // f * f, -(-opts.resolution // f) * f
+        raise ValueError(f"--resolution {opts.resolution}: must be a multiple of the model's downsampling factor "
+                         f"{f} (e.g. {lo or hi} or {hi}), or the latents would silently cover a cropped image")
+    items = _image_items(data, opts)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; an encode is written as a directory")
     out.mkdir(parents=True, exist_ok=True)
     model = model.to(state.device).eval()
     if opts.precision == "bf16":
         model = model.to(memory_format=torch.channels_last)
-    return model, out
+    return model, items, out
 
 
 def encode_latents(vae: KLVAE, data: str, out: str | Path, opts: EncodeOptions, *,
@@ -366,8 +406,7 @@ def encode_latents(vae: KLVAE, data: str, out: str | Path, opts: EncodeOptions, 
     """The images at `data` -> KL latent shards in `out` (see the module docstring); the manifest.
     Collective under a launcher (pass accelerate's `PartialState`)."""
     state = state or OneProcess()
-    vae, out = _prepare(vae, out, opts, state)
-    items = _image_items(data, opts)
+    vae, items, out = _prepare(vae, data, out, opts, state)
     digest = model_hash(vae.vae)  # the diffusers model's own keys, as aetk 0.1 hashed them
     return _run(LatentCodec(vae, opts), items, out, opts, job=_image_job(digest, data, items, opts), digest=digest,
                 data=data, unit="img", state=state)
@@ -377,8 +416,7 @@ def encode_tokens(model: VQVAE, data: str, out: str | Path, opts: EncodeOptions,
                   state: Processes | None = None) -> dict:
     """The images at `data` -> token shards of the VQ tokenizer `model` in `out`; the manifest."""
     state = state or OneProcess()
-    model, out = _prepare(model, out, opts, state)
-    items = _image_items(data, opts)
+    model, items, out = _prepare(model, data, out, opts, state)
     digest = model_hash(model)
     return _run(TokenCodec(model, opts), items, out, opts, job=_image_job(digest, data, items, opts), digest=digest,
                 data=data, unit="img", state=state)

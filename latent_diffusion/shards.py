@@ -1,9 +1,15 @@
 """The shard format of `aetk encode`: writing one shard, and reading a whole encode
-(memory-mapped; no whole-dataset load). `latent_diffusion.encode` documents the layout."""
+(memory-mapped; no whole-dataset load). `latent_diffusion.encode` documents the layout.
+
+Integrity: each shard's metadata carries the sha256 of its tensors (`tensors_sha256`) and the
+manifest the sha256 of each shard file. A re-run of `aetk encode` re-encodes a shard whose tensors
+do not match; the reader refuses a shard whose file does not match the manifest, naming it.
+"""
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from tokenizers_ae.pretrained import file_sha256
 
 FORMAT_VERSION = 1
 SUPPORTED_VERSION = FORMAT_VERSION
@@ -22,21 +30,45 @@ def shard_path(out: Path, s: int) -> Path:
     return Path(out) / f"shard-{s:05d}.safetensors"
 
 
-def shard_done(path: Path) -> bool:
-    """True when `path` is a complete shard of this format version (a damaged one is encoded again)."""
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()
+
+
+def shard_meta(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["aetk"])
+
+
+def shard_problem(path: Path) -> str | None:
+    """Why `path` is not a complete, intact shard of this format version (None when it is): missing,
+    unreadable, another version, or tensors that do not match the checksum written with them."""
     if not path.is_file():
-        return False
+        return "missing"
     try:
         with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["aetk"])["version"] == FORMAT_VERSION
-    except Exception:  # noqa: BLE001 - any unreadable shard is simply encoded again
-        return False
+            meta = json.loads(f.metadata()["aetk"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any unreadable shard is reported (and encoded again)
+        return f"unreadable ({type(e).__name__}: {e})"
+    if meta.get("version") != FORMAT_VERSION:
+        return f"format version {meta.get('version')}, not {FORMAT_VERSION}"
+    if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:
+        return "damaged (its tensors do not match the checksum written with them)"
+    return None
 
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """One shard, written to a temporary name and renamed: a kill leaves no partial shard."""
+    """One shard, with the checksum of its tensors, written to a temporary name and renamed: a kill
+    leaves no partial shard."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(tensors, tmp, metadata={"aetk": json.dumps({"version": FORMAT_VERSION, **meta})})
+    meta = {"version": FORMAT_VERSION, "sha256": tensors_sha256(tensors), **meta}
+    save_file(tensors, tmp, metadata={"aetk": json.dumps(meta)})
     os.replace(tmp, path)
 
 
@@ -78,8 +110,14 @@ class LatentShardDataset(torch.utils.data.Dataset):
         return self._starts[-1]
 
     def _shard(self, s: int):
+        """Shard s, opened once per process; its file is checked against the manifest's checksum first."""
         if s not in self._handles:
-            self._handles[s] = safe_open(str(self.root / self.manifest["shards"][s]["file"]), framework="pt")
+            entry = self.manifest["shards"][s]
+            path = self.root / entry["file"]
+            if "sha256" in entry and file_sha256(path) != entry["sha256"]:
+                raise ValueError(f"{path}: damaged (its checksum differs from manifest.json's); re-run the "
+                                 "`aetk encode` command that wrote it to encode it again")
+            self._handles[s] = safe_open(str(path), framework="pt")
         return self._handles[s]
 
     def __getitem__(self, i: int) -> dict:

@@ -25,3 +25,12 @@ def fault_point(point: str, step: int) -> None:
     """Fault injection for the kill tests: AETK_FAULT=point:step SIGKILLs this process there."""
     if os.environ.get("AETK_FAULT", "") == f"{point}:{step}":
         os.kill(os.getpid(), 9)
+
+
+def file_stat(path: str | Path) -> str:
+    """"size:mtime_ns" of a file ("missing" when it is gone): a cheap fingerprint of its content."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"

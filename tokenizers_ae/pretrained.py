@@ -21,7 +21,9 @@ read (`Saved.legacy`), as are checkpoints written before `model_config.json` exi
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,7 @@ LEGACY_CLASSES = {"kl_vae": "KLVAE", "vq_vae": "VQVAE", "soundstream": "SoundStr
 """aetk 0.1's `model.kind` -> class."""
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+log = logging.getLogger("aetk.checkpoint")
 
 
 class LoadError(ValueError):
@@ -73,9 +76,57 @@ def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    found = checkpoint_dirs(root)
-    return found[-1][1] if found else None
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_files(path: Path) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of every file in a checkpoint directory but COMPLETE:
+    what the COMPLETE marker records when the checkpoint is written."""
+    return {str(f.relative_to(path)): {"size": f.stat().st_size, "sha256": file_sha256(f)}
+            for f in sorted(path.rglob("*")) if f.is_file() and f.name != COMPLETE}
+
+
+def checkpoint_problem(path: Path, *, hashes: bool = True) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted (one line naming the file), or None. COMPLETE
+    lists every file's size and sha256; a missing, shorter, longer or altered file is named. With
+    `hashes=False` only sizes are compared (cheap). A checkpoint of aetk 0.1, whose COMPLETE holds
+    only the step, is trusted as complete."""
+    marker = path / COMPLETE
+    if not marker.is_file():
+        return f"{path} is not a complete checkpoint (no {COMPLETE} marker)"
+    text = marker.read_text().strip()
+    if not text.startswith("{"):  # aetk 0.1: the step number only
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return f"{marker} is damaged (not the JSON aetk writes)"
+    for name, want in record.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"{f} is missing"
+        size = f.stat().st_size
+        if size != want["size"]:
+            return f"{f} is {size} bytes, but {want['size']} were written (truncated or damaged)"
+        if hashes and file_sha256(f) != want["sha256"]:
+            return f"{f} does not match the checksum recorded when it was written (damaged or altered)"
+    return None
+
+
+def latest_checkpoint(root: Path, *, hashes: bool = False) -> Path | None:
+    """The newest checkpoint under `root` that is intact (`checkpoint_problem`); each newer damaged
+    one is skipped with a warning naming its problem. None when there is none."""
+    for _, path in reversed(checkpoint_dirs(root)):
+        problem = checkpoint_problem(path, hashes=hashes)
+        if problem is None:
+            return path
+        log.warning("skipping checkpoint %s: %s", path.name, problem)
+    return None
 
 
 # --- what a path holds --------------------------------------------------------------------------

@@ -25,8 +25,14 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from tokenizers_ae.pretrained import checkpoint_model_meta, latest_checkpoint
-from train.checkpoint import load_checkpoint, save_checkpoint
+from tokenizers_ae.pretrained import (
+    check_finite,
+    checkpoint_dirs,
+    checkpoint_model_meta,
+    checkpoint_problem,
+    latest_checkpoint,
+)
+from train.checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
 from train.config import Config, ConfigError, RunError
 from train.data.loader import build_loaders
 from train.families import family
@@ -36,6 +42,16 @@ from train.recipe import config_yaml
 from train.tasks import StepContext
 
 log = logging.getLogger("aetk.train")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16); without, oneDNN emulates it and
+    bf16 autocast is slower than fp32. True where the CPU flags cannot be read."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
 
 
 class NonFiniteLossError(RunError):
@@ -66,6 +82,9 @@ class Trainer:
         if t.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.mixed_precision=fp16 needs a GPU (accelerate would silently run fp32 "
                               "on CPU); use bf16, which CPUs with AVX-512/AMX run fast")
+        if t.mixed_precision == "bf16" and not torch.cuda.is_available() and not cpu_has_fast_bf16():
+            log.warning("this CPU has no native bf16 (AMX or AVX512-BF16), so bf16 autocast runs slower than "
+                        "fp32 here (about 4x on a 2-core AVX-512 Xeon); train.mixed_precision=no is faster")
         self.accelerator = Accelerator(
             mixed_precision=t.mixed_precision,
             cpu=not torch.cuda.is_available(),
@@ -233,13 +252,33 @@ class Trainer:
                                keep=self.cfg.train.keep_checkpoints)
 
     def maybe_resume(self) -> Path | None:
+        """Continue from the newest intact checkpoint (`resume=auto`; damaged newer ones are skipped
+        with a warning) or the one `resume` names; None when there is none to resume. CheckpointError
+        when none is intact or the checkpoint cannot be trusted; ConfigError when the recipe differs
+        from the checkpoint's in a key that may not change on resume (`check_resumable`)."""
         r = self.cfg.resume
         if r == "never":
             return None
-        path = latest_checkpoint(self.run_dir / "checkpoints") if r == "auto" else Path(r)
-        if path is None:
-            return None
-        state, extra = load_checkpoint(self.accelerator, path)
+        if r == "auto":
+            root = self.run_dir / "checkpoints"
+            if not checkpoint_dirs(root):
+                return None
+            path = latest_checkpoint(root, hashes=True)
+            if path is None:
+                raise CheckpointError(f"no intact checkpoint in {root} (each one is damaged: see the warnings); "
+                                      "use resume=never to start over, or a new output_dir")
+            damaged = [p for step, p in checkpoint_dirs(root) if step > int(path.name.removeprefix("step-"))]
+            self.accelerator.wait_for_everyone()  # every process has chosen before any is moved aside
+            if self.accelerator.is_main_process:
+                for p in damaged:  # kept for inspection, out of the rotation and of later resumes
+                    p.rename(p.with_name(p.name + ".damaged"))
+        else:
+            path = Path(r)
+            problem = checkpoint_problem(path) if path.is_dir() else f"resume={path}: no such checkpoint directory"
+            if problem is not None:
+                raise CheckpointError(f"refusing to load {path}: {problem}")
+        check_resumable(self.cfg, path)
+        state, extra = load_checkpoint(self.accelerator, path, verified=True)
         self.step_idx = state["step"]
         self.nonfinite_in_row = state["nonfinite_in_row"]
         self.bad_items = set(state["bad_items"])
@@ -268,8 +307,14 @@ class Trainer:
         return self.evaluator(ctx)
 
     def export(self, out: Path) -> None:
-        """The averaged model into `out` in its family's format (`Family.export`)."""
-        self.family.export(self.cfg, self.averaged_model(), self.loaders.train_dataset, out)
+        """The averaged model into `out` in its family's format (`Family.export`). RunError, with
+        nothing written, when its weights are not finite: a diverged run does not end as if it were good."""
+        model = self.averaged_model()
+        try:
+            check_finite(model.state_dict(), f"the model after {self.step_idx} steps")
+        except ValueError as e:
+            raise NonFiniteLossError(f"{e}; lower train.lr, or use bf16 instead of fp16") from None
+        self.family.export(self.cfg, model, self.loaders.train_dataset, out)
 
     def close(self) -> None:
         # Free models/optimizers before gloo tears down, or some multi-process runs abort at exit.

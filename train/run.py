@@ -41,22 +41,26 @@ class MetricsLog:
 
 
 def train(cfg: Config) -> Trainer:
+    """Run `cfg` to `train.max_steps` (resuming per `cfg.resume`); returns the trainer (close it).
+    `config.yaml` is written once the run is known to start or resume with this recipe, so it is
+    always what ran."""
     trainer = Trainer(cfg)
     acc = trainer.accelerator
     run_dir = trainer.run_dir
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(trainer.config_yaml())
-    acc.init_trackers("aetk")
-    resumed = trainer.maybe_resume()
-    if resumed is not None:
-        log.info("resumed from %s at step %d", resumed, trainer.step_idx)
-    metrics = MetricsLog(trainer)
     t = cfg.train
-    bar = tqdm(total=t.max_steps, initial=trainer.step_idx, desc="train", unit="step",
-               disable=not (t.progress and acc.is_local_main_process), dynamic_ncols=True, mininterval=1.0)
-    window_start, window_images = time.perf_counter(), 0
+    bar = None
     try:
+        resumed = trainer.maybe_resume()
+        if resumed is not None:
+            log.info("resumed from %s at step %d", resumed, trainer.step_idx)
+        if acc.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(trainer.config_yaml())
+        acc.init_trackers("aetk")
+        metrics = MetricsLog(trainer)
+        bar = tqdm(total=t.max_steps, initial=trainer.step_idx, desc="train", unit="step",
+                   disable=not (t.progress and acc.is_local_main_process), dynamic_ncols=True, mininterval=1.0)
+        window_start, window_images = time.perf_counter(), 0
         while trainer.step_idx < t.max_steps:
             fault_point("kill_at_step", trainer.step_idx)
             batches = trainer.next_micro_batches()
@@ -69,7 +73,8 @@ def train(cfg: Config) -> Trainer:
                 logs["images_per_s"] = window_images / max(dt, 1e-9)
                 logs["bad_items"] = len(trainer.bad_items)
                 metrics.write(step, logs)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.endswith("loss")})
+                # Shown at the next refresh: refreshing here too printed the final line twice.
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.endswith("loss")}, refresh=False)
                 window_start, window_images = time.perf_counter(), 0
             if step % t.eval_every == 0 or step == t.max_steps:
                 if acc.is_main_process:
@@ -77,6 +82,7 @@ def train(cfg: Config) -> Trainer:
                 acc.wait_for_everyone()
             if step % t.checkpoint_every == 0 or step == t.max_steps:
                 trainer.save()
+        bar.close()  # its final line before the export's log lines
         if acc.is_main_process:
             trainer.export(run_dir / "model")
             summary = {"steps": trainer.step_idx, "bad_items": len(trainer.bad_items),
@@ -87,5 +93,6 @@ def train(cfg: Config) -> Trainer:
         trainer.close()  # free accelerate's process-wide state, so the next run in this process can start
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return trainer

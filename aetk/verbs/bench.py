@@ -10,7 +10,9 @@ from aetk.verbs import add_config_args, add_json, emit
 
 
 def add(sub, name: str) -> None:
-    bench = sub.add_parser(name, help="benchmarks", description="Benchmarks that print JSON.")
+    bench = sub.add_parser(name, help="benchmarks", description="Benchmarks that print JSON, each with the "
+                           "reference it is measured against.",
+                           epilog="example: aetk bench train-step configs/bench-kl-64.yaml --reference --json t.json")
     bsub = bench.add_subparsers(dest="bench", required=True)
     p = bsub.add_parser("train-step", help="steady-state training images/s of `aetk train`'s code path",
                         description="Times Trainer.step (the code path of `aetk train`) on the recipe's data "
@@ -38,7 +40,7 @@ def add(sub, name: str) -> None:
                                     "process; reports images/s, latent error vs fp32 and peak RSS.")
     p.add_argument("model", help="a KL-VAE: run dir, checkpoint, diffusers AutoencoderKL dir or SD single file")
     p.add_argument("--data", help="PNG/JPEG folder (default: write N crops of the built-in photos)")
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--resolution", type=int, default=256, help="crop size of the images (default 256)")
     p.add_argument("--n", type=int, default=128, help="images in the default folder")
     add_json(p)
     p.set_defaults(func=run_encode)
@@ -47,10 +49,10 @@ def add(sub, name: str) -> None:
                         description="Forward + backward training steps of aetk's VectorQuantizer and, when "
                                     "vector-quantize-pytorch is installed, its VectorQuantize (same codebook size, "
                                     "dim, EMA decay, commitment weight), each in a fresh process.")
-    p.add_argument("--codebook-size", type=int, default=16384)
-    p.add_argument("--dim", type=int, default=8)
-    p.add_argument("--n-vectors", type=int, default=16384)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--codebook-size", type=int, default=16384, help="codes (default 16384)")
+    p.add_argument("--dim", type=int, default=8, help="code dimension (default 8)")
+    p.add_argument("--n-vectors", type=int, default=16384, help="vectors per step (default 16384)")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps (default 5)")
     p.add_argument("--no-reference", action="store_true", help="time aetk only")
     add_json(p)
     p.set_defaults(func=run_quantizer)
@@ -60,8 +62,9 @@ def add(sub, name: str) -> None:
                                     "for the kl-f8 (Stable Diffusion VAE) architecture with random weights.")
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="image sides (default 512 1024)")
     p.add_argument("--tile", type=int, default=256, help="tile side, pixels (default 256)")
-    p.add_argument("--ops", nargs="+", choices=["decode", "encode"], default=["decode", "encode"])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ops", nargs="+", choices=["decode", "encode"], default=["decode", "encode"],
+                   help="what to time (default both)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     add_json(p)
     p.set_defaults(func=run_tiling)
 
@@ -69,14 +72,16 @@ def add(sub, name: str) -> None:
                         description="Real-time factors of EncodecModel (default config, random weights; also with "
                                     "weight norm folded) and aetk's SoundStream (whole file and streaming chunks), "
                                     "alternating in one run; medians. Run on a quiet machine.")
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
-    p.add_argument("--kbps", type=float, default=6.0)
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds of audio per call (default 10)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls, medians reported (default 3)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both",
+                   help="compute precision (default both)")
+    p.add_argument("--kbps", type=float, default=6.0, help="bitrate: the levels used (default 6)")
     p.add_argument("--arch", choices=["fast", "encodec"], default="fast",
                    help="ours: the fast architecture (configs/soundstream-24k.yaml) or EnCodec's own widths")
-    p.add_argument("--chunk-ms", type=float, nargs="+", default=[20, 80, 320, 640, 1280, 2560])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--chunk-ms", type=float, nargs="+", default=[20, 80, 320, 640, 1280, 2560],
+                   help="streaming chunk lengths, ms")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     add_json(p)
     p.set_defaults(func=run_codec)
 
@@ -85,15 +90,15 @@ def add(sub, name: str) -> None:
                                     "smaller, random VAE) and over pixels, on the same photos; and aetk's sample + "
                                     "decode against diffusers' LDMPipeline with the same UNet and DDIM scheduler. "
                                     "Variants alternate; medians.")
-    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--resolution", type=int, default=64, help="image side, pixels (default 64)")
     p.add_argument("--factor", type=int, default=8, help="VAE downsampling factor (latent side = resolution / f)")
     p.add_argument("--widths", type=int, nargs="+", default=[64, 128], help="UNet block_out_channels")
     p.add_argument("--batch", type=int, default=8, help="training batch")
     p.add_argument("--n", type=int, default=8, help="samples per sampling call")
-    p.add_argument("--sample-steps", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--sample-steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats, medians reported (default 3)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="compute precision (default fp32)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     add_json(p)
     p.set_defaults(func=run_prior)
 

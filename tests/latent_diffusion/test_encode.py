@@ -120,3 +120,56 @@ def test_tiled_encode_and_eval_match_untiled(vae_dir, folder, tmp_path):
         assert main(["eval", str(vae_dir), *common, "--n", "4", "--json", str(out), *extra]) == 0
         results.append(json.loads(out.read_text())["model"]["psnr"])
     assert results[0] == pytest.approx(results[1], abs=1e-3)
+
+
+def test_a_rerun_re_encodes_sources_replaced_since(vae_dir, tmp_path):
+    """Images replaced by others of the same names and count: the re-run notices (sizes and
+    modification times) and encodes them again; the manifest then describes the new images."""
+    data = tmp_path / "imgs"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    out = tmp_path / "lat"
+    encode_cli(vae_dir, data, out, "--precision", "no")
+    before = json.loads((out / "manifest.json").read_text())
+    for i in range(4):  # other pixels, other sizes: what a user swapping a folder's content does
+        Image.fromarray(rng.integers(0, 255, (18, 18, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    proc = encode_cli(vae_dir, data, out, "--precision", "no")
+    after = json.loads((out / "manifest.json").read_text())
+    assert "encoding shard-00000.safetensors again: 3 of its 3 sources changed" in proc.stderr
+    old = {s["index"]: s["sha256"] for s in before["sources"]}
+    assert all(s["sha256"] != old[s["index"]] for s in after["sources"])  # none stale
+    ds = LatentShardDataset(out)
+    assert len(ds) == 4 and torch.isfinite(torch.stack([ds[i]["latent"] for i in range(4)])).all()
+
+
+def test_a_damaged_shard_is_refused_by_the_reader_and_encoded_again(vae_dir, folder, tmp_path):
+    out = tmp_path / "lat"
+    encode_cli(vae_dir, folder, out, "--precision", "no", "--dtype", "float32")
+    good = json.loads((out / "manifest.json").read_text())
+    shard = out / "shard-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # safetensors: header length, header, then the tensors
+    data[start:] = bytes(b ^ 0xFF for b in data[start:])  # every byte of tensor data flipped
+    shard.write_bytes(bytes(data))
+    ds = LatentShardDataset(out)
+    ds[0]  # shard 0 is intact
+    with pytest.raises(ValueError, match="shard-00001.safetensors: damaged"):
+        ds[4]
+    proc = encode_cli(vae_dir, folder, out, "--precision", "no", "--dtype", "float32")
+    assert "encoding shard-00001.safetensors again: damaged" in proc.stderr
+    again = json.loads((out / "manifest.json").read_text())
+    assert again["scaling_factor"] == pytest.approx(good["scaling_factor"], rel=1e-6)
+    fresh = LatentShardDataset(out)
+    assert all(torch.isfinite(fresh[i]["latent"]).all() for i in range(len(fresh)))
+
+
+def test_a_resolution_the_model_cannot_cover_is_refused(vae_dir, folder, tmp_path):
+    """f2 model: 15 px would give latents of a cropped image without a word."""
+    proc = run_cli(["encode", str(vae_dir), "--data", str(folder), "--out", str(tmp_path / "lat"), "--resolution",
+                    "15"], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("aetk: error: --resolution 15: must be a multiple of "
+                                                           "the model's downsampling factor 2")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "lat").exists()

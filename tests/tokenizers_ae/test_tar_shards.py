@@ -88,3 +88,36 @@ def test_two_process_encode_of_shards_covers_every_item_once(shards, tmp_path):
     ds = LatentShardDataset(tmp_path / "lat")
     assert m["count"] == 11 and sorted(ds[i]["index"] for i in range(len(ds))) == list(range(11))
     assert [b["source"].split(":")[-1] for b in m["bad"]] == ["sub/zz_broken.jpg"]
+
+
+def test_members_a_truncated_shard_lost_are_counted(shards, tmp_path, caplog):
+    """A shard cut in half: with the index make_shards writes, every member it lost is an unreadable
+    item (counted, warned, served around); without one, the truncation is warned about."""
+    import shutil
+
+    _, out = shards
+    cut = tmp_path / "shards"
+    shutil.copytree(out, cut)
+    tar = cut / "shard-000000.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    ds = build_image_dataset(str(cut), resolution=16, random_flip=False)
+    assert len(ds) == 12  # the index's members, not only those left in the file
+    lost = [i for i in range(5) if ds.why_unreadable(i) or ds[i]["bad"]]
+    assert lost and any("missing" in r.getMessage() or "truncated" in r.getMessage() for r in caplog.records)
+    bad = {j for i in range(len(ds)) for j in ds[i]["bad"]}
+    assert bad >= set(lost)  # each lost member is counted as an unreadable item
+    (cut / "index.json").unlink()
+    caplog.clear()
+    TarShardImages(str(cut), transform=ds.transform)
+    assert any("truncated" in r.getMessage() for r in caplog.records)
+
+
+def test_a_file_that_is_not_a_tar_is_one_line_naming_it(tmp_path):
+    from train.config import ConfigError
+    from train.data.sources import image_datasets
+    from train.recipe import config_from_dict
+
+    (tmp_path / "x.tar").write_bytes(b"this is not a tar archive at all" * 40)
+    cfg = config_from_dict({}, [f"data.path={tmp_path / 'x.tar'}"])
+    with pytest.raises(ConfigError, match=r"data.path: .*x.tar: not a tar archive"):
+        image_datasets(cfg)

@@ -103,7 +103,9 @@ def test_pickled_checkpoint_that_runs_code_is_refused(reference_run, tmp_path, t
     evil.target = str(tmp_path / "pwned")
     with open(ckpt / "optimizer.bin", "wb") as f:
         pickle.dump({"state": evil}, f)
-    trainer = Trainer(tiny_config(tmp_path / "run", *EXTRA, f"resume={ckpt}"))
+    from train.recipe import load_config
+
+    trainer = Trainer(load_config(CFG, tiny_overrides(tmp_path / "run", *EXTRA, f"resume={ckpt}")))
     with pytest.raises(CheckpointError, match="refusing to load"):
         trainer.maybe_resume()
     assert not (tmp_path / "pwned").exists()

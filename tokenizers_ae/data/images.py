@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageOps
 
 from tokenizers_ae.data.skipping import SkippingDataset
+from tokenizers_ae.files import file_stat
 
 log = logging.getLogger("aetk.data")
 
@@ -144,6 +145,9 @@ class ImageFolder(ImageDataset):
     def load(self, i: int) -> Image.Image:
         return open_image_file(self.files[i])
 
+    def source_stat(self, i: int) -> str:
+        return file_stat(self.files[i])
+
     def describe(self, i: int) -> str:
         return self.files[i]
 
@@ -198,6 +202,12 @@ class HFImageDataset(ImageDataset):
 
     def load(self, i: int) -> Image.Image:
         return _decode_value(self.ds[i][self.column])
+
+    def source_stat(self, i: int) -> str:
+        """The dataset's Arrow files (any change to them changes every item's fingerprint)."""
+        if not hasattr(self, "_stat"):
+            self._stat = ",".join(file_stat(f["filename"]) for f in self.ds.cache_files)
+        return self._stat
 
     def label(self, i: int) -> int | None:
         return self._labels[i] if self.class_names else None

@@ -46,6 +46,11 @@ class SkippingDataset(torch.utils.data.Dataset):
         """Class index of item i for labelled sources, else None (items then carry no "y")."""
         return None
 
+    def source_stat(self, i: int) -> str | None:
+        """A cheap fingerprint of item i's source file (`tokenizers_ae.files.file_stat`), None when
+        the data is not file-backed: `aetk encode` compares it to find replaced sources."""
+        return None
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

@@ -131,6 +131,11 @@ class KLVAE(Pretrained, nn.Module):
         return path
 
     @property
+    def downsampling_factor(self) -> int:
+        """Pixels per latent position along a side: 2 ** (levels - 1)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def scaling_factor(self) -> float:
         """Latents times this have unit variance (what a diffusion prior and diffusers pipelines use)."""
         return float(self.vae.config.scaling_factor)

@@ -57,6 +57,11 @@ class VQVAE(Pretrained, nn.Module):
     def last_layer(self) -> torch.Tensor:
         return self.decoder.conv_out.weight
 
+    @property
+    def downsampling_factor(self) -> int:
+        """Pixels per token along a side: 2 ** (levels - 1)."""
+        return 2 ** (len(self.backbone_config["block_out_channels"]) - 1)
+
     # --- saving and loading ---------------------------------------------------------------------
 
     def pretrained_config(self) -> dict:

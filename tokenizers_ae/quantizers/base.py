@@ -4,7 +4,7 @@ statistics and the one place that knows about process groups.
 Layout: quantizers take channels-first latents, (B, D, H, W) images or (B, D, T) audio, and work on
 the flattened rows (N, D) with N = B * prod(spatial), so one module serves both.
 
-Distributed: `all_reduce_`, `broadcast_` and `sample_rows` are the only code that talks to
+Distributed: `all_reduce_`, `broadcast_`, `gather_rows` and `sample_rows` are the only code that talks to
 `torch.distributed`; they are no-ops in a single process. Collectives only run in training mode,
 where every rank runs the same forwards; an eval forward on one rank alone never blocks.
 """
@@ -93,15 +93,20 @@ def stats_from_counts(counts: Tensor, codebook_size: int, *, prefix: str = "vq")
     }
 
 
-def codebook_stats(indices: Tensor, codebook_size: int, *, prefix: str = "vq") -> dict[str, Tensor]:
+def codebook_stats(indices: Tensor, codebook_size: int, *, prefix: str = "vq",
+                   global_batch: bool = False) -> dict[str, Tensor]:
     """Codebook use in a batch of indices (any shape; negative entries are ignored).
 
     Returns `{prefix}/usage`, the fraction of the K codes used at least once, and
     `{prefix}/perplexity`, exp(entropy) of the empirical code distribution (1 = one code,
-    K = all codes equally often). Large codebooks (FSQ/LFQ) are counted sparsely.
+    K = all codes equally often). Large codebooks (FSQ/LFQ) are counted sparsely. With
+    `global_batch` (training, where every process runs the same forwards), over every process's
+    indices: the numbers one process would report for the whole batch.
     """
     idx = indices.detach().reshape(-1)
     idx = idx[idx >= 0]
+    if global_batch:
+        idx = gather_rows(idx)
     if codebook_size <= 1 << 20:
         counts = torch.bincount(idx, minlength=codebook_size)
     else:
@@ -138,6 +143,26 @@ def _row_offset_and_total(n: int, device: torch.device) -> tuple[int, int]:
     dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
     sizes_l = [int(s) for s in sizes]
     return sum(sizes_l[: dist.get_rank()]), sum(sizes_l)
+
+
+@torch.no_grad()
+def gather_rows(x: Tensor) -> Tensor:
+    """Every process's rows (N_r, ...) concatenated in rank order: the global batch, as one process
+    holds it. Sums over it then add in the same order as one process would, so statistics are
+    bit-identical however the batch is split (an all-reduce of partial sums rounds differently,
+    and a VQ's nearest-code ties turn that last bit into another assignment)."""
+    if not distributed():
+        return x
+    offset, total = _row_offset_and_total(x.shape[0], x.device)
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
+    most = max(int(s) for s in sizes)
+    padded = torch.zeros(most, *x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
 
 
 @torch.no_grad()

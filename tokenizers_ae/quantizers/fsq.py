@@ -73,7 +73,7 @@ class FSQ(Quantizer):
         return QuantizerOutput(
             quantized=unflatten_channels(quantized, lead).to(z.dtype),  # (B, D, *spatial)
             indices=indices,
-            stats=codebook_stats(indices, self.codebook_size, prefix="fsq"),
+            stats=codebook_stats(indices, self.codebook_size, prefix="fsq", global_batch=self.training),
         )
 
     def digits(self, indices: Tensor) -> Tensor:

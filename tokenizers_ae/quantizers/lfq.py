@@ -119,7 +119,7 @@ class LFQ(Quantizer):
             codebook_h = codebook_entropy(logits, group_bits=self.entropy_group_bits)
             quantized = self.project_out(straight_through(q, x))  # (N, D)
         indices = indices.reshape(lead)  # (B, *spatial)
-        stats = codebook_stats(indices, self.codebook_size, prefix="lfq")
+        stats = codebook_stats(indices, self.codebook_size, prefix="lfq", global_batch=self.training)
         stats["lfq/per_sample_entropy"] = sample_h.detach()
         stats["lfq/codebook_entropy"] = codebook_h.detach()
         return QuantizerOutput(

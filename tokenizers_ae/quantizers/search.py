@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from tokenizers_ae.quantizers.base import all_reduce_, sample_rows
+from tokenizers_ae.quantizers.base import gather_rows, sample_rows
 
 SEARCH_BLOCK_ELEMENTS = 1 << 20
 """CPU distance-block budget in elements (4 MiB of float32): 64 rows at K = 16384, 1024 at
@@ -74,12 +74,14 @@ def nearest_codes(x: Tensor, codes: Tensor, *, block_rows: int | None = None,
 
 @torch.no_grad()
 def cluster_sums(x: Tensor, indices: Tensor, num_clusters: int) -> tuple[Tensor, Tensor]:
-    """Per-cluster sums (K, d) and counts (K,) of rows x (N, d) assigned to `indices` (N,),
-    summed over all processes in one all-reduce."""
+    """Per-cluster sums (K, d) and counts (K,) of the global batch's rows x (N, d) assigned to
+    `indices` (N,): the rows of every process, added in the global order (`gather_rows`), so the
+    result is bit-identical to one process's on the whole batch."""
     d = x.shape[1]
+    rows = gather_rows(torch.cat([x, indices[:, None].to(x.dtype)], dim=1))  # (N_total, d + 1)
     packed = torch.zeros(num_clusters, d + 1, dtype=x.dtype, device=x.device)  # (K, d + 1)
-    packed.index_add_(0, indices, torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1))
-    all_reduce_(packed)
+    ones = rows.new_ones(rows.shape[0], 1)
+    packed.index_add_(0, rows[:, d].long(), torch.cat([rows[:, :d], ones], dim=1))
     return packed[:, :d], packed[:, d]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -112,6 +113,9 @@ def export(cfg: Config, model, train_dataset, out: Path) -> None:
     batches = (torch.stack([train_dataset[i]["x"] for i in range(s, min(s + 16, n))]).to(device)
                for s in range(0, n, 16))
     stats = latent_statistics(vae, batches, seed=cfg.seed)
+    if not math.isfinite(stats["scaling_factor"]) or stats["scaling_factor"] <= 0:
+        raise ValueError(f"the latents of the trained model on the training data are not finite (std "
+                         f"{stats['global_std']}): the model diverged, so nothing was written; lower train.lr")
     set_scaling_factor(vae, stats["scaling_factor"])
     # diffusers pipelines upcast a VAE to fp32 when `force_upcast` is set: record whether it must.
     audit = precision_audit(vae, torch.stack([train_dataset[i]["x"] for i in range(min(8, n))]).to(device),
