@@ -67,13 +67,6 @@ def _no_internal_label_dropout(net: nn.Module) -> None:
             m.dropout_prob = 0.0
 
 
-def denoiser_classes(net: nn.Module) -> int:
-    """Classes a denoiser was built for (0: unconditional UNet)."""
-    if isinstance(net, DiTTransformer2DModel):
-        return int(net.config.num_embeds_ada_norm)
-    return int(net.config.num_class_embeds or 1) - 1
-
-
 DENOISERS = {"UNet2DModel": UNet2DModel, "DiTTransformer2DModel": DiTTransformer2DModel}
 DIT_NULL = 1000
 """The null class diffusers' DiTPipeline uses for guidance (ImageNet's 1000 classes)."""

@@ -1,17 +1,21 @@
 """Parts several families assemble: the adversarial autoencoder task from a recipe, the image
-losses, and the periodic reconstruction evaluation of image tokenizers."""
+losses, the periodic reconstruction evaluation of image tokenizers and the wiring of their
+`aetk eval` report."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from eval.image import reconstruction_metrics, save_reconstruction_grid
+from eval.report import Rate, evaluate_on_data
 from tokenizers_ae.discriminators.patchgan import NLayerDiscriminator
 from tokenizers_ae.losses.perceptual import LPIPS
 from tokenizers_ae.losses.reconstruction import ReconstructionLoss
 from train.config import Config, ConfigError, GANLoss, ImageGANLoss
-from train.families.base import EvalContext
+from train.families.base import EvalContext, ReportRequest
 from train.tasks import AutoencoderGANTask
 
 
@@ -60,3 +64,11 @@ def evaluate_images(ctx: EvalContext) -> dict[str, float]:
     metrics = reconstruction_metrics(x, recon, lpips=lp if lp is not None and lp.pretrained else None)
     save_reconstruction_grid(x, recon, path=ctx.samples / f"recon-{ctx.step:07d}.png")
     return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+def image_report(model: nn.Module, req: ReportRequest, rate: Callable[..., Rate]) -> dict:
+    """`aetk eval` of an image tokenizer: the request's flags to `eval.report.evaluate_on_data`."""
+    return evaluate_on_data(model, req.data, rate=rate, resolution=req.resolution, n=req.n or 64, fit_n=req.fit_n,
+                            precision=req.precision_audit, baselines=req.baselines, latent_bits=req.latent_bits,
+                            tile=req.tile, lpips_weights=req.lpips_weights, inception_weights=req.inception_weights,
+                            out_dir=req.out_dir)

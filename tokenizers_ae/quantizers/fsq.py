@@ -44,7 +44,6 @@ class FSQ(Quantizer):
         if not levels or min(levels) < 2:
             raise ValueError(f"levels must be a non-empty list of integers >= 2, got {levels}")
         self.config = dict(levels=levels, dim=dim)
-        self.levels_list = levels
         self.codebook_size = math.prod(levels)
         n = len(levels)
         self.dim = dim or n

@@ -111,4 +111,3 @@ class TokenItems(ShardItems):
             raise ConfigError(f"{key}: {path} holds {ds.manifest['format']}, not token shards; an AR prior "
                               "trains on `aetk encode` of a VQ tokenizer or an audio codec")
         super().__init__(path, ds)
-        self.token_shape = list(self.manifest["token_shape"])

@@ -136,12 +136,10 @@ def encode(model, req: EncodeRequest) -> dict:
 
 
 def report(model, req: ReportRequest) -> dict:
-    from eval.report import evaluate_on_data, latent_rate
+    from eval.report import latent_rate
+    from train.parts import image_report
 
-    return evaluate_on_data(model, req.data, rate=latent_rate, resolution=req.resolution, n=req.n or 64,
-                            fit_n=req.fit_n, precision=req.precision_audit, baselines=req.baselines,
-                            latent_bits=req.latent_bits, tile=req.tile, lpips_weights=req.lpips_weights,
-                            inception_weights=req.inception_weights, out_dir=req.out_dir)
+    return image_report(model, req, latent_rate)
 
 
 def _set_scaling(model, req: ExportRequest) -> str:

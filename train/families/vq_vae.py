@@ -100,12 +100,10 @@ def encode(model, req: EncodeRequest) -> dict:
 
 
 def report(model, req: ReportRequest) -> dict:
-    from eval.report import evaluate_on_data, token_rate
+    from eval.report import token_rate
+    from train.parts import image_report
 
-    return evaluate_on_data(model, req.data, rate=token_rate, resolution=req.resolution, n=req.n or 64,
-                            fit_n=req.fit_n, precision=req.precision_audit, baselines=req.baselines,
-                            latent_bits=req.latent_bits, tile=req.tile, lpips_weights=req.lpips_weights,
-                            inception_weights=req.inception_weights, out_dir=req.out_dir)
+    return image_report(model, req, token_rate)
 
 
 def export_diffusers(model, req: ExportRequest) -> str:
