@@ -48,6 +48,7 @@ def _lines(obj, indent: int) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     lines = [f"# {args.config}, model.kind={cfg.kind}"]
+    docs = field_docs(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if value is None and f.name == "loss":
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"{f.name}:")
             lines += _lines(value, 1)
         else:
+            lines += [f"# {line}" for line in textwrap.wrap(docs.get(f.name, ""), 96)]
             lines.append(f"{f.name}: {_scalar(value)}")
     print("\n".join(lines))
     return 0
