@@ -153,3 +153,17 @@ def test_random_state_is_restored_from_safetensors(run, tmp_path):
     set_rng_state(saved)
     b = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_loading_a_run_skips_a_checkpoint_whose_files_were_cut(run, tmp_path, caplog):
+    """`aetk.load` (export, eval, encode) on a run directory: a truncated newest checkpoint is
+    skipped with a warning naming the file, and the newest intact one is loaded."""
+    import aetk
+    from tokenizers_ae.pretrained import locate
+
+    out = copy(run, tmp_path)
+    f = out / "checkpoints/step-4/extra.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    assert locate(out).path.name == "step-2"
+    assert any("step-4" in r.getMessage() and "extra.safetensors" in r.getMessage() for r in caplog.records)
+    assert aetk.load(out).encode(torch.rand(1, 3, 16, 16) * 2 - 1).shape[0] == 1

@@ -153,7 +153,6 @@ def gather_rows(x: Tensor) -> Tensor:
     and a VQ's nearest-code ties turn that last bit into another assignment)."""
     if not distributed():
         return x
-    offset, total = _row_offset_and_total(x.shape[0], x.device)
     world = dist.get_world_size()
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
