@@ -12,12 +12,14 @@ from latent_diffusion.ar_prior import ARPrior
 from latent_diffusion.diffusion_prior import DiffusionPrior
 from tokenizers_ae.classic.registry import classic_from_saved
 from tokenizers_ae.models.kl_vae import KLVAE
+from tokenizers_ae.models.video_vae import VideoVAE
 from tokenizers_ae.models.vq_vae import VQVAE
 from tokenizers_ae.pretrained import LoadError, Saved, locate
 
 LOADERS: dict[str, Callable[[Saved], nn.Module]] = {
     "KLVAE": KLVAE.from_saved, "VQVAE": VQVAE.from_saved, "SoundStream": SoundStream.from_saved,
-    "DiffusionPrior": DiffusionPrior.from_saved, "ARPrior": ARPrior.from_saved, "classic": classic_from_saved}
+    "DiffusionPrior": DiffusionPrior.from_saved, "ARPrior": ARPrior.from_saved, "classic": classic_from_saved,
+    "VideoVAE": VideoVAE.from_saved}
 """Saved class name -> its loader."""
 
 
@@ -28,7 +30,8 @@ def load(path: str | Path, *, weights: str = "ema") -> nn.Module:
     averaged (`ema`) or `raw` weights. LoadError (a ValueError) naming the path when it holds no model.
 
     Image tokenizers have `encode(x)` / `decode(z)` on (B, C, H, W) images in [-1, 1]; the audio codec
-    `encode(x)` -> codes / `decode(codes)` on (B, 1, T); priors `sample` (`latent_diffusion`).
+    `encode(x)` -> codes / `decode(codes)` on (B, 1, T); the video VAE `encode(x)` / `decode(z)` on
+    (B, C, T, H, W) clips; priors `sample` (`latent_diffusion`).
     """
     saved = locate(path, weights=weights)
     if saved.class_name not in LOADERS:

@@ -1,4 +1,5 @@
-"""A diffusion prior over first-stage latents (or pixels): a diffusers UNet2DModel or DiT + DDPM.
+"""A diffusion prior over first-stage latents (or pixels): a diffusers UNet2DModel or DiT + DDPM;
+over video latents (B, c, t, h, w), a DiT on spatio-temporal patches (`latent_diffusion.video_dit`).
 
 Maths only: the training objective for given noise and timesteps, and seeded sampling with any
 diffusers scheduler, with classifier-free guidance when class-conditioned. Latents are in the
@@ -23,7 +24,7 @@ from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 from tqdm.auto import tqdm
 
-from tokenizers_ae.models.kl_vae import KLVAE
+from latent_diffusion.video_dit import ClassVideoDiT
 from tokenizers_ae.pretrained import Pretrained, Saved, check_finite, expect, prepare_dir
 
 log = logging.getLogger("aetk.export")
@@ -67,7 +68,8 @@ def _no_internal_label_dropout(net: nn.Module) -> None:
             m.dropout_prob = 0.0
 
 
-DENOISERS = {"UNet2DModel": UNet2DModel, "DiTTransformer2DModel": DiTTransformer2DModel}
+DENOISERS = {"UNet2DModel": UNet2DModel, "DiTTransformer2DModel": DiTTransformer2DModel,
+             "ClassVideoDiT": ClassVideoDiT}
 DIT_NULL = 1000
 """The null class diffusers' DiTPipeline uses for guidance (ImageNet's 1000 classes)."""
 
@@ -151,20 +153,22 @@ class DiffusionPrior(Pretrained, nn.Module):
         prior.null_label = meta.get("null_label", prior.num_classes)
         return prior.eval()
 
-    def save_pretrained(self, out: str | Path, *, first_stage: KLVAE | None = None) -> str:
+    def save_pretrained(self, out: str | Path, *, first_stage: nn.Module | None = None) -> str:
         """A diffusers pipeline directory when one fits, plus `prior.json` for aetk; returns the pipeline
         class written ("" when none fits: the reason is logged and aetk still samples from it).
 
         Layout of `out`:
           prior.json            aetk's metadata: denoiser, space, latent shape, scaling factor, classes, null label
-          unet/ or transformer/ the denoiser (diffusers UNet2DModel / DiTTransformer2DModel; `transformer`
-                                in a DiTPipeline whichever it is)
+          unet/ or transformer/ the denoiser (diffusers UNet2DModel / DiTTransformer2DModel / aetk's
+                                ClassVideoDiT; `transformer` in a DiTPipeline whichever it is)
           scheduler/            DDIMScheduler with the training noise schedule
           vqvae/ or vae/        `first_stage`, its scaling_factor set to the latents' (latent priors)
           model_index.json      which diffusers pipeline this is:
             unconditional UNet over latents -> LDMPipeline (vqvae, unet, scheduler)
             class-conditional UNet, or DiT  -> DiTPipeline (transformer, vae, scheduler, id2label)
             unconditional UNet over pixels  -> DDPMPipeline (unet, scheduler)
+            video DiT                       -> none (aetk samples; the transformer loads with
+                                               ClassVideoDiT.from_pretrained)
         so `DiffusionPipeline.from_pretrained(out)` samples offline with the same weights.
 
         DiTPipeline hard-codes ImageNet's null class (index 1000), so a class-conditional export pads
@@ -175,13 +179,17 @@ class DiffusionPrior(Pretrained, nn.Module):
         out = prepare_dir(out)
         net, k = self.net, self.num_classes
         is_dit = isinstance(net, DiTTransformer2DModel)
+        video = isinstance(net, ClassVideoDiT)
         pixel = self.space == "pixel"
         vae = None
-        if not pixel and first_stage is not None:
+        if not pixel and first_stage is not None and not video:
             vae = copy.deepcopy(first_stage.vae).float()  # a copy: safe to re-configure
             vae.register_to_config(scaling_factor=self.scaling_factor)  # the pipelines divide latents by it
         pipeline, null = "", self.null_label
-        if (k or is_dit) and vae is not None and k <= DIT_NULL:
+        if video:
+            log.info("a video prior: no diffusers pipeline takes a class-token Wan transformer; %s holds the "
+                     "transformer and scheduler, and aetk samples from it", out)
+        elif (k or is_dit) and vae is not None and k <= DIT_NULL:
             pipeline, null = "DiTPipeline", DIT_NULL
             net = _pad_classes(net, max(k, 1))
         elif not k and not is_dit and vae is not None:
@@ -192,7 +200,7 @@ class DiffusionPrior(Pretrained, nn.Module):
             log.info("no diffusers pipeline fits (%s prior%s); %s holds the denoiser and scheduler only",
                      "DiT" if is_dit else "UNet", ", no first stage" if vae is None and not pixel else "", out)
         # DiTPipeline calls its denoiser `transformer` whatever it is (a UNet2DModel takes the same call).
-        net_name = "transformer" if is_dit or pipeline == "DiTPipeline" else "unet"
+        net_name = "transformer" if is_dit or video or pipeline == "DiTPipeline" else "unet"
         net.save_pretrained(out / net_name, safe_serialization=True)
         DDIMScheduler.from_config(self.scheduler.config).save_pretrained(out / "scheduler")
         if pipeline:

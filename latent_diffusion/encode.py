@@ -1,5 +1,6 @@
-"""`aetk encode`: a dataset -> latent shards (KL-VAE), token shards (VQ tokenizer) or audio token
-shards (codec) as safetensors + `manifest.json`, resumable and split across processes.
+"""`aetk encode`: a dataset -> latent shards (KL-VAE), token shards (VQ tokenizer), audio token
+shards (codec) or video latent / token shards (video VAE) as safetensors + `manifest.json`,
+resumable and split across processes.
 
 Items are numbered 0..N-1 (then N..2N-1 for horizontal-flip copies) and cut into fixed shards of
 `shard_size` items; process r encodes shards r, r+W, r+2W, ... Each shard is written to a
@@ -8,8 +9,9 @@ the shards it finished and ends with every item exactly once; a finished run is 
 shard carries its own statistics (sums per channel, bad items, content hashes) so the manifest is
 merged from shard headers alone.
 
-Shard format (version 1): tensors `latents` (n, c, h, w) with `stat_sum`, `stat_sumsq` (c,)
-float64 — or `tokens` (n, h, w) int16/int32 with `code_counts` (K,) —, `index` (n,) source item,
+Shard format (version 1): tensors `latents` (n, c, h, w) (videos: (n, c, t, h, w)) with `stat_sum`,
+`stat_sumsq` (c,) float64 — or `tokens` (n, h, w) (videos: (n, t, h, w)) int16/int32 with
+`code_counts` (K,) —, `index` (n,) source item,
 `flip` (n,), `label` (n,) int64 class indices when the source is labelled (class sub-folders, a
 `label` column, builtin:digits; the manifest then lists `num_classes` and `class_names`); metadata
 JSON `aetk` = {version, bad: [{index, source, error}], hashes: {index: sha256 of the decoded RGB
@@ -37,8 +39,10 @@ from audio_codec.data import AudioFolder, AudioSegments
 from audio_codec.model import SoundStream
 from latent_diffusion.shards import FORMAT_VERSION, shard_meta, shard_path, shard_problem, write_shard
 from tokenizers_ae.data.sources import build_image_dataset
+from tokenizers_ae.data.video import build_video_dataset
 from tokenizers_ae.files import atomic_write, fault_point
 from tokenizers_ae.models.kl_vae import KLVAE
+from tokenizers_ae.models.video_vae import VideoVAE
 from tokenizers_ae.models.vq_vae import VQVAE
 from tokenizers_ae.pretrained import file_sha256
 from tokenizers_ae.tiling import vae_moments
@@ -92,6 +96,12 @@ class EncodeOptions:
     """Run the encoder in exact tiles of this many pixels (bounded memory for large images)."""
     split: str = "train"
     """Split of a builtin source or a `datasets` DatasetDict (`val`: builtin held-out items)."""
+    frames: int = 17
+    """Videos: frames per clip (the first frames of each file, centre-cropped)."""
+    frame_stride: int = 1
+    """Videos: take every n-th frame."""
+    builtin_size: int = 512
+    """Items a built-in source makes (builtin:skimage crops, builtin:moving-digits clips)."""
 
 
 class ImageItems(torch.utils.data.Dataset):
@@ -124,6 +134,27 @@ class ImageItems(torch.utils.data.Dataset):
         """Size and modification time of item k's source file (None for built-in data): what a re-run
         compares to find sources replaced since a shard was written, without decoding them."""
         return self.ds.source_stat(k % self.n) if hasattr(self.ds, "source_stat") else None
+
+
+class VideoItems(ImageItems):
+    """Item k: the clip of source video k % N (its first `frames` frames at the stride, centre crop),
+    flipped when k >= N; the hash is over the decoded frames. Unreadable or too short -> x=None."""
+
+    def __getitem__(self, k: int) -> dict:
+        i, flipped = k % self.n, k >= self.n
+        if hasattr(self.ds, "load"):  # video files: decode here so a bad file is listed, not fatal
+            try:
+                raw = self.ds.load(i)
+            except Exception as e:  # noqa: BLE001 - a bad file is listed in the manifest, never fatal
+                return {"k": k, "i": i, "x": None, "error": f"{type(e).__name__}: {e}"}
+            x = self.ds.make(raw, np.random.default_rng([0]))  # no random crop or flip: rng unused
+            digest = hashlib.sha256(raw.tobytes()).hexdigest()
+        else:  # made in memory (builtin:moving-digits)
+            x = self.ds[i]["x"]
+            digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()
+        if flipped:
+            x = torch.flip(x, dims=[-1])
+        return {"k": k, "i": i, "x": x, "hash": digest, "label": self.ds.label(i)}
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -166,6 +197,11 @@ class LatentCodec:
         return {"stat_sum": z.double().sum(dims), "stat_sumsq": z.double().pow(2).sum(dims)}
 
     def summarise(self, stats: dict[str, torch.Tensor], count: int, shape: list[int]) -> dict:
+        return {**self.channel_summary(stats, count, shape),
+                "model_scaling_factor": float(self.vae.config.scaling_factor)}
+
+    def channel_summary(self, stats: dict[str, torch.Tensor], count: int, shape: list[int]) -> dict:
+        """Storage, per-channel mean and std, and the scaling factor 1/std of the encoded latents."""
         per_channel = int(np.prod(shape[1:]))
         mean = stats["stat_sum"] / (count * per_channel)
         var = stats["stat_sumsq"] / (count * per_channel) - mean.pow(2)
@@ -173,7 +209,7 @@ class LatentCodec:
         std = float(((var + mean.pow(2)).mean() - global_mean.pow(2)).sqrt())
         return {"dtype": self.opts.dtype, "posterior": "sample" if self.opts.sample else "mean",
                 "channel_mean": mean.tolist(), "channel_std": var.clamp_min(0).sqrt().tolist(), "std": std,
-                "scaling_factor": 1.0 / std, "model_scaling_factor": float(self.vae.config.scaling_factor)}
+                "scaling_factor": 1.0 / std}
 
 
 class TokenCodec:
@@ -205,6 +241,54 @@ class TokenCodec:
                 "codebook_size": self.codebook_size, "codebook_usage": float((counts > 0).double().mean()),
                 "perplexity": float(np.exp(entropy)), "dead_codes": int((counts == 0).sum()),
                 "bits_per_token": float(np.log2(self.codebook_size))}
+
+
+class VideoLatentCodec(LatentCodec):
+    """Video VAE: latent means (or seeded samples) (c, t, h, w) per clip; the manifest adds the model's
+    per-channel `latents_mean` / `latents_std` (Wan pipelines' normalisation) and its factors."""
+
+    def __init__(self, model: VideoVAE, opts: EncodeOptions) -> None:
+        self.model, self.opts = model, opts
+
+    @torch.no_grad()
+    def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
+        m, opts = self.model, self.opts
+        p = next(m.parameters())
+        with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
+            mean, logvar = m.encode_moments(xs.to(p.device, p.dtype))
+        mean, std = mean.float().cpu(), torch.exp(0.5 * logvar.float()).cpu()
+        if not opts.sample:
+            return mean
+        eps = torch.stack([torch.randn(mean.shape[1:], generator=torch.Generator().manual_seed(
+            opts.seed * 1_000_003 + k)) for k in keys])
+        return mean + std * eps
+
+    def summarise(self, stats: dict[str, torch.Tensor], count: int, shape: list[int]) -> dict:
+        m = self.model
+        return {**self.channel_summary(stats, count, shape), "latents_mean": list(m.vae.config.latents_mean),
+                "latents_std": list(m.vae.config.latents_std),
+                "frames": self.opts.frames, "frame_stride": self.opts.frame_stride,
+                "temporal_factor": m.temporal_factor, "spatial_factor": m.spatial_factor}
+
+
+class VideoTokenCodec(TokenCodec):
+    """Video VAE with FSQ: token grids (t, h, w) per clip, with codebook usage statistics."""
+
+    def __init__(self, model: VideoVAE, opts: EncodeOptions) -> None:
+        self.model, self.opts = model, opts
+        self.codebook_size = int(model.quantizer.codebook_size)
+
+    @torch.no_grad()
+    def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
+        p = next(self.model.parameters())
+        with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
+            return self.model.tokens(xs.to(p.device, p.dtype)).cpu()
+
+    def summarise(self, stats: dict[str, torch.Tensor], count: int, shape: list[int]) -> dict:
+        m = self.model
+        return {**super().summarise(stats, count, shape), "frames": self.opts.frames,
+                "frame_stride": self.opts.frame_stride, "temporal_factor": m.temporal_factor,
+                "spatial_factor": m.spatial_factor}
 
 
 class AudioTokenCodec(TokenCodec):
@@ -308,7 +392,7 @@ def _merge_manifest(out: Path, n_shards: int, items: ImageItems | AudioSegments,
         sources.update(meta["hashes"])
         shards.append({"file": path.name, "count": n, "sha256": file_sha256(path)})
     if count == 0:
-        raise ValueError(f"no readable image in {data}: nothing was encoded ({len(bad)} unreadable)")
+        raise ValueError(f"no readable image or clip in {data}: nothing was encoded ({len(bad)} unreadable)")
     bad_unique = {b["index"]: b for b in bad}  # a bad image with --flip is listed once
     manifest = {
         "format": codec.fmt, "version": FORMAT_VERSION, "count": count, f"{codec.key[:-1]}_shape": list(shape),
@@ -371,16 +455,22 @@ def _run(codec, items, out: Path, opts: EncodeOptions, *, job: dict, digest: str
 def _image_items(data: str, opts: EncodeOptions) -> ImageItems:
     try:
         ds = build_image_dataset(data, resolution=opts.resolution, seed=opts.seed, random_crop=False,
-                                 random_flip=False, split=opts.split)
+                                 random_flip=False, split=opts.split, builtin_size=opts.builtin_size)
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"--data: {e}") from None
     return ImageItems(ds, opts.flip)
 
 
-def _image_job(digest: str, data: str, items: ImageItems, opts: EncodeOptions) -> dict:
+VIDEO_OPTIONS = ("frames", "frame_stride")
+
+
+def _image_job(digest: str, data: str, items: ImageItems, opts: EncodeOptions, *, video: bool = False) -> dict:
+    """What an encode directory holds: the model, the data and every option that changes the shards.
+    Options added later are left out at their defaults, so older encode directories still resume."""
+    later_defaults = {"split": "train", "builtin_size": 512}
     return {"model_hash": digest, "data": data, "items": len(items),
             **{k: v for k, v in vars(opts).items() if k not in ("num_workers", "progress", "batch_size")
-               and not (k == "split" and v == "train")}}  # older encode dirs had no split
+               and (video or k not in VIDEO_OPTIONS) and later_defaults.get(k, object()) != v}}
 
 
 def _prepare(model: KLVAE | VQVAE, data: str, out: str | Path, opts: EncodeOptions, state: Processes):
@@ -453,3 +543,35 @@ def encode_audio(model: SoundStream, data_dir: str | Path, out_dir: str | Path, 
            "segment_samples": segment_samples, "n_quantizers": n_q, "shard_size": shard_size}
     codec = AudioTokenCodec(model, opts, n_quantizers=n_q, segments=items)
     return _run(codec, items, out, opts, job=job, digest=digest, data=str(data_dir), unit="seg", state=state)
+
+
+def encode_video(model: VideoVAE, data: str, out: str | Path, opts: EncodeOptions, *,
+                 state: Processes | None = None) -> dict:
+    """The videos at `data` (a folder of video files or builtin:moving-digits) -> latent shards
+    (c, t, h, w) of the video VAE `model`, or token shards (t, h, w) when it has an FSQ bottleneck;
+    each clip is the first `opts.frames` frames of a file at `opts.frame_stride`, centre-cropped to
+    `opts.resolution`. Resumable, multi-process and checked like `encode_latents`; the manifest."""
+    state = state or OneProcess()
+    f = model.spatial_factor
+    if opts.resolution % f:
+        raise ValueError(f"--resolution {opts.resolution}: must be a multiple of the model's spatial factor {f}")
+    try:
+        model.latent_frames(opts.frames)
+    except ValueError as e:
+        raise ValueError(f"--frames: {e}") from None
+    try:
+        ds = build_video_dataset(data, frames=opts.frames, frame_stride=opts.frame_stride,
+                                 resolution=opts.resolution, seed=opts.seed, random_crop=False, random_flip=False,
+                                 split=opts.split, builtin_size=opts.builtin_size)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"--data: {e}") from None
+    items = VideoItems(ds, opts.flip)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; an encode is written as a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.to(state.device).eval()
+    digest = model_hash(model)
+    codec = VideoTokenCodec(model, opts) if model.quantizer is not None else VideoLatentCodec(model, opts)
+    return _run(codec, items, out, opts, job={"kind": "video", **_image_job(digest, data, items, opts, video=True)},
+                digest=digest, data=data, unit="clip", state=state)

@@ -16,6 +16,7 @@ from audio_codec.files import write_wav
 from audio_codec.model import SoundStream
 from latent_diffusion.ar_prior import TokenLayout
 from tokenizers_ae.models.kl_vae import KLVAE
+from tokenizers_ae.models.video_vae import VideoVAE
 from tokenizers_ae.models.vq_vae import VQVAE
 
 
@@ -45,10 +46,35 @@ def sample_labels(n: int, num_classes: int, label: int | str | None,
 
 
 @torch.no_grad()
-def decode_latents(vae: KLVAE, z: torch.Tensor, scaling_factor: float, tile: int | None = None) -> torch.Tensor:
-    """Scaled latents (n, c, h, w) -> images (n, C, H, W) in [-1, 1]."""
+def decode_latents(vae: KLVAE | VideoVAE, z: torch.Tensor, scaling_factor: float,
+                   tile: int | None = None) -> torch.Tensor:
+    """Scaled latents (n, c, h, w) -> images (n, C, H, W) in [-1, 1]; video latents (n, c, t, h, w)
+    -> clips (n, C, T, H, W)."""
     p = next(vae.parameters())
-    return vae.decode(z.to(p.device, p.dtype) / scaling_factor, tile).float().clamp(-1, 1)
+    return vae.decode(z.to(p.device, p.dtype) / scaling_factor, tile=tile).float().clamp(-1, 1)
+
+
+def video_frames(clips: torch.Tensor) -> torch.Tensor:
+    """(n, C, T, H, W) -> (n*T, C, H, W): each clip's frames in a row of a grid (`nrow=T`)."""
+    n, c, t, h, w = clips.shape
+    return clips.transpose(1, 2).reshape(n * t, c, h, w)
+
+
+def save_gif(clips: torch.Tensor, path: str | Path, *, fps: float = 6.0, scale: int = 4) -> Path:
+    """(n, C, T, H, W) in [-1, 1] -> one animated GIF of the clips side by side, upscaled `scale`x
+    (nearest), looping: moving samples are easier to judge moving."""
+    from PIL import Image  # pillow: only GIFs need it here
+
+    n, c, t, h, w = clips.shape
+    frames = []
+    for k in range(t):
+        grid = make_grid((clips[:, :, k].float().cpu() + 1) / 2, nrow=min(n, 8), padding=2, pad_value=1.0)
+        grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+        frames.append(Image.fromarray((grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+    return path
 
 
 def check_token_decoder(first_stage: torch.nn.Module, layout: TokenLayout, where: str) -> None:

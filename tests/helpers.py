@@ -22,14 +22,22 @@ TINY_IMAGE_TOKENIZER = [
     "loss.disc_layers=2", "loss.disc_start=3",
 ]
 """The tiny architecture and loss of the image tokenizers (model.kind kl_vae, the default, and vq_vae)."""
+TINY_VIDEO = [
+    "data.path=builtin:moving-digits", "data.resolution=16", "data.frames=5", "data.builtin_size=32",
+    "model.base_dim=8", "model.latent_channels=4", "model.dim_mult=[1,2,2]", "model.temporal_downsample=[true,true]",
+    "loss.perceptual_weight=0.1", "loss.perceptual_backbone=random", "loss.disc_channels=8",
+    "loss.disc_layers=2", "loss.disc_start=3",
+]
+"""The tiny video VAE (model.kind video_vae): 4x in time, 4x in space, on moving digits."""
 
 
 def tiny_overrides(out: Path, *extra: str) -> list[str]:
     kinds = [e.split("=", 1)[1] for e in extra if e.startswith("model.kind=")]
     kind = kinds[-1] if kinds else "kl_vae"
-    images = TINY_IMAGES if kind not in ("soundstream", "ar_prior") else []
+    images = TINY_IMAGES if kind not in ("soundstream", "ar_prior", "video_vae") else []
     tokenizer = TINY_IMAGE_TOKENIZER if kind in ("kl_vae", "vq_vae") else []
-    return [f"output_dir={out}", *TINY, *images, *tokenizer, *extra]
+    video = TINY_VIDEO if kind == "video_vae" else []
+    return [f"output_dir={out}", *TINY, *images, *tokenizer, *video, *extra]
 
 
 def run_cli(args: list[str], *, env: dict | None = None, check: bool = True, timeout: int = 300,

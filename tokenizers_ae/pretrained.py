@@ -45,7 +45,7 @@ EMA_PREFIX = "ema.module."
 RAW_WEIGHTS = "model.safetensors"
 """accelerate's file for the first prepared module: the phase that trains the model."""
 
-DIFFUSERS_CLASSES = {"AutoencoderKL": "KLVAE", "VQModel": "VQVAE"}
+DIFFUSERS_CLASSES = {"AutoencoderKL": "KLVAE", "VQModel": "VQVAE", "AutoencoderKLWan": "VideoVAE"}
 """diffusers `_class_name` -> the aetk class that loads it."""
 PRIOR_CLASSES = {"diffusion_prior": "DiffusionPrior", "ar_prior": "ARPrior"}
 """`prior.json` kind -> class."""
@@ -217,7 +217,7 @@ def locate(path: str | Path, *, weights: str = "ema") -> Saved:
     if (p / "config.json").is_file():
         name = _read_json(p / "config.json").get("_class_name")
         if name not in DIFFUSERS_CLASSES:
-            raise LoadError(f"{p}: a diffusers {name} directory; aetk loads AutoencoderKL and VQModel")
+            raise LoadError(f"{p}: a diffusers {name} directory; aetk loads {', '.join(DIFFUSERS_CLASSES)}")
         return Saved(p, "diffusers", DIFFUSERS_CLASSES[name])
     if (p / "model").is_dir():
         return locate(p / "model", weights=weights)
@@ -261,6 +261,16 @@ def _checkpoint(p: Path, weights: str) -> Saved:
     return Saved(p, "checkpoint", LEGACY_CLASSES.get(kind, str(kind)), weights=weights,
                  raw_prefix="" if kind.endswith("_prior") else "autoencoder.",
                  legacy={"model": model, "data": recipe.get("data") or {}})
+
+
+def apply_measured(config_owner, saved: Saved, keys: tuple[str, ...]) -> None:
+    """Copy what training measured on its data at the end (e.g. the latent scaling) from the run's
+    `model/config.json` into a model loaded from one of its checkpoints (`config_owner`: the diffusers
+    model whose config holds those `keys`)."""
+    measured = saved.run_dir / "model" / "config.json" if saved.run_dir else None
+    if measured is not None and measured.is_file():
+        done = _read_json(measured)
+        config_owner.register_to_config(**{k: done[k] for k in keys if k in done})
 
 
 def expect(saved: Saved, class_name: str, what: str) -> None:

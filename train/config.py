@@ -235,9 +235,10 @@ class ImageGANLoss(GANLoss):
     """Pixel reconstruction loss, mean over values."""
     perceptual_weight: float = 1.0
     """Weight of LPIPS (0 disables it and skips the network)."""
-    perceptual_backbone: Literal["vgg", "random"] = "vgg"
-    """`vgg`: ImageNet VGG16 weights from `perceptual_weights` or torchvision's cache; `random`: an
-    untrained backbone (tests, smoke runs: the loss then means little)."""
+    perceptual_backbone: Literal["vgg", "random", "haarpsi"] = "vgg"
+    """`vgg`: LPIPS with ImageNet VGG16 weights from `perceptual_weights` or torchvision's cache;
+    `random`: an untrained backbone (tests, smoke runs: the loss then means little); `haarpsi`: no
+    network, 1 - HaarPSI (piq), a weight-free perceptual term (images of at least 16 pixels)."""
     perceptual_weights: str | None = None
     """Path to torchvision's `vgg16-397923af.pth` (or any VGG16 state dict) for `vgg`."""
     learn_logvar: bool = False

@@ -12,7 +12,7 @@ from torch import nn
 from eval.image import reconstruction_metrics, save_reconstruction_grid
 from eval.report import Rate, evaluate_on_data
 from tokenizers_ae.discriminators.patchgan import NLayerDiscriminator
-from tokenizers_ae.losses.perceptual import LPIPS
+from tokenizers_ae.losses.perceptual import LPIPS, HaarPSIDistance
 from tokenizers_ae.losses.reconstruction import ReconstructionLoss
 from train.config import Config, ConfigError, GANLoss, ImageGANLoss
 from train.families.base import EvalContext, ReportRequest
@@ -38,7 +38,9 @@ def image_losses(cfg: Config) -> tuple[ReconstructionLoss, NLayerDiscriminator]:
     """Pixel + LPIPS reconstruction loss and the PatchGAN of an image tokenizer's recipe."""
     loss: ImageGANLoss = cfg.loss
     perceptual = None
-    if loss.perceptual_weight > 0:
+    if loss.perceptual_weight > 0 and loss.perceptual_backbone == "haarpsi":
+        perceptual = HaarPSIDistance()
+    elif loss.perceptual_weight > 0:
         try:
             perceptual = LPIPS(backbone=loss.perceptual_backbone, weights_path=loss.perceptual_weights)
         except FileNotFoundError as e:
@@ -50,9 +52,9 @@ def image_losses(cfg: Config) -> tuple[ReconstructionLoss, NLayerDiscriminator]:
 
 
 @torch.no_grad()
-def evaluate_images(ctx: EvalContext) -> dict[str, float]:
-    """Reconstruct the validation batch: PSNR, SSIM (and LPIPS when the task's perceptual network is
-    pretrained), and a reconstruction grid."""
+def reconstruct_val(ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the validation batch, its reconstruction by the evaluated model in [-1, 1]), under the run's
+    autocast, in eval mode (the model's mode restored after)."""
     model = ctx.model
     was_training = model.training
     model.eval()
@@ -60,6 +62,14 @@ def evaluate_images(ctx: EvalContext) -> dict[str, float]:
     with ctx.autocast():
         recon = model(x).recon.float().clamp(-1, 1)
     model.train(was_training)
+    return x, recon
+
+
+@torch.no_grad()
+def evaluate_images(ctx: EvalContext) -> dict[str, float]:
+    """Reconstruct the validation batch: PSNR, SSIM (and LPIPS when the task's perceptual network is
+    pretrained), and a reconstruction grid."""
+    x, recon = reconstruct_val(ctx)
     lp = ctx.task.rec_loss.perceptual
     metrics = reconstruction_metrics(x, recon, lpips=lp if lp is not None and lp.pretrained else None)
     save_reconstruction_grid(x, recon, path=ctx.samples / f"recon-{ctx.step:07d}.png")

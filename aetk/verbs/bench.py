@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from aetk.verbs import add_config_args, add_json, emit
+from aetk.verbs import add_config_args, add_json, emit, positive_int
 
 
 def add(sub, name: str) -> None:
@@ -67,6 +67,29 @@ def add(sub, name: str) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     add_json(p)
     p.set_defaults(func=run_tiling)
+
+    p = bsub.add_parser("video", help="video VAE encode/decode: aetk's VideoVAE vs diffusers' AutoencoderKLWan tiling",
+                        description="Encode and decode of one clip with a Wan-2.1-shaped video VAE (random seeded "
+                                    "weights): diffusers' AutoencoderKLWan untiled (the reference) and with "
+                                    "enable_tiling() + enable_slicing(), and aetk's VideoVAE on the same weights. "
+                                    "Each measurement runs in a fresh process; reports seconds, peak memory and max "
+                                    "abs error against the reference, and the aetk/diffusers-tiled ratios.",
+                        epilog="example: aetk bench video --frames 33 --size 256 --base-dim 32 --json video.json")
+    p.add_argument("--frames", type=positive_int, default=33, help="frames per clip, 1 + 4k (default 33)")
+    p.add_argument("--size", type=positive_int, default=256, help="frame side, pixels, a multiple of 8 (default 256)")
+    p.add_argument("--base-dim", "--width", dest="base_dim", type=positive_int, default=96,
+                   help="the VAE's base width (default 96, Wan 2.1's; e.g. 32 on a CPU)")
+    p.add_argument("--batch", type=positive_int, default=1, help="clips per call (default 1)")
+    p.add_argument("--tile", type=positive_int,
+                   help="diffusers' tile side in pixels, stride 3/4 of it (default: its own, 256 with stride 192, "
+                        "which tiles only frames larger than 256)")
+    p.add_argument("--ops", nargs="+", choices=["encode", "decode"], default=["encode", "decode"],
+                   help="what to time (default both)")
+    p.add_argument("--no-timing-run", action="store_true",
+                   help="take seconds from the memory run (mmap threshold 64 KiB) instead of a second process")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    add_json(p)
+    p.set_defaults(func=run_video)
 
     p = bsub.add_parser("codec", help="audio codec encode+decode speed vs transformers' EncodecModel (24 kHz, 6 kbps)",
                         description="Real-time factors of EncodecModel (default config, random weights; also with "
@@ -150,6 +173,14 @@ def run_tiling(args: argparse.Namespace) -> int:
 
     return emit(bench_tiling(sizes=tuple(args.sizes), tile=args.tile, ops=tuple(args.ops), threads=args.threads),
                  args.json)
+
+
+def run_video(args: argparse.Namespace) -> int:
+    from eval.bench.video import WAN21, bench_video
+
+    return emit(bench_video(frames=args.frames, size=args.size, batch=args.batch,
+                            arch={**WAN21, "base_dim": args.base_dim}, ops=tuple(args.ops), tile=args.tile,
+                            threads=args.threads, timing_run=not args.no_timing_run), args.json)
 
 
 def run_codec(args: argparse.Namespace) -> int:

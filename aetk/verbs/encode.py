@@ -16,11 +16,13 @@ def add(sub, name: str) -> None:
                                    "multi-process: torchrun --nproc_per_node N -m aetk encode ...",
                        epilog="examples:\n  aetk encode runs/quickstart --data builtin:skimage --out latents "
                               "--resolution 64\n  aetk encode runs/codec-tiny --data data/speech/train --out tokens "
-                              "--kbps 6", formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "--kbps 6\n  aetk encode runs/video-digits --data builtin:moving-digits --resolution 32 "
+                              "--frames 9 --out video-latents", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run dir, checkpoint, exported model dir or SD single file: a KL-VAE, a VQ "
-                                 "tokenizer or an audio codec")
+                                 "tokenizer, an audio codec or a video VAE")
     p.add_argument("--data", required=True, help="image folder, .tar shards, datasets.save_to_disk dir or "
-                                                  "builtin:skimage (an audio folder for an audio codec)")
+                                                  "builtin:skimage (an audio folder for an audio codec; a video "
+                                                  "folder or builtin:moving-digits for a video VAE)")
     p.add_argument("--out", required=True, help="the encode directory (created; re-runs resume it)")
     p.add_argument("--resolution", type=positive_int, default=256,
                    help="centre crop size, a multiple of the model's downsampling factor (default 256)")
@@ -41,6 +43,11 @@ def add(sub, name: str) -> None:
                    help="audio codec: split every file into segments this long (default 5; the last is "
                         "zero-padded if at least half a segment, else dropped)")
     p.add_argument("--kbps", type=positive_float, help="audio codec: levels for this bitrate (default: all levels)")
+    p.add_argument("--builtin-size", type=positive_int, default=512,
+                   help="built-in sources: items to make (builtin:skimage crops, builtin:moving-digits clips; 512)")
+    p.add_argument("--frames", type=positive_int, default=17,
+                   help="video VAE: frames per clip, 1 + k * the temporal factor (default 17)")
+    p.add_argument("--frame-stride", type=positive_int, default=1, help="video VAE: take every n-th frame (1)")
     p.add_argument("--tile", type=positive_int, help="encode in exact tiles of this many pixels: bounded memory "
                                                      "for large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=run)
@@ -72,11 +79,13 @@ def run(args: argparse.Namespace) -> int:
     model = aetk.load(args.model)
     fam = family_of(model)
     if fam.encode is None:
-        raise ConfigError(f"{args.model} holds a {fam.kind} model; aetk encode runs image tokenizers and audio codecs")
+        raise ConfigError(f"{args.model} holds a {fam.kind} model; aetk encode runs image and video tokenizers and "
+                          "audio codecs")
     req = EncodeRequest(data=args.data, out=args.out, resolution=args.resolution, batch_size=args.batch_size,
                         shard_size=args.shard_size, sample=args.sample, flip=args.flip, dtype=args.dtype,
                         seed=args.seed, precision=args.precision, num_workers=args.num_workers, tile=args.tile,
                         split=args.split, segment_seconds=args.segment_seconds, kbps=args.kbps,
+                        frames=args.frames, frame_stride=args.frame_stride, builtin_size=args.builtin_size,
                         processes=PartialState(cpu=not torch.cuda.is_available()))
     print(summary(fam.encode(model, req), args.out))
     return 0

@@ -15,11 +15,15 @@ def add(sub, name: str) -> None:
                                    "unavailable), latent or codebook statistics and throughput, optionally beside "
                                    "JPEG at the same bits per pixel and patch PCA with the same number of latent "
                                    "values; a grid and a rate-distortion plot. Audio codecs: SI-SNR, mel/STFT "
-                                   "distances, PESQ/STOI, achieved kbps per bitrate, beside Opus. Classic models: "
-                                   "their table row and figure, on their own data by default.",
+                                   "distances, PESQ/STOI, achieved kbps per bitrate, beside Opus. Video VAEs: "
+                                   "per-frame PSNR/SSIM, HaarPSI, the frame-difference error (flicker), beside "
+                                   "space-time patch PCA, and a strip of frames. Classic models: their table row and "
+                                   "figure, on their own data by default.",
                        epilog="examples:\n  aetk eval runs/quickstart --data builtin:skimage --resolution 64 "
                               "--baseline jpeg --baseline pca --json eval.json\n  aetk eval runs/codec-tiny --data "
-                              "data/speech/val --kbps 6", formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "data/speech/val --kbps 6\n  aetk eval runs/video-digits --data builtin:moving-digits "
+                              "--resolution 32 --frames 9 --baseline pca",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run dir, checkpoint, exported model dir or SD single file")
     p.add_argument("--data", help="evaluation data (required, except for classic models: their own data)")
     p.add_argument("--resolution", type=positive_int, default=256, help="images: centre crop size (default 256)")
@@ -42,6 +46,9 @@ def add(sub, name: str) -> None:
                    help="audio codec: a bitrate to evaluate (repeatable; default 1.5, 3, 6, 12)")
     p.add_argument("--segment-seconds", type=positive_float, default=5.0, help="audio codec: clip length (default 5)")
     p.add_argument("--no-opus", action="store_true", help="audio codec: skip the Opus comparison")
+    p.add_argument("--frames", type=positive_int, default=17,
+                   help="video VAE: frames per clip, 1 + k * the temporal factor (default 17)")
+    p.add_argument("--frame-stride", type=positive_int, default=1, help="video VAE: take every n-th frame (1)")
     p.add_argument("--tile", type=positive_int, help="encode/decode in exact tiles of this many pixels: bounded "
                                                      "memory for large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=run)
@@ -61,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
                         baselines=tuple(args.baseline), latent_bits=args.latent_bits, lpips_weights=args.lpips_weights,
                         inception_weights=args.inception_weights, precision_audit=args.precision_audit,
                         tile=args.tile, out_dir=files_dir(args.out_dir, args.json), kbps=tuple(args.kbps or ()),
-                        segment_seconds=args.segment_seconds, opus=not args.no_opus)
+                        segment_seconds=args.segment_seconds, opus=not args.no_opus,
+                        frames=args.frames, frame_stride=args.frame_stride)
     return emit(fam.report(model, req), args.json)

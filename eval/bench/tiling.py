@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import tempfile
 import time
 from pathlib import Path
@@ -76,25 +77,45 @@ def _run(arch: dict, size: int, op: str, method: str, tile: int, threads: int):
     return out, seconds, peak
 
 
-def _child(args, path, queue) -> None:
-    out, seconds, peak = _run(*args)
+def _child(run, args, path, queue) -> None:
+    out, seconds, peak = run(*args)
     torch.save(out, path)
     queue.put((seconds, peak))
 
 
-def measure(arch: dict, size: int, op: str, method: str, tile: int = 256, threads: int = 2):
-    """(output, seconds, peak MiB) of one op in a fresh process."""
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # inherited by the spawned child
+def in_fresh_process(run, *args, mmap_threshold: int | None = 65536):
+    """(output, seconds, peak MiB) of `run(*args)` in a fresh spawned process; `run` is a module-level
+    function returning (tensor output, seconds, peak MiB). `mmap_threshold`: glibc's for the child (64 KiB:
+    the resident set follows live memory; None: glibc's default, how programs normally run)."""
+    if mmap_threshold is None:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    else:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)  # inherited by the spawned child
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "out.pt"
-        p = ctx.Process(target=_child, args=((arch, size, op, method, tile, threads), str(path), q))
+        p = ctx.Process(target=_child, args=(run, args, str(path), q))
         p.start()
-        seconds, peak = q.get()
+        while True:
+            try:
+                seconds, peak = q.get(timeout=1)
+                break
+            except queue.Empty:
+                if not p.is_alive():  # an exception or the OOM killer: fail instead of waiting forever
+                    try:
+                        seconds, peak = q.get(timeout=5)  # (unless it put its result just before exiting)
+                        break
+                    except queue.Empty:
+                        raise RuntimeError(f"the measuring process died (exit code {p.exitcode})") from None
         p.join()
         out = torch.load(path, weights_only=True)
     return out, seconds, peak
+
+
+def measure(arch: dict, size: int, op: str, method: str, tile: int = 256, threads: int = 2):
+    """(output, seconds, peak MiB) of one op in a fresh process."""
+    return in_fresh_process(_run, arch, size, op, method, tile, threads)
 
 
 def bench_tiling(*, sizes=(512, 1024), tile: int = 256, ops=("decode", "encode"), arch: dict | None = None,

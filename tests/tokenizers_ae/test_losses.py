@@ -94,3 +94,22 @@ def test_adaptive_weight_formula_and_clamp():
 def test_patchgan_shapes(norm):
     d = NLayerDiscriminator(channels=8, n_layers=3, norm=norm)
     assert d(torch.randn(2, 3, 64, 64)).shape == (2, 1, 6, 6)
+
+
+def test_haarpsi_distance_is_a_weight_free_differentiable_perceptual_term():
+    from tokenizers_ae.losses.perceptual import HaarPSIDistance
+    from tokenizers_ae.losses.reconstruction import ReconstructionLoss
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    d = HaarPSIDistance()
+    assert list(d.parameters()) == []
+    assert d(x, x).abs().max() < 1e-5
+    slight, heavy = x + 0.05 * torch.randn_like(x), x + 0.5 * torch.randn_like(x)
+    assert (d(slight.clamp(-1, 1), x) < d(heavy.clamp(-1, 1), x)).all()
+    y = slight.clamp(-1, 1).requires_grad_(True)
+    nll, logs = ReconstructionLoss(kind="l1", perceptual=d, perceptual_weight=0.5)(y, x)
+    nll.backward()
+    assert y.grad.abs().sum() > 0 and "rec/haarpsi" in logs and "rec/lpips" not in logs
+    with pytest.raises(ValueError, match="at least 16x16"):
+        d(x[..., :8, :8], x[..., :8, :8])

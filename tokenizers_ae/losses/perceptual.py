@@ -89,3 +89,22 @@ class LPIPS(nn.Module):
         for lin, a, b in zip(self.net.lins, fx, ft):
             dist = dist + lin((a - b) ** 2).mean(dim=(2, 3))  # (B, 1)
         return dist.flatten()  # (B,)
+
+
+class HaarPSIDistance(nn.Module):
+    """1 - HaarPSI (Reisenhofer et al. 2018, piq's implementation) per image: a perceptual distance
+    with no learned weights, for training where no VGG weights exist offline. forward(x, target) ->
+    (B,) in [0, 1]; inputs (B, C, H, W) in [-1, 1], C 1 or 3, sides of at least 16 pixels."""
+
+    pretrained = False
+    """Not LPIPS: the trainer's validation does not report it as `lpips`."""
+    log_name = "haarpsi"
+    """The training log's key: `rec/haarpsi` (1 - HaarPSI)."""
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import piq  # the weight-free metrics: only this loss needs them
+
+        if min(x.shape[-2:]) < 16:
+            raise ValueError(f"HaarPSI needs images of at least 16x16 pixels, got {tuple(x.shape[-2:])}")
+        unit = lambda t: ((t.float() + 1) / 2).clamp(0, 1)  # noqa: E731
+        return 1 - piq.haarpsi(unit(x), unit(target).detach(), reduction="none", data_range=1.0)

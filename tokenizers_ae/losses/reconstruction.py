@@ -39,7 +39,7 @@ class ReconstructionLoss(nn.Module):
         if self.perceptual is not None:
             p = self.perceptual(recon, x).float()  # (B,)
             rec = rec + self.perceptual_weight * p
-            logs["rec/lpips"] = p.detach().mean()
+            logs[f"rec/{getattr(self.perceptual, 'log_name', 'lpips')}"] = p.detach().mean()
         if logvar is not None:
             nll = rec / torch.exp(logvar) + logvar
             logs["rec/logvar"] = logvar.detach()

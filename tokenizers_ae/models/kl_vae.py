@@ -7,7 +7,6 @@ reads Stable Diffusion single files and `aetk train` checkpoints and run directo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,7 +16,15 @@ from torch import nn
 
 from tokenizers_ae.export.sd_single_file import load_sd_single_file, save_sd_single_file
 from tokenizers_ae.models.output import AEOutput
-from tokenizers_ae.pretrained import LoadError, Pretrained, Saved, check_finite, expect, prepare_dir
+from tokenizers_ae.pretrained import (
+    LoadError,
+    Pretrained,
+    Saved,
+    apply_measured,
+    check_finite,
+    expect,
+    prepare_dir,
+)
 from tokenizers_ae.tiling import vae_decode, vae_moments
 
 MEASURED_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast")
@@ -105,10 +112,7 @@ class KLVAE(Pretrained, nn.Module):
         if saved.source == "diffusers":
             return cls(AutoencoderKL.from_pretrained(saved.path).eval()).eval()
         model = super().from_saved(saved)
-        measured = saved.run_dir / "model" / "config.json" if saved.run_dir else None
-        if measured is not None and measured.is_file():  # what training measured on its data at the end
-            done = json.loads(measured.read_text())
-            model.vae.register_to_config(**{k: done[k] for k in MEASURED_KEYS if k in done})
+        apply_measured(model.vae, saved, MEASURED_KEYS)
         return model
 
     def save_pretrained(self, out: str | Path) -> Path:

@@ -8,6 +8,7 @@
 | `diffusion_prior` | DiffusionPrior (UNet / DiT)    | latent shards or images | diffusers pipeline             |
 | `ar_prior`        | ARPrior (GPT-2 / Llama)        | token shards            | transformers + prior.json      |
 | `classic`         | 18 classic variants            | images, digits, LM acts | native                         |
+| `video_vae`       | VideoVAE (diffusers Wan VAE)   | video files, digits     | diffusers dir or native (FSQ)  |
 
 Adding a family: write its module here (sections + hooks, see `base.py`) and add its row below;
 nothing else in the loop, the command line or the evaluation changes.
@@ -16,11 +17,12 @@ nothing else in the loop, the command line or the evaluation changes.
 from __future__ import annotations
 
 from train.config import ConfigError
-from train.families import ar_prior, classic, diffusion_prior, kl_vae, soundstream, vq_vae
+from train.families import ar_prior, classic, diffusion_prior, kl_vae, soundstream, video_vae, vq_vae
 from train.families.base import Family
 
 FAMILIES: dict[str, Family] = {f.kind: f for f in (
-    kl_vae.FAMILY, vq_vae.FAMILY, soundstream.FAMILY, diffusion_prior.FAMILY, ar_prior.FAMILY, classic.FAMILY)}
+    kl_vae.FAMILY, vq_vae.FAMILY, soundstream.FAMILY, diffusion_prior.FAMILY, ar_prior.FAMILY, classic.FAMILY,
+    video_vae.FAMILY)}
 
 
 def family(kind: str) -> Family:

@@ -64,6 +64,11 @@ class EncodeRequest:
     split: str = "train"
     segment_seconds: float = 5.0
     kbps: float | None = None
+    frames: int = 17
+    """Videos: frames per clip."""
+    frame_stride: int = 1
+    builtin_size: int = 512
+    """Items a built-in source makes."""
     processes: Any = None
     """accelerate's `PartialState` under a launcher (None: one process)."""
 
@@ -88,6 +93,9 @@ class ReportRequest:
     kbps: tuple[float, ...] = ()
     segment_seconds: float = 5.0
     opus: bool = True
+    frames: int = 17
+    """Videos: frames per evaluated clip."""
+    frame_stride: int = 1
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """`model.kind: diffusion_prior` -- a diffusion model over the latents of `aetk encode` (data.path is
 the encode directory; the latent shape and classes come from its manifest), or over pixels (data.path
 an image source: the pixel-space baseline). diffusers' UNet2DModel or DiT, DDPM training with epsilon
-or v-prediction, class conditioning with label dropout for classifier-free guidance. Exported as a
-diffusers pipeline directory that samples the same images; `aetk sample` decodes through the first
-stage.
+or v-prediction, class conditioning with label dropout for classifier-free guidance. Video latents
+(c, t, h, w) from a video VAE take the DiT on spatio-temporal patches (diffusers' Wan transformer).
+Exported as a diffusers pipeline directory that samples the same images (video priors: the
+transformer and scheduler); `aetk sample` decodes through the first stage.
 
 Hooks import their parts when called (see `train/families/base.py`).
 """
@@ -47,10 +48,12 @@ class DiTConfig:
     """Width = num_heads x head_dim."""
     patch_size: int = 2
     """Side of the square patches the latent is cut into (tokens = (h / p) x (w / p))."""
+    temporal_patch: int = 1
+    """Video latents: latent frames per patch (tokens = (t / temporal_patch) x (h / p) x (w / p))."""
 
     def __post_init__(self) -> None:
-        check(min(self.num_layers, self.num_heads, self.head_dim, self.patch_size) >= 1, "model.dit",
-              "positive num_layers, num_heads, head_dim and patch_size")
+        check(min(self.num_layers, self.num_heads, self.head_dim, self.patch_size, self.temporal_patch) >= 1,
+              "model.dit", "positive num_layers, num_heads, head_dim, patch_size and temporal_patch")
 
 
 @dataclass
@@ -76,7 +79,7 @@ class DiffusionPriorModel:
     """Classifier-free guidance for eval samples of a class-conditional prior."""
     first_stage: str | None = None
     """The KL-VAE (run dir, diffusers dir or single file) whose decoder turns sampled latents into
-    images for eval grids and `aetk sample`."""
+    images for eval grids and `aetk sample` (the video VAE, for video latents)."""
 
     def __post_init__(self) -> None:
         check(0.0 <= self.cond_dropout < 1.0, "model.cond_dropout", "in [0, 1)")
@@ -90,18 +93,21 @@ def build_model(cfg: Config):
     m: DiffusionPriorModel = cfg.model
     items, _ = prior_datasets(cfg)
     latent = items.space == "latent"
-    c, h, w = items.latent_shape
     if m.class_conditional and not items.num_classes:
         raise ConfigError(f"model.class_conditional: {cfg.data.path} has no class labels (encode a labelled "
                           "source: class sub-folders, a `label` column or builtin:digits)")
     k = items.num_classes if m.class_conditional else 0
-    if m.denoiser == "dit":
+    if len(items.latent_shape) == 4:  # video latents (c, t, h, w)
+        net = build_video_dit(m, items.latent_shape, k)
+    elif m.denoiser == "dit":
+        c, h, w = items.latent_shape
         d = m.dit
         if h % d.patch_size or w % d.patch_size:
             raise ConfigError(f"model.dit.patch_size: {d.patch_size} does not divide the {h}x{w} latent")
         net = build_dit(latent_channels=c, sample_size=h, num_layers=d.num_layers, num_heads=d.num_heads,
                         head_dim=d.head_dim, patch_size=d.patch_size, num_classes=k)
     else:
+        c, h, w = items.latent_shape
         u = m.unet
         net = build_unet(latent_channels=c, sample_size=h, block_out_channels=u.block_out_channels,
                          layers_per_block=u.layers_per_block, norm_num_groups=u.norm_num_groups,
@@ -111,6 +117,22 @@ def build_model(cfg: Config):
                           beta_schedule=schedule, num_classes=k, clip_sample=not latent,
                           latent_shape=items.latent_shape, scaling_factor=items.scaling_factor, space=items.space,
                           first_stage=m.first_stage, class_names=items.class_names if k else [])
+
+
+def build_video_dit(m: DiffusionPriorModel, shape: list[int], num_classes: int):
+    """The DiT over (c, t, h, w) video latents, cut into (temporal_patch, patch_size, patch_size) patches."""
+    from latent_diffusion.video_dit import ClassVideoDiT
+
+    if m.denoiser != "dit":
+        raise ConfigError(f"model.denoiser: {m.denoiser} takes images; video latents {shape} need dit "
+                          "(spatio-temporal patches)")
+    d = m.dit
+    c, t, h, w = shape
+    if t % d.temporal_patch or h % d.patch_size or w % d.patch_size:
+        raise ConfigError(f"model.dit: patches of {d.temporal_patch}x{d.patch_size}x{d.patch_size} do not tile the "
+                          f"{t}x{h}x{w} video latent (temporal_patch, patch_size)")
+    return ClassVideoDiT(in_channels=c, patch_size=(d.temporal_patch, d.patch_size, d.patch_size),
+                         num_layers=d.num_layers, num_heads=d.num_heads, head_dim=d.head_dim, num_classes=num_classes)
 
 
 def build_task(cfg: Config, model):
@@ -127,15 +149,32 @@ def datasets(cfg: Config):
     return prior_datasets(cfg)
 
 
-def load_first_stage(path: str):
-    """The KL-VAE that decodes a prior's latents; ConfigError naming the path when it is not one."""
+def load_first_stage(path: str, *, video: bool = False):
+    """The KL-VAE (the video VAE for video latents) that decodes a prior's latents; ConfigError naming
+    the path when it is not one."""
     from tokenizers_ae.models.kl_vae import KLVAE
+    from tokenizers_ae.models.video_vae import VideoVAE
     from tokenizers_ae.pretrained import LoadError
 
     try:
-        return KLVAE.from_pretrained(path)
+        return (VideoVAE if video else KLVAE).from_pretrained(path)
     except LoadError as e:
         raise ConfigError(f"first stage: {e}") from None
+
+
+def _is_video(prior) -> bool:
+    return len(prior.latent_shape) == 4
+
+
+def save_samples(images, path: Path, nrow: int) -> None:
+    """Images -> a PNG grid; clips -> a PNG with one clip per row (its frames) and a looping GIF beside it."""
+    from latent_diffusion.sampling import save_gif, save_grid, video_frames
+
+    if images.ndim == 5:
+        save_grid(video_frames(images), path, nrow=images.shape[2])
+        save_gif(images, path.with_suffix(".gif"))
+    else:
+        save_grid(images, path, nrow=nrow)
 
 
 class Evaluator:
@@ -154,7 +193,7 @@ class Evaluator:
 
         from eval.prior import denoising_loss, nn_rms
         from latent_diffusion.diffusion_prior import sample
-        from latent_diffusion.sampling import decode_latents, grid_columns, save_grid
+        from latent_diffusion.sampling import decode_latents, grid_columns
 
         prior, m, data = ctx.model, ctx.cfg.model, ctx.train_dataset
         n = ctx.cfg.data.val_size
@@ -167,7 +206,7 @@ class Evaluator:
         prior.train()
         pixel = prior.space == "pixel"
         if not pixel and m.first_stage and self.first_stage is None:
-            self.first_stage = load_first_stage(m.first_stage).to(ctx.device)
+            self.first_stage = load_first_stage(m.first_stage, video=_is_video(prior)).to(ctx.device)
         if not pixel and self.first_stage is None:
             return out
 
@@ -181,14 +220,14 @@ class Evaluator:
         images = to_images(z)
         out["eval/nn_rms_sample_to_train"] = float(nn_rms(images, self.reference).median())
         out["eval/nn_rms_val_to_train"] = float(nn_rms(to_images(val_x), self.reference).median())
-        save_grid(images, ctx.samples / f"sample-{ctx.step:07d}.png", nrow=grid_columns(n, prior.num_classes, None))
+        save_samples(images, ctx.samples / f"sample-{ctx.step:07d}.png", grid_columns(n, prior.num_classes, None))
         return out
 
 
 def export(cfg: Config, model, train_dataset, out: Path) -> None:
     """A diffusers pipeline directory when one fits (see `DiffusionPrior.save_pretrained`)."""
-    first_stage = load_first_stage(cfg.model.first_stage) if cfg.model.first_stage and model.space == "latent" \
-        else None
+    first_stage = load_first_stage(cfg.model.first_stage, video=_is_video(model)) \
+        if cfg.model.first_stage and model.space == "latent" else None
     model.save_pretrained(out, first_stage=first_stage)
 
 
@@ -196,7 +235,7 @@ def sample(prior, req: SampleRequest) -> str:
     """Latents (seeded; DDIM, DDPM or DPM-Solver++; guided when class-conditional) decoded by the
     first stage (pixel priors need none) -> a PNG grid, one class per column when classes cycle."""
     from latent_diffusion.diffusion_prior import sample as sample_latents
-    from latent_diffusion.sampling import decode_latents, grid_columns, sample_labels, save_grid
+    from latent_diffusion.sampling import decode_latents, grid_columns, sample_labels
 
     try:
         labels = sample_labels(req.n, prior.num_classes, req.label, prior.class_names)
@@ -207,12 +246,13 @@ def sample(prior, req: SampleRequest) -> str:
         path = req.first_stage or prior.first_stage
         if not path:
             raise ConfigError("no first stage to decode with: pass --vae PATH (the KL-VAE of the latents)")
-        vae = load_first_stage(path)
+        vae = load_first_stage(path, video=_is_video(prior))
     z = sample_latents(prior, n=req.n, seed=req.seed, steps=req.steps, sampler=req.sampler, labels=labels,
                        guidance=req.guidance, progress=True)
     images = z.float().clamp(-1, 1) if vae is None else decode_latents(vae, z, prior.scaling_factor, req.tile)
-    save_grid(images, req.out, nrow=grid_columns(req.n, prior.num_classes, req.label))
-    return f"wrote {req.n} samples to {req.out}"
+    save_samples(images, Path(req.out), grid_columns(req.n, prior.num_classes, req.label))
+    gif = f" and {Path(req.out).with_suffix('.gif')}" if images.ndim == 5 else ""
+    return f"wrote {req.n} samples to {req.out}{gif}"
 
 
 FAMILY = Family(

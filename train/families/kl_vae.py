@@ -132,7 +132,7 @@ def encode(model, req: EncodeRequest) -> dict:
     return encode_latents(model, req.data, req.out, EncodeOptions(
         resolution=req.resolution, batch_size=req.batch_size, shard_size=req.shard_size, sample=req.sample,
         flip=req.flip, dtype=req.dtype, seed=req.seed, precision=req.precision, num_workers=req.num_workers,
-        tile=req.tile, split=req.split), state=req.processes)
+        tile=req.tile, split=req.split, builtin_size=req.builtin_size), state=req.processes)
 
 
 def report(model, req: ReportRequest) -> dict:

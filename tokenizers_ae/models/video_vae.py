@@ -1,0 +1,618 @@
+"""Causal 3D video VAE on diffusers' `AutoencoderKLWan` (Wan 2.1's video autoencoder).
+
+Why Wan's class among diffusers' video autoencoders: it is causal in time in every layer
+(causal 3D convolutions, RMS norms over channels only, attention within a frame), so a clip
+encoded in chunks of frames carrying each convolution's last frames gives the latents of the whole
+clip; its first frame is encoded alone, so an image is a one-frame video; and its compression is a
+config (`dim_mult` sets the spatial factor 2**(len-1), `temperal_downsample` the temporal one).
+CogVideoX's and HunyuanVideo's group norms take statistics over time, and Mochi does not code the
+first frame alone, so none of them streams exactly.
+
+Layout: videos are (B, C, T, H, W) in [-1, 1] with T = 1 + k * f_t frames; latents are
+(B, c, 1 + k, H / f, W / f). The first frame gives the first latent frame, each following group
+of f_t frames one more.
+
+Exactness: `encode_moments(x, chunk=n)` and `decode(z, chunk=n)` run the network over the clip
+`n` frames at a time with Wan's causal cache (bounded memory for long clips); the result equals the
+whole-clip call within float rounding (tested), as for the audio codec's streaming. Spatial tiling
+cannot be exact for this architecture (the mid-block attention sees the whole frame), so a `tile`
+is refused rather than approximated with blended seams.
+
+Inference path (no_grad, no `chunk`; `VideoEncoderStream` / `VideoDecoderStream` too): measured on
+diffusers' own loop (`aetk bench video`, Wan 2.1's widths, 256x256, 33 frames), its peak is the causal
+cache (two frames per 3x3x3 conv: ~590 MiB in the decoder, ~350 in the encoder; the same in any exact
+causal schedule) plus the activations of one chunk (4 frames at full resolution: the decoder's one
+latent frame, the encoder's group), and, in decode, the output grown by torch.cat once per latent frame
+then clamped into a copy. The output is the smaller part (25 MiB for this clip); the chunk's
+activations are the larger. So `_Pipeline` runs the network depth first: each stage (the layers between
+two changes of frame rate) takes one frame (two before a stride-2 time conv) and hands its output on at
+once, so a single frame of activations is alive at full resolution instead of four; each output frame
+is written once into a preallocated tensor (clamped in place). In its residual blocks (`_resblock`)
+tensors are channels last and convolved by oneDNN directly (F.conv3d's size rule sends one-frame,
+thin-channel inputs to im2col, 5x slower with a 54 MiB buffer for a 32->64 conv at 128 px), the RMS
+norm and SiLU take two passes instead of six, a full cache slot rolls in place, and spatial padding is
+done inside the convolution. Outputs equal diffusers' untiled loop within 1e-5 (float rounding only:
+the same operations, in another order). Training (autograd recording) keeps diffusers' own forward on
+the whole clip in one graph.
+
+Measured (`aetk bench video --frames 33 --size 256 --width 32`, 2 threads, idle CPU, vs diffusers with
+enable_tiling() + enable_slicing()): encode 5.8 s / 198 MiB vs 10.4 s / 351 MiB, decode 9.8 s / 320 MiB
+vs 18.9 s / 490 MiB, max abs error against diffusers untiled 3e-6 and 8e-6. The cache bounds the gain:
+at this width it is 118 MiB of the encoder's 198 and 197 MiB of the decoder's 320 (all of diffusers'
+path needs it too), so the memory ratio cannot approach the activation ratio (~4x smaller per call).
+
+Optional FSQ bottleneck (`quantizer`): the posterior mean is quantized, giving discrete video
+tokens (B, 1 + k, h, w). With it the model is saved in aetk's native format (diffusers' class has
+no quantizer); without, as a diffusers `AutoencoderKLWan` directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import (
+    CACHE_T,
+    WanCausalConv3d,
+    WanMidBlock,
+    WanResample,
+    WanResidualBlock,
+    WanRMS_norm,
+    WanUpBlock,
+)
+from torch import nn
+from torch.nn import functional as F
+
+from tokenizers_ae.models.kl_vae import gaussian_kl
+from tokenizers_ae.models.output import AEOutput
+from tokenizers_ae.pretrained import (
+    Pretrained,
+    Saved,
+    apply_measured,
+    check_finite,
+    expect,
+    prepare_dir,
+    save_native,
+)
+from tokenizers_ae.quantizers import Quantizer, QuantizerOutput, build_quantizer, quantizer_config
+
+NoiseFn = Callable[[torch.Size], torch.Tensor]
+
+MEASURED_KEYS = ("latents_mean", "latents_std")
+"""Config entries training measures on data at the end (per-channel, where Wan pipelines read them)."""
+
+NOT_TILEABLE = ("spatial tiling cannot be exact for a Wan video VAE (its mid-block attention sees the whole frame); "
+                "encode long videos in chunks of frames instead (exact), or at a lower resolution")
+
+
+def build_autoencoder_kl_wan(*, in_channels: int = 3, base_dim: int = 32, z_dim: int = 4,
+                             dim_mult: Sequence[int] = (1, 2, 4, 4), num_res_blocks: int = 1,
+                             temporal_downsample: Sequence[bool] = (False, True, True)) -> AutoencoderKLWan:
+    """A diffusers AutoencoderKLWan compressing space by 2**(len(dim_mult)-1) and time by
+    2**sum(temporal_downsample); latents_mean/std start as 0/1 (training measures them)."""
+    dim_mult, temporal_downsample = list(dim_mult), list(temporal_downsample)
+    if len(temporal_downsample) != len(dim_mult) - 1:
+        raise ValueError(f"temporal_downsample needs one entry per downsampling level ({len(dim_mult) - 1}), "
+                         f"got {temporal_downsample}")
+    return AutoencoderKLWan(
+        base_dim=base_dim, z_dim=z_dim, dim_mult=dim_mult, num_res_blocks=num_res_blocks, attn_scales=[],
+        temperal_downsample=temporal_downsample, in_channels=in_channels, out_channels=in_channels,
+        latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
+        scale_factor_temporal=2 ** sum(temporal_downsample), scale_factor_spatial=2 ** (len(dim_mult) - 1))
+
+
+def _cache(net: nn.Module) -> list:
+    """An empty causal cache for `net`: one slot per causal convolution (what Wan's `clear_cache` makes)."""
+    return [None] * sum(isinstance(m, WanCausalConv3d) for m in net.modules())
+
+
+CHANNELS_LAST = torch.channels_last_3d
+"""The streaming path's layout: oneDNN convolves channels-last input without reordering it into a blocked
+copy (a 3x3x3 conv on one 256x256 frame: peak 8 MiB instead of 40-64, 25 ms instead of 38 on one CPU
+thread), and the RMS norm over channels reduces over the contiguous dimension."""
+
+
+def _causal_conv(conv: WanCausalConv3d, x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+    """`conv(x, prev)` (WanCausalConv3d.forward: the frames `prev` before x, zeros before the clip), channels
+    last, with the spatial zero padding done inside the convolution instead of by copying x into a padded tensor."""
+    pt = conv._padding[4]
+    if prev is not None and pt > 0:
+        x = torch.cat([prev, x], dim=2)
+        pt -= prev.shape[2]
+    if pt > 0:
+        x = F.pad(x, (0, 0, 0, 0, pt, 0))
+    x = _layout(x)
+    padding = (0, conv._padding[2], conv._padding[0])
+    if _onednn(x):  # oneDNN directly: F.conv3d's size rule sends thin inputs (one frame, 3 channels) to im2col
+        return torch.mkldnn_convolution(x, conv.weight, conv.bias, padding, conv.stride, conv.dilation, conv.groups)
+    return F.conv3d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    """x channels last on a CPU (a no-op when it is already), as it is elsewhere."""
+    return x.contiguous(memory_format=CHANNELS_LAST) if x.device.type == "cpu" else x
+
+
+def _onednn(x: torch.Tensor) -> bool:
+    """Whether x can go to oneDNN's convolution directly: float32 on a CPU with oneDNN enabled."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and hasattr(torch, "mkldnn_convolution"))
+
+
+def _cached_conv(conv: WanCausalConv3d, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
+    """Wan's causal-cache step around a conv (as in WanResidualBlock/WanEncoder3d/WanDecoder3d.forward): the
+    conv sees the slot's frames before x, and the slot keeps the last CACHE_T frames. One frame at a time with
+    a full slot (the streaming steady state), the slot's frames roll in place instead of being reallocated."""
+    i = idx[0]
+    idx[0] += 1
+    prev = cache[i]
+    if x.shape[2] == 1 and prev is not None and prev.shape[2] == CACHE_T:
+        y = _causal_conv(conv, x, prev)  # (reads prev first)
+        for t in range(CACHE_T - 1):
+            prev[:, :, t].copy_(prev[:, :, t + 1])
+        prev[:, :, -1].copy_(x[:, :, 0])
+        return y
+    if x.shape[2] < CACHE_T and prev is not None:
+        cache[i] = torch.cat([prev[:, :, -1:], x], dim=2)
+    else:
+        cache[i] = x[:, :, -CACHE_T:].clone()
+    return _causal_conv(conv, x, prev)
+
+
+def _norm_silu(norm: WanRMS_norm, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """act(norm(x)): Wan's RMS norm over channels (F.normalize * sqrt(C) * gamma + bias) then SiLU, in two
+    passes instead of six (the channel norm by square-sum, ~3x faster on CPU than linalg.vector_norm over a
+    strided dim); other activations and half precision go through diffusers' modules."""
+    if not isinstance(act, nn.SiLU) or x.dtype not in (torch.float32, torch.float64) or not norm.channel_first:
+        return act(norm(x))
+    denom = x.square().sum(1, keepdim=True).sqrt_().clamp_min_(1e-12)  # F.normalize's eps
+    y = torch.mul(x, norm.gamma * norm.scale).div_(denom)
+    if isinstance(norm.bias, torch.Tensor):
+        y += norm.bias
+    return F.silu(y, inplace=True)
+
+
+def _resblock(m: WanResidualBlock, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
+    """WanResidualBlock.forward with the causal cache, computed with fewer temporaries (inference)."""
+    if m.training and m.dropout.p > 0:
+        return m(x, feat_cache=cache, feat_idx=idx)
+    h = _causal_conv(m.conv_shortcut, x, None) if isinstance(m.conv_shortcut, WanCausalConv3d) else x
+    y = _cached_conv(m.conv1, _norm_silu(m.norm1, m.nonlinearity, x), cache, idx)
+    y = _norm_silu(m.norm2, m.nonlinearity, y)  # (frees conv1's output before conv2 runs)
+    y = _cached_conv(m.conv2, y, cache, idx)
+    return y.add_(h)
+
+
+def _layer(m: nn.Module, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
+    """One layer of a Wan encoder or decoder with the causal cache: residual blocks (also inside mid and up
+    blocks) through `_resblock`, everything else (attention, resampling) through diffusers' own forward."""
+    if isinstance(m, WanResidualBlock):
+        return _resblock(m, x, cache, idx)
+    if isinstance(m, WanMidBlock):
+        x = _resblock(m.resnets[0], x, cache, idx)
+        for attn, res in zip(m.attentions, m.resnets[1:]):
+            x = _resblock(res, attn(x) if attn is not None else x, cache, idx)
+        return x
+    if isinstance(m, WanUpBlock):
+        for res in m.resnets:
+            x = _resblock(res, x, cache, idx)
+        return x if m.upsamplers is None else m.upsamplers[0](x, feat_cache=cache, feat_idx=idx)
+    return m(x, feat_cache=cache, feat_idx=idx)
+
+
+Stage = Callable[[torch.Tensor, list, list], torch.Tensor]
+"""stage(x, cache, feat_idx) -> y: a run of layers of a Wan 2.1 encoder or decoder."""
+
+
+def _encoder_stages(enc: nn.Module) -> list[tuple[Stage, int]]:
+    """WanEncoder3d.forward cut before each temporally strided downsampling, with the frames each stage
+    takes per call after its first: 1 above the first strided layer, 2 from it on (its time conv has stride 2
+    and carries one frame)."""
+    layers = list(enc.down_blocks)
+    cuts = [i for i, m in enumerate(layers) if isinstance(m, WanResample) and m.mode == "downsample3d"]
+    bounds = [0, *cuts, len(layers)]
+
+    def stage(x, cache, idx, a, b):
+        if a == 0:
+            x = _cached_conv(enc.conv_in, x, cache, idx)
+        for m in layers[a:b]:
+            x = _layer(m, x, cache, idx)
+        if b == len(layers):
+            x = _layer(enc.mid_block, x, cache, idx)
+            x = _cached_conv(enc.conv_out, _norm_silu(enc.norm_out, enc.nonlinearity, x), cache, idx)
+        return x
+
+    return [(partial(stage, a=a, b=b), 1 if a == 0 else 2) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _decoder_stages(dec: nn.Module) -> list[tuple[Stage, int]]:
+    """WanDecoder3d.forward cut after each up block (where the frame count and size grow), one frame per call."""
+    ups = list(dec.up_blocks)
+
+    def stage(x, cache, idx, k):
+        if k == 0:
+            x = _cached_conv(dec.conv_in, x, cache, idx)
+            x = _layer(dec.mid_block, x, cache, idx)
+        x = _layer(ups[k], x, cache, idx)  # (first_chunk matters only to Wan 2.2's residual up blocks)
+        if k == len(ups) - 1:
+            x = _cached_conv(dec.conv_out, _norm_silu(dec.norm_out, dec.nonlinearity, x), cache, idx)
+        return x
+
+    return [(partial(stage, k=k), 1) for k in range(len(ups))]
+
+
+class _Pipeline:
+    """A Wan encoder or decoder run depth first, stage by stage, with its causal cache: each stage runs
+    as soon as it holds its frames (its first call: the first frame alone, as Wan's loops do) and hands
+    its output on at once, so at each resolution only a frame or two of activations is alive instead of a
+    whole chunk. The cache of each causal conv is the same as in Wan's own loop, so the output equals it
+    within float rounding."""
+
+    def __init__(self, stages: list[tuple[Stage, int]], net: nn.Module) -> None:
+        self.stages = stages
+        self.cache = _cache(net)
+        self.starts: list[int | None] = [0] + [None] * len(stages)  # each stage's first cache slot
+        self.calls = [0] * len(stages)
+        self.pending: list[torch.Tensor | None] = [None] * len(stages)
+
+    def push(self, x: torch.Tensor, i: int = 0):
+        """Yield the last stage's outputs that the frames x (B, C, n, H, W) complete."""
+        if i == len(self.stages):
+            yield x
+            return
+        stage, step = self.stages[i]
+        if self.pending[i] is not None:
+            x = torch.cat([self.pending[i], x], dim=2)
+            self.pending[i] = None
+        pos = 0
+        while x.shape[2] - pos >= (n := step if self.calls[i] else 1):
+            idx = [self.starts[i]]
+            y = stage(_layout(x[:, :, pos:pos + n]), self.cache, idx)
+            self.starts[i + 1] = idx[0]
+            self.calls[i] += 1
+            pos += n
+            yield from self.push(y, i + 1)
+        if pos < x.shape[2]:
+            self.pending[i] = x[:, :, pos:].clone()
+
+
+class VideoVAE(Pretrained, nn.Module):
+    """x (B, C, T, H, W) -> q(z|x) -> z (B, c, t, h, w) -> x_hat, causal in time.
+
+    `vae` is a diffusers AutoencoderKLWan (fresh or loaded to fine-tune); `quantizer` an optional
+    FSQ over the posterior mean (discrete tokens instead of Gaussian latents).
+    """
+
+    saved_name, saved_what = "VideoVAE", "a video VAE"
+
+    def __init__(self, vae: AutoencoderKLWan, *, quantizer: Quantizer | None = None,
+                 sample_posterior: bool = True) -> None:
+        super().__init__()
+        if vae.config.patch_size is not None:
+            raise ValueError("patchified Wan VAEs (Wan 2.2, patch_size set) are not supported")
+        self.vae = vae
+        self.quantizer = quantizer
+        self.sample_posterior = sample_posterior
+
+    # --- geometry -------------------------------------------------------------------------------
+
+    @property
+    def temporal_factor(self) -> int:
+        """Frames per latent frame after the first: 2 ** (temporal downsampling levels)."""
+        return 2 ** sum(bool(t) for t in self.vae.config.temperal_downsample)
+
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent position along a side."""
+        return 2 ** (len(self.vae.config.dim_mult) - 1)
+
+    downsampling_factor = spatial_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.z_dim)
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a clip of `frames` frames; ValueError unless frames = 1 + k * f_t."""
+        ft = self.temporal_factor
+        if frames < 1 or (frames - 1) % ft:
+            raise ValueError(f"a clip must have 1 + k*{ft} frames (the first frame is coded alone, then groups of "
+                             f"{ft}), got {frames}")
+        return 1 + (frames - 1) // ft
+
+    def check_size(self, x: torch.Tensor) -> None:
+        """ValueError naming what is wrong unless x is (B, C, 1 + k*f_t, H, W) with H, W multiples of f."""
+        if x.ndim != 5:
+            raise ValueError(f"videos are (B, C, T, H, W), got shape {tuple(x.shape)}")
+        self.latent_frames(x.shape[2])
+        f = self.spatial_factor
+        if x.shape[-1] % f or x.shape[-2] % f:
+            raise ValueError(f"frame sides must be multiples of {f}, got {x.shape[-2]}x{x.shape[-1]}")
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Weight of the decoder's output conv: where the adaptive GAN weight is measured."""
+        return self.vae.decoder.conv_out.weight
+
+    @property
+    def latents_mean(self) -> torch.Tensor:
+        """(c,) per-channel latent mean measured on the training data (0 until measured)."""
+        return torch.tensor(self.vae.config.latents_mean, dtype=torch.float32)
+
+    @property
+    def latents_std(self) -> torch.Tensor:
+        """(c,) per-channel latent std; (z - mean) / std is what a prior models."""
+        return torch.tensor(self.vae.config.latents_std, dtype=torch.float32)
+
+    # --- saving and loading ---------------------------------------------------------------------
+
+    def pretrained_config(self) -> dict:
+        return {"backbone": dict(self.vae.config),
+                "quantizer": quantizer_config(self.quantizer) if self.quantizer is not None else None}
+
+    @classmethod
+    def from_config(cls, config: dict) -> VideoVAE:
+        q = config.get("quantizer")
+        return cls(AutoencoderKLWan.from_config(config["backbone"]), quantizer=build_quantizer(q) if q else None)
+
+    @classmethod
+    def from_saved(cls, saved: Saved) -> VideoVAE:
+        expect(saved, cls.saved_name, cls.saved_what)
+        if saved.source == "diffusers":
+            return cls(AutoencoderKLWan.from_pretrained(saved.path).eval()).eval()
+        model = super().from_saved(saved)
+        apply_measured(model.vae, saved, MEASURED_KEYS)
+        return model
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """A diffusers AutoencoderKLWan directory (`AutoencoderKLWan.from_pretrained(out)` loads it);
+        with an FSQ bottleneck, aetk's native format (diffusers' class cannot hold one)."""
+        if self.quantizer is not None:
+            return save_native(self, out, class_name=self.saved_name, config=self.pretrained_config())
+        check_finite(self.vae.state_dict(), f"video VAE for {out}")
+        out = prepare_dir(out)
+        self.vae.save_pretrained(out, safe_serialization=True)
+        return out
+
+    # --- the causal network, in chunks of frames ------------------------------------------------
+
+    def _encoder_chunks(self, x: torch.Tensor, chunk: int | None) -> list[torch.Tensor]:
+        """The clip's frame groups: the first frame alone, then `chunk` frames (a multiple of f_t) at a time."""
+        rest = x.shape[2] - 1
+        step = chunk or max(rest, 1)
+        if chunk is not None and (chunk < 1 or chunk % self.temporal_factor):
+            raise ValueError(f"chunk must be a positive multiple of {self.temporal_factor} frames, got {chunk}")
+        return [x[:, :, :1]] + [x[:, :, 1 + s:1 + s + step] for s in range(0, rest, step)]
+
+    def _recording(self, x: torch.Tensor) -> bool:
+        """Whether autograd records this call (training): then the clip goes through in one graph."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.vae.parameters()))
+
+    def _streams(self, x: torch.Tensor, chunk: int | None) -> bool:
+        """The bounded-memory path: inference (nothing recorded), no explicit chunk, a Wan 2.1 network."""
+        return chunk is None and not self.vae.config.is_residual and not self._recording(x)
+
+    def encode_moments(self, x: torch.Tensor, *, chunk: int | None = None,
+                       tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, T, H, W) -> posterior mean, logvar each (B, c, t, h, w); logvar clamped as diffusers does.
+
+        `chunk`: frames per encoder call after the first (a multiple of f_t; None: all at once when
+        autograd records, else the streaming pipeline below). The causal cache carries each
+        convolution's last frames between calls, so the result is the same whatever the chunking
+        (within float rounding); smaller chunks bound the activation memory. Under no_grad with no
+        chunk, the encoder runs depth first through `_Pipeline` (one frame per call above its first
+        temporally strided layer) into preallocated outputs: bounded memory whatever the clip length.
+        """
+        if tile:
+            raise ValueError(NOT_TILEABLE)
+        self.check_size(x)
+        if self._streams(x, chunk):
+            return self._encode_streaming(x)
+        cache = _cache(self.vae.encoder)
+        outs = [self.vae.encoder(part, feat_cache=cache, feat_idx=[0]) for part in self._encoder_chunks(x, chunk)]
+        moments = self.vae.quant_conv(torch.cat(outs, dim=2))  # 1x1x1: no temporal context
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def _encode_streaming(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.spatial_factor
+        shape = (x.shape[0], self.latent_channels, self.latent_frames(x.shape[2]), x.shape[-2] // f, x.shape[-1] // f)
+        mean, logvar = x.new_empty(shape), x.new_empty(shape)
+        pos = 0
+        for y in _Pipeline(_encoder_stages(self.vae.encoder), self.vae.encoder).push(x):
+            m, lv = self.vae.quant_conv(y).chunk(2, dim=1)
+            n = m.shape[2]
+            mean[:, :, pos:pos + n] = m
+            torch.clamp(lv, -30.0, 20.0, out=logvar[:, :, pos:pos + n])
+            pos += n
+        return mean, logvar
+
+    def decode(self, z: torch.Tensor, *, chunk: int | None = None, tile: int | None = None,
+               clamp: bool = False) -> torch.Tensor:
+        """(B, c, t, h, w) -> (B, C, 1 + (t-1)*f_t, H, W), not clamped unless `clamp` (training needs the
+        gradient beyond [-1, 1]; diffusers' decode clamps to [-1, 1]).
+
+        `chunk`: latent frames per decoder call after the first (None: all at once when autograd
+        records, else the streaming pipeline: the decoder runs depth first, one frame per call at each
+        resolution, each output frame written once into a preallocated video and clamped in place).
+        """
+        if tile:
+            raise ValueError(NOT_TILEABLE)
+        if z.ndim != 5:
+            raise ValueError(f"video latents are (B, c, t, h, w), got shape {tuple(z.shape)}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be >= 1 latent frame, got {chunk}")
+        x = self.vae.post_quant_conv(z)
+        if self._streams(z, chunk):
+            return self._decode_streaming(x, clamp)
+        cache = _cache(self.vae.decoder)
+        rest = x.shape[2] - 1
+        step = chunk or max(rest, 1)
+        outs = [self.vae.decoder(x[:, :, :1], feat_cache=cache, feat_idx=[0], first_chunk=True)]
+        outs += [self.vae.decoder(x[:, :, 1 + s:1 + s + step], feat_cache=cache, feat_idx=[0])
+                 for s in range(0, rest, step)]
+        out = torch.cat(outs, dim=2)
+        return out.clamp(-1.0, 1.0) if clamp else out
+
+    def _decode_streaming(self, x: torch.Tensor, clamp: bool) -> torch.Tensor:
+        f, t = self.spatial_factor, x.shape[2]
+        out = x.new_empty(x.shape[0], self.vae.config.out_channels, 1 + (t - 1) * self.temporal_factor,
+                          x.shape[-2] * f, x.shape[-1] * f)
+        pos = 0
+        for y in _Pipeline(_decoder_stages(self.vae.decoder), self.vae.decoder).push(x):
+            n = y.shape[2]
+            if clamp:
+                torch.clamp(y, -1.0, 1.0, out=out[:, :, pos:pos + n])
+            else:
+                out[:, :, pos:pos + n] = y
+            pos += n
+        return out
+
+    # --- what users call ------------------------------------------------------------------------
+
+    def encode(self, x: torch.Tensor, *, chunk: int | None = None, tile: int | None = None) -> torch.Tensor:
+        """(B, C, T, H, W) in [-1, 1] -> latents (B, c, t, h, w): the posterior mean, unnormalised
+        (or the quantized codes with an FSQ bottleneck)."""
+        mean = self.encode_moments(x, chunk=chunk, tile=tile)[0]
+        return self.quantizer(mean).quantized if self.quantizer is not None else mean
+
+    def tokens(self, x: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
+        """(B, C, T, H, W) -> FSQ token indices (B, t, h, w); ValueError without a quantizer."""
+        if self.quantizer is None:
+            raise ValueError("this video VAE has continuous (KL) latents, not tokens; train it with model.quantizer")
+        return self.quantizer(self.encode_moments(x, chunk=chunk)[0]).indices
+
+    def decode_indices(self, indices: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
+        """Token grid (B, t, h, w) -> videos (B, C, T, H, W) in [-1, 1]."""
+        if self.quantizer is None:
+            raise ValueError("this video VAE has no quantizer")
+        return self.decode(self.quantizer.indices_to_codes(indices), chunk=chunk, clamp=True)
+
+    def reconstruct(self, x: torch.Tensor, *, chunk: int | None = None, tile: int | None = None) -> torch.Tensor:
+        """(B, C, T, H, W) -> the decoded latents (B, C, T, H, W), clamped to [-1, 1] as diffusers' decode."""
+        return self.decode(self.encode(x, chunk=chunk, tile=tile), chunk=chunk, clamp=True)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> (z - latents_mean) / latents_std per channel: what a prior models (Wan pipelines' rule)."""
+        shape = (1, -1) + (1,) * (z.ndim - 2)
+        return (z - self.latents_mean.to(z).view(shape)) / self.latents_std.to(z).view(shape)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of `normalize`."""
+        shape = (1, -1) + (1,) * (z.ndim - 2)
+        return z * self.latents_std.to(z).view(shape) + self.latents_mean.to(z).view(shape)
+
+    def forward(self, x: torch.Tensor, noise: NoiseFn | None = None) -> AEOutput:
+        """Reconstruct x (B, C, T, H, W). `noise(shape)` supplies the posterior noise (default
+        torch.randn) so a trainer can make it independent of how a batch is split across processes."""
+        mean, logvar = self.encode_moments(x)  # (B, c, t, h, w)
+        if self.quantizer is not None:
+            q: QuantizerOutput = self.quantizer(mean)
+            return AEOutput(recon=self.decode(q.quantized), latent=q.indices, reg=q.losses, stats=q.stats)
+        if self.sample_posterior and self.training:
+            eps = noise(mean.shape) if noise is not None else torch.randn_like(mean)
+            z = mean + torch.exp(0.5 * logvar) * eps.to(mean)
+        else:
+            z = mean
+        recon = self.decode(z)
+        kl = gaussian_kl(mean.float(), logvar.float()).mean() / x[0].numel()  # nats per input value
+        stats = {"latent/mean": mean.detach().mean(), "latent/std": mean.detach().float().std()}
+        return AEOutput(recon=recon, latent=z, reg={"kl": kl}, stats=stats)
+
+
+class VideoEncoderStream:
+    """Encode a video pushed a few frames at a time, in bounded memory: the latents equal
+    `VideoVAE.encode_moments` of the whole clip (within float rounding).
+
+    `push(frames (B, C, n, H, W))` returns the latent means (B, c, m, h, w) ready so far (m may be 0):
+    the first frame is coded alone, then every f_t frames give one latent frame; frames that do not
+    yet fill a group wait. `flush()` raises if frames are left over (a clip has 1 + k*f_t frames).
+    A Wan 2.1 network streams through the same depth-first pipeline as `encode` under no_grad.
+    """
+
+    def __init__(self, model: VideoVAE) -> None:
+        self.model = model
+        self.reset()
+
+    def reset(self) -> None:
+        enc = self.model.vae.encoder
+        self._pipe = None if self.model.vae.config.is_residual else _Pipeline(_encoder_stages(enc), enc)
+        self._cache = _cache(enc)
+        self._pending: torch.Tensor | None = None
+        self._started = False
+        self._frames = 0
+
+    @torch.no_grad()
+    def push(self, frames: torch.Tensor) -> torch.Tensor:
+        self._frames += frames.shape[2]
+        if self._pipe is not None:
+            outs = list(self._pipe.push(frames))
+        else:
+            outs = self._push_whole(frames)
+        if not outs:
+            return frames.new_zeros(frames.shape[0], self.model.latent_channels, 0, *self._latent_hw(frames))
+        return self.model.vae.quant_conv(torch.cat(outs, dim=2)).chunk(2, dim=1)[0]
+
+    def _push_whole(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """Wan's own encoder forward on the first frame, then on each full group of f_t frames."""
+        pending = frames if self._pending is None else torch.cat([self._pending, frames], dim=2)
+        parts = []
+        if not self._started and pending.shape[2] >= 1:
+            parts.append(pending[:, :, :1])
+            pending = pending[:, :, 1:]
+            self._started = True
+        ft = self.model.temporal_factor
+        ready = pending.shape[2] // ft * ft
+        if ready:
+            parts.append(pending[:, :, :ready])
+        self._pending = pending[:, :, ready:]
+        return [self.model.vae.encoder(p, feat_cache=self._cache, feat_idx=[0]) for p in parts]
+
+    def _latent_hw(self, frames: torch.Tensor) -> tuple[int, int]:
+        f = self.model.spatial_factor
+        return frames.shape[-2] // f, frames.shape[-1] // f
+
+    def flush(self) -> None:
+        left = (self._frames - 1) % self.model.temporal_factor if self._frames else 0
+        if left:
+            raise ValueError(f"{left} frame(s) left over: a clip must have 1 + k*{self.model.temporal_factor} frames")
+
+
+class VideoDecoderStream:
+    """Decode latents pushed a few latent frames at a time: the frames equal `VideoVAE.decode` of
+    the whole latent clip (within float rounding). `push((B, c, m, h, w))` -> (B, C, n, H, W).
+    A Wan 2.1 network streams through the same depth-first pipeline as `decode` under no_grad."""
+
+    def __init__(self, model: VideoVAE) -> None:
+        self.model = model
+        self.reset()
+
+    def reset(self) -> None:
+        dec = self.model.vae.decoder
+        self._pipe = None if self.model.vae.config.is_residual else _Pipeline(_decoder_stages(dec), dec)
+        self._cache = _cache(dec)
+        self._started = False
+
+    @torch.no_grad()
+    def push(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.model.vae.post_quant_conv(z)
+        outs = list(self._pipe.push(x)) if self._pipe is not None else self._push_whole(x)
+        if not outs:
+            f = self.model.spatial_factor
+            return z.new_zeros(z.shape[0], self.model.vae.config.out_channels, 0, z.shape[-2] * f, z.shape[-1] * f)
+        return torch.cat(outs, dim=2).contiguous()
+
+    def _push_whole(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Wan's own decoder forward on the first latent frame, then on the rest."""
+        dec = self.model.vae.decoder
+        outs = []
+        if not self._started and x.shape[2]:
+            outs.append(dec(x[:, :, :1], feat_cache=self._cache, feat_idx=[0], first_chunk=True))
+            x = x[:, :, 1:]
+            self._started = True
+        if x.shape[2]:
+            outs.append(dec(x, feat_cache=self._cache, feat_idx=[0]))
+        return outs
