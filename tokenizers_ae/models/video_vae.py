@@ -35,11 +35,14 @@ done inside the convolution. Outputs equal diffusers' untiled loop within 1e-5 (
 the same operations, in another order). Training (autograd recording) keeps diffusers' own forward on
 the whole clip in one graph.
 
-Measured (`aetk bench video --frames 33 --size 256 --width 32`, 2 threads, idle CPU, vs diffusers with
-enable_tiling() + enable_slicing()): encode 5.8 s / 198 MiB vs 10.4 s / 351 MiB, decode 9.8 s / 320 MiB
-vs 18.9 s / 490 MiB, max abs error against diffusers untiled 3e-6 and 8e-6. The cache bounds the gain:
-at this width it is 118 MiB of the encoder's 198 and 197 MiB of the decoder's 320 (all of diffusers'
-path needs it too), so the memory ratio cannot approach the activation ratio (~4x smaller per call).
+Measured (`aetk bench video`, 256x256x33, 2 CPU threads, vs diffusers with enable_tiling() +
+enable_slicing(), which does not tile 256 px frames): at Wan 2.1's width (base_dim 96) encode 42.5 s /
+549 MiB vs 54.5 s / 1008 MiB, decode 72.4 s / 884 MiB vs 90.4 s / 1367 MiB; at base_dim 32 encode
+5.8 s / 198 MiB vs 10.4 s / 351 MiB, decode 9.8 s / 320 MiB vs 18.9 s / 490 MiB. Max abs error against
+diffusers untiled: 4e-6 (encode) and 9e-6 (decode, clamped output) at base_dim 96: inside 1e-5, but
+with little margin. The cache bounds the memory gain (591 MiB of the decoder's 884 at base_dim 96,
+351 of the encoder's 549; diffusers' path holds it too), so the ratio stays far from the ~4x smaller
+activations per call.
 
 Optional FSQ bottleneck (`quantizer`): the posterior mean is quantized, giving discrete video
 tokens (B, 1 + k, h, w). With it the model is saved in aetk's native format (diffusers' class has
