@@ -40,6 +40,13 @@ def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the printed JSON result to FILE")
 
 
+def add_video_args(p: argparse.ArgumentParser) -> None:
+    """A video VAE's clip: `--frames` and `--frame-stride` (encode and eval)."""
+    p.add_argument("--frames", type=positive_int, default=17,
+                   help="video VAE: frames per clip, 1 + k * the temporal factor (default 17)")
+    p.add_argument("--frame-stride", type=positive_int, default=1, help="video VAE: take every n-th frame (1)")
+
+
 def emit(result: dict, json_path: str | None) -> int:
     """Print a JSON result, and write it to --json too."""
     text = json.dumps(result, indent=1)

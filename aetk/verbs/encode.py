@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aetk.verbs import positive_float, positive_int
+from aetk.verbs import add_video_args, positive_float, positive_int
 from train.config import ConfigError
 
 
@@ -45,9 +45,7 @@ def add(sub, name: str) -> None:
     p.add_argument("--kbps", type=positive_float, help="audio codec: levels for this bitrate (default: all levels)")
     p.add_argument("--builtin-size", type=positive_int, default=512,
                    help="built-in sources: items to make (builtin:skimage crops, builtin:moving-digits clips; 512)")
-    p.add_argument("--frames", type=positive_int, default=17,
-                   help="video VAE: frames per clip, 1 + k * the temporal factor (default 17)")
-    p.add_argument("--frame-stride", type=positive_int, default=1, help="video VAE: take every n-th frame (1)")
+    add_video_args(p)
     p.add_argument("--tile", type=positive_int, help="encode in exact tiles of this many pixels: bounded memory "
                                                      "for large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aetk.verbs import add_json, emit, files_dir, positive_float, positive_int
+from aetk.verbs import add_json, add_video_args, emit, files_dir, positive_float, positive_int
 from train.config import ConfigError
 
 
@@ -46,9 +46,7 @@ def add(sub, name: str) -> None:
                    help="audio codec: a bitrate to evaluate (repeatable; default 1.5, 3, 6, 12)")
     p.add_argument("--segment-seconds", type=positive_float, default=5.0, help="audio codec: clip length (default 5)")
     p.add_argument("--no-opus", action="store_true", help="audio codec: skip the Opus comparison")
-    p.add_argument("--frames", type=positive_int, default=17,
-                   help="video VAE: frames per clip, 1 + k * the temporal factor (default 17)")
-    p.add_argument("--frame-stride", type=positive_int, default=1, help="video VAE: take every n-th frame (1)")
+    add_video_args(p)
     p.add_argument("--tile", type=positive_int, help="encode/decode in exact tiles of this many pixels: bounded "
                                                      "memory for large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=run)

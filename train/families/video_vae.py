@@ -233,7 +233,10 @@ def report(model, req: ReportRequest) -> dict:
 
     from eval.video import evaluate_videos
     from tokenizers_ae.data.video import build_video_dataset
+    from tokenizers_ae.models.video_vae import NOT_TILEABLE
 
+    if req.tile:
+        raise ValueError(f"--tile: {NOT_TILEABLE}")
     if not req.data:
         raise ValueError("--data is required: a folder of videos or builtin:moving-digits")
     model.latent_frames(req.frames)
@@ -265,6 +268,10 @@ def report(model, req: ReportRequest) -> dict:
 
 def encode(model, req: EncodeRequest) -> dict:
     from latent_diffusion.encode import EncodeOptions, encode_video
+    from tokenizers_ae.models.video_vae import NOT_TILEABLE
+
+    if req.tile:
+        raise ValueError(f"--tile: {NOT_TILEABLE}")
 
     return encode_video(model, req.data, req.out, EncodeOptions(
         resolution=req.resolution, batch_size=req.batch_size, shard_size=req.shard_size, sample=req.sample,

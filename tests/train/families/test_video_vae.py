@@ -205,3 +205,16 @@ def test_export_verb_writes_a_loadable_wan_directory(video_run, tmp_path):
     with torch.no_grad():
         theirs = vae.decode(vae.encode(x).latent_dist.mode()).sample
         torch.testing.assert_close(trainer.averaged_model().eval().reconstruct(x), theirs, rtol=0, atol=1e-5)
+
+
+def test_tile_is_refused_with_the_reason_not_ignored(video_run, tmp_path, capsys):
+    from aetk.cli import main
+
+    run, _ = video_run
+    for args in (["eval", str(run / "model"), "--data", "builtin:moving-digits", "--resolution", "16",
+                  "--frames", "5", "--n", "2", "--tile", "8"],
+                 ["encode", str(run / "model"), "--data", "builtin:moving-digits", "--resolution", "16",
+                  "--frames", "5", "--out", str(tmp_path / "lat"), "--tile", "8"]):
+        assert main(args) != 0
+        assert "spatial tiling cannot be exact" in capsys.readouterr().err
+    assert not (tmp_path / "lat").exists()
