@@ -16,13 +16,13 @@ def add(sub, name: str) -> None:
                                    "multi-process: torchrun --nproc_per_node N -m aetk encode ...",
                        epilog="examples:\n  aetk encode runs/quickstart --data builtin:skimage --out latents "
                               "--resolution 64\n  aetk encode runs/codec-tiny --data data/speech/train --out tokens "
-                              "--kbps 6\n  aetk encode runs/video-digits --data builtin:moving-digits --resolution 32 "
+                              "--kbps 6\n  aetk encode runs/video-digits --data builtin:moving-mnist --resolution 32 "
                               "--frames 9 --out video-latents", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run dir, checkpoint, exported model dir or SD single file: a KL-VAE, a VQ "
                                  "tokenizer, an audio codec or a video VAE")
     p.add_argument("--data", required=True, help="image folder, .tar shards, datasets.save_to_disk dir or "
                                                   "builtin:skimage (an audio folder for an audio codec; a video "
-                                                  "folder or builtin:moving-digits for a video VAE)")
+                                                  "folder or builtin:moving-mnist for a video VAE)")
     p.add_argument("--out", required=True, help="the encode directory (created; re-runs resume it)")
     p.add_argument("--resolution", type=positive_int, default=256,
                    help="centre crop size, a multiple of the model's downsampling factor (default 256)")
@@ -44,7 +44,7 @@ def add(sub, name: str) -> None:
                         "zero-padded if at least half a segment, else dropped)")
     p.add_argument("--kbps", type=positive_float, help="audio codec: levels for this bitrate (default: all levels)")
     p.add_argument("--builtin-size", type=positive_int, default=512,
-                   help="built-in sources: items to make (builtin:skimage crops, builtin:moving-digits clips; 512)")
+                   help="built-in sources: items to make (builtin:skimage crops, builtin:moving-mnist clips; 512)")
     add_video_args(p)
     p.add_argument("--tile", type=positive_int, help="encode in exact tiles of this many pixels: bounded memory "
                                                      "for large images, same result as untiled (to ~1e-5)")

