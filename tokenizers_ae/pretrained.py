@@ -281,6 +281,12 @@ def expect(saved: Saved, class_name: str, what: str) -> None:
 
 # --- writing ------------------------------------------------------------------------------------
 
+def plain_config(config) -> dict:
+    """A diffusers model's config without the loader's bookkeeping (`_name_or_path`, which from_pretrained
+    sets to whatever path object it was given, `_class_name`, `_diffusers_version`): what rebuilds it."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
 def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
     """ValueError when any floating tensor holds NaN or infinity: such weights are never written."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]

@@ -194,6 +194,10 @@ class GANLoss:
 
     disc_start: int = 5001
     """Optimizer step at which the discriminator starts; before it no discriminator work is done."""
+    disc_warmup_steps: int = 0
+    """Steps the discriminator trains alone from disc_start before the generator sees adversarial
+    gradients (then the ramp and the guard start): a GAN phase on a released model, which ships no
+    discriminator, then begins against a discriminator that already tells real from reconstructed."""
     disc_weight: float = 0.5
     """Scale of the adaptive adversarial weight."""
     adaptive_weight: bool = True
@@ -223,6 +227,7 @@ class GANLoss:
             check(getattr(self, k) >= 0, f"loss.{k}", ">= 0")
         check(self.disc_start >= 0, "loss.disc_start", ">= 0")
         check(self.disc_ramp_steps >= 0, "loss.disc_ramp_steps", ">= 0")
+        check(self.disc_warmup_steps >= 0, "loss.disc_warmup_steps", ">= 0")
         check(self.guard_window >= 1 and self.guard_saturation_steps >= 1, "loss.guard_window",
               ">= 1 (and guard_saturation_steps >= 1)")
 
@@ -282,6 +287,9 @@ class TrainConfig:
     """Autocast precision; weights and optimizer state stay fp32."""
     ema_decay: float | None = 0.999
     """EMA of the generator weights, used for eval and export (null: off)."""
+    trainable: Literal["all", "decoder", "encoder"] = "all"
+    """Which half of an autoencoder trains; the other is frozen (`decoder`: Stable Diffusion's ft-MSE way,
+    the latents stay bit-identical). KL-VAE and video VAE families (train/trainable.py)."""
     log_every: int = 10
     eval_every: int = 250
     checkpoint_every: int = 500
@@ -325,6 +333,15 @@ class Config:
 
     def __post_init__(self) -> None:
         check(self.seed >= 0, "seed", ">= 0")
+
+    def check_sections(self) -> None:
+        """Rules between sections (each section checks itself when built)."""
+        t = self.train
+        gan_on = self.loss is not None and getattr(self.loss, "disc_start", t.max_steps) < t.max_steps
+        if t.trainable == "encoder" and gan_on and getattr(self.loss, "adaptive_weight", False):
+            raise ConfigError("train.trainable=encoder with a GAN: the adaptive weight reads the gradient at the "
+                              "decoder's last layer, which is frozen; set loss.adaptive_weight=false or "
+                              "loss.disc_start >= train.max_steps")
 
     @property
     def kind(self) -> str:

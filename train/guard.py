@@ -36,7 +36,8 @@ class GanGuard:
         c = self.cfg
         if c.guard == "off" or REC_KEY not in logs:
             return None
-        if step < c.disc_start:
+        onset = c.disc_start + c.disc_warmup_steps  # the generator's first adversarial step
+        if step < onset:
             self.before.append(logs[REC_KEY])
             return None
         if self.baseline is None and self.before:
@@ -49,7 +50,7 @@ class GanGuard:
             now = sum(self.after) / len(self.after)
             if now > self.baseline * (1 + c.guard_rec_increase):
                 reason = (f"reconstruction loss rose from {self.baseline:.4g} before the discriminator started "
-                          f"(step {c.disc_start}) to {now:.4g} (mean of the last {len(self.after)} steps, "
+                          f"(step {onset}) to {now:.4g} (mean of the last {len(self.after)} steps, "
                           f"+{now / self.baseline - 1:.0%} > {c.guard_rec_increase:.0%})")
         if reason is None and self.saturated >= c.guard_saturation_steps:
             reason = (f"the discriminator has been >= 99% right on real and fake images for {self.saturated} "

@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from tokenizers_ae.pretrained import (
     check_finite,
@@ -40,6 +40,7 @@ from train.families.base import EvalContext
 from train.guard import GanGuard
 from train.recipe import config_yaml
 from train.tasks import StepContext
+from train.trainable import ema_of_trained, freeze, require_source, share_frozen
 
 log = logging.getLogger("aetk.train")
 
@@ -110,7 +111,10 @@ class Trainer:
         self.family = family(cfg.kind)
         self.loaders = build_loaders(cfg, self.family.datasets(cfg), rank=acc.process_index, world=world,
                                      micro_batch=self.micro_batch)
+        require_source(cfg.model, t.trainable)
         self.task = self.family.build_task(cfg, self.family.build_model(cfg)).to(acc.device)
+        if note := freeze(self.task.model_to_average(), t.trainable):
+            log.info(note)
         self.evaluator = self.family.evaluator()
         self.phases = self.task.phases()
         self.models, self.optimizers, self.schedulers = {}, {}, {}
@@ -122,7 +126,10 @@ class Trainer:
             self.models[ph.name], self.optimizers[ph.name], self.schedulers[ph.name] = prepared
         self.ema = None
         if t.ema_decay:
-            self.ema = AveragedModel(self.task.model_to_average(), multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
+            live = self.task.model_to_average()
+            self.ema = AveragedModel(live, multi_avg_fn=ema_of_trained(t.ema_decay))
+            if t.trainable != "all":
+                share_frozen(self.ema.module, live)
             self.ema.requires_grad_(False)
         # Adversarial tasks get the onset guardrails (train/guard.py).
         self.guard = GanGuard(cfg.loss) if any(ph.name == "discriminator" for ph in self.phases) else None

@@ -29,7 +29,8 @@ def gan_task(cfg: Config, model: nn.Module, *, rec_loss: nn.Module, discriminato
     return AutoencoderGANTask(
         autoencoder=model, rec_loss=rec_loss, discriminator=discriminator, reg_weights=reg_weights,
         lr=t.lr, disc_lr=t.disc_lr, betas=t.betas, weight_decay=t.weight_decay,
-        disc_start=loss.disc_start, disc_weight=loss.disc_weight, adaptive=loss.adaptive_weight,
+        disc_start=loss.disc_start, disc_warmup=loss.disc_warmup_steps, disc_weight=loss.disc_weight,
+        adaptive=loss.adaptive_weight,
         disc_loss=loss.disc_loss, learn_logvar=getattr(loss, "learn_logvar", False), ramp_steps=loss.disc_ramp_steps,
         max_d_weight=loss.max_d_weight, r1_weight=loss.r1_weight, feature_weight=feature_weight)
 

@@ -118,6 +118,7 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]
     cfg = build(Config, top, "")
     for k, v in sections.items():
         setattr(cfg, k, v)
+    cfg.check_sections()
     fam.check(cfg)
     return cfg
 

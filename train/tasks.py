@@ -100,7 +100,7 @@ class AutoencoderGANTask:
     def __init__(self, *, autoencoder: nn.Module, rec_loss: ReconstructionLoss,
                  discriminator: nn.Module | None, reg_weights: dict[str, float], lr: float,
                  disc_lr: float | None = None, betas=(0.5, 0.9), weight_decay: float = 0.0,
-                 disc_start: int = 0, disc_weight: float = 0.5, adaptive: bool = True,
+                 disc_start: int = 0, disc_warmup: int = 0, disc_weight: float = 0.5, adaptive: bool = True,
                  disc_loss: str = "hinge", learn_logvar: bool = False, ramp_steps: int = 0,
                  max_d_weight: float = 1e4, r1_weight: float = 0.0, feature_weight: float = 0.0) -> None:
         self.generator = Generator(autoencoder, learn_logvar=learn_logvar)
@@ -110,6 +110,8 @@ class AutoencoderGANTask:
         self.lr, self.disc_lr, self.betas, self.weight_decay = lr, disc_lr or lr, tuple(betas), weight_decay
         self.disc_start, self.disc_weight, self.adaptive, self.disc_loss = disc_start, disc_weight, adaptive, disc_loss
         self.ramp_steps, self.max_d_weight, self.r1_weight = ramp_steps, max_d_weight, r1_weight
+        self.onset = disc_start + disc_warmup
+        """First step whose generator update has an adversarial term (the discriminator trains alone before)."""
         self.feature_weight = feature_weight
         """Feature matching (MelGAN/EnCodec), for discriminators that return hidden features."""
         self.adv_scale = 1.0
@@ -124,17 +126,22 @@ class AutoencoderGANTask:
             out.append(Phase("discriminator", self.discriminator, self.disc_lr, self.betas, self.weight_decay))
         return out
 
-    def gan_on(self, step: int) -> bool:
+    def disc_on(self, step: int) -> bool:
+        """Whether the discriminator trains at `step` (from disc_start, its warm-up included)."""
         return self.discriminator is not None and step >= self.disc_start
+
+    def gan_on(self, step: int) -> bool:
+        """Whether the generator gets an adversarial gradient at `step` (from the onset, after the warm-up)."""
+        return self.discriminator is not None and step >= self.onset
 
     def ramp(self, step: int) -> float:
         """Adversarial weight factor: 0 before onset, then linear to 1 over `ramp_steps`."""
         if not self.gan_on(step):
             return 0.0
-        return min(1.0, (step - self.disc_start + 1) / self.ramp_steps) if self.ramp_steps else 1.0
+        return min(1.0, (step - self.onset + 1) / self.ramp_steps) if self.ramp_steps else 1.0
 
     def active(self, phase: str, step: int) -> bool:
-        return phase == "generator" or self.gan_on(step)
+        return phase == "generator" or self.disc_on(step)
 
     def model_to_average(self) -> nn.Module:
         return self.generator.autoencoder

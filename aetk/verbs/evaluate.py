@@ -21,8 +21,9 @@ def add(sub, name: str) -> None:
                                    "figure, on their own data by default.",
                        epilog="examples:\n  aetk eval runs/quickstart --data builtin:skimage --resolution 64 "
                               "--baseline jpeg --baseline pca --json eval.json\n  aetk eval runs/codec-tiny --data "
-                              "data/speech/val --kbps 6\n  aetk eval runs/video-digits --data builtin:moving-digits "
-                              "--resolution 32 --frames 9 --baseline pca",
+                              "data/speech/val --kbps 6\n  aetk eval runs/video-digits --data builtin:moving-mnist "
+                              "--resolution 32 --frames 9 --baseline pca\n  aetk eval runs/finetune-decoder --data "
+                              "/my/images --compare /path/to/original-vae",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run dir, checkpoint, exported model dir or SD single file")
     p.add_argument("--data", help="evaluation data (required, except for classic models: their own data)")
@@ -47,6 +48,9 @@ def add(sub, name: str) -> None:
     p.add_argument("--segment-seconds", type=positive_float, default=5.0, help="audio codec: clip length (default 5)")
     p.add_argument("--no-opus", action="store_true", help="audio codec: skip the Opus comparison")
     add_video_args(p)
+    p.add_argument("--compare", metavar="ORIGINAL",
+                   help="KL-VAE fine-tuned from ORIGINAL (a run, export or SD single file): add the latent drift "
+                        "per channel and both decoders' metrics on ORIGINAL's latents (do its priors still work?)")
     p.add_argument("--tile", type=positive_int, help="encode/decode in exact tiles of this many pixels: bounded "
                                                      "memory for large images, same result as untiled (to ~1e-5)")
     p.set_defaults(func=run)
@@ -68,4 +72,30 @@ def run(args: argparse.Namespace) -> int:
                         tile=args.tile, out_dir=files_dir(args.out_dir, args.json), kbps=tuple(args.kbps or ()),
                         segment_seconds=args.segment_seconds, opus=not args.no_opus,
                         frames=args.frames, frame_stride=args.frame_stride)
-    return emit(fam.report(model, req), args.json)
+    report = fam.report(model, req)
+    if args.compare:
+        report["compare"] = compare(model, args)
+    return emit(report, args.json)
+
+
+def compare(model, args: argparse.Namespace) -> dict:
+    """`--compare ORIGINAL` on the first --n (64) centre crops of --data."""
+    import torch
+
+    import aetk
+    from eval.compare import latent_compatibility
+    from tokenizers_ae.data.sources import build_image_dataset
+    from tokenizers_ae.models.kl_vae import KLVAE
+
+    original = aetk.load(args.compare)
+    if not (isinstance(model, KLVAE) and isinstance(original, KLVAE)):
+        raise ConfigError(f"--compare compares two KL-VAEs; {args.model} holds a {type(model).__name__} and "
+                          f"{args.compare} a {type(original).__name__}")
+    ds = build_image_dataset(args.data, resolution=args.resolution, random_crop=False, random_flip=False)
+    n = min(args.n or 64, len(ds))
+    batches = (torch.stack([ds[i]["x"] for i in range(s, min(s + 16, n))]) for s in range(0, n, 16))
+    try:
+        out = latent_compatibility(model.eval(), original.eval(), batches)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return {"original": str(args.compare), **out}

@@ -70,3 +70,13 @@ def test_healthy_run_with_ramp_and_r1_does_not_trip(tmp_path, tiny_config):
     assert ramps[:9] == [0, 0, 0, 0, 0.25, 0.5, 0.75, 1, 1]
     assert logs["disc/r1"] > 0 and 0 <= logs["disc/acc_real"] <= 1 and "gan/guard_trip" not in logs
     t.close()
+
+
+def test_the_guard_watches_from_the_onset_after_the_discriminator_warmup():
+    cfg = LossConfig(disc_start=2, disc_warmup_steps=3, guard="stop", guard_saturation_steps=2, guard_window=2)
+    sat = {"rec/nll": 1.0, "disc/acc_real": 1.0, "disc/acc_fake": 1.0}
+    guard = GanGuard(cfg)
+    # D alone, right about everything (expected while it warms up): neither baseline nor saturation yet.
+    assert feed(guard, [(s, sat) for s in range(5)]) == [None] * 5 and guard.baseline is None
+    with pytest.raises(GanGuardError, match="99% right"):
+        feed(guard, [(5, sat), (6, sat)])

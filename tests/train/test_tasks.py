@@ -106,3 +106,23 @@ def test_discriminator_phase_trains_only_the_discriminator():
     assert all(p.grad is None for p in task.generator.parameters())
     assert all(p.grad is not None for p in task.discriminator.parameters())
     assert set(logs) >= {"disc/loss", "disc/logits_real", "disc/logits_fake"}
+
+
+def test_discriminator_warmup_trains_d_alone_before_the_onset():
+    torch.manual_seed(2)
+    _, _, task = make_pair(disc_start=2)
+    warm = AutoencoderGANTask(autoencoder=task.generator.autoencoder, rec_loss=task.rec_loss,
+                              discriminator=task.discriminator, reg_weights={"kl": 1e-2}, lr=1e-4, disc_start=2,
+                              disc_warmup=3, ramp_steps=2)
+    assert [warm.active("discriminator", s) for s in range(7)] == [False, False, True, True, True, True, True]
+    assert [warm.gan_on(s) for s in range(7)] == [False] * 5 + [True, True]
+    assert [warm.ramp(s) for s in (4, 5, 6, 7)] == [0.0, 0.5, 1.0, 1.0]  # the ramp starts at the onset
+    x = torch.rand(2, C, R, R) * 2 - 1
+    noise = torch.randn(2, 2, R // 2, R // 2)
+    during, logs = our_gradients(warm, x, noise, step=3)  # D trains, G's gradient has no adversarial part
+    assert "gan/d_weight" not in logs
+    _, _, plain = make_pair(disc_start=10**6)
+    plain.generator.autoencoder.load_state_dict(warm.generator.autoencoder.state_dict())
+    without, _ = our_gradients(plain, x, noise, step=3)
+    for name, g in during.items():
+        torch.testing.assert_close(g, without[name], msg=name)

@@ -23,6 +23,7 @@ from tokenizers_ae.pretrained import (
     apply_measured,
     check_finite,
     expect,
+    plain_config,
     prepare_dir,
 )
 from tokenizers_ae.tiling import vae_decode, vae_moments
@@ -84,7 +85,7 @@ class KLVAE(Pretrained, nn.Module):
     # --- saving and loading ---------------------------------------------------------------------
 
     def pretrained_config(self) -> dict:
-        return dict(self.vae.config)
+        return plain_config(self.vae.config)
 
     @classmethod
     def from_config(cls, config: dict) -> KLVAE:
@@ -133,6 +134,12 @@ class KLVAE(Pretrained, nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_sd_single_file(self.vae, path)
         return path
+
+    def trainable_parts(self) -> dict[str, tuple[nn.Module, ...]]:
+        """The halves `train.trainable` can freeze: what makes the latents and what reads them."""
+        v = self.vae
+        return {"encoder": tuple(m for m in (v.encoder, v.quant_conv) if m is not None),
+                "decoder": tuple(m for m in (v.post_quant_conv, v.decoder) if m is not None)}
 
     @property
     def downsampling_factor(self) -> int:

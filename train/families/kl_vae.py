@@ -26,6 +26,10 @@ SD_DEFAULT_SCALING = 0.18215
 @dataclass
 class KLVAEModel(ImageBackbone):
     kind: Literal["kl_vae"] = "kl_vae"
+    preset: Literal["sd", "sdxl", "sd3", "flux"] | None = None
+    """A released architecture (tokenizers_ae/models/presets.py) instead of the keys above: SD 1.x/2.x,
+    SDXL, SD3 or FLUX.1 (16 latent channels, shift and scale). Also the layout a third-party SD single
+    file in `init_from` is read with."""
     init_from: str | None = None
     """A model to fine-tune: a diffusers `AutoencoderKL` directory (its architecture wins over the
     keys above) or a Stable Diffusion / latent-diffusion single `.safetensors` file (architecture
@@ -51,19 +55,22 @@ def build_model(cfg: Config):
 
     from tokenizers_ae.export.sd_single_file import CONFIG_METADATA_KEY, load_sd_single_file
     from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
+    from tokenizers_ae.models.presets import build_preset
 
     m: KLVAEModel = cfg.model
-    fresh = build_autoencoder_kl(
-        in_channels=m.in_channels, block_out_channels=m.block_out_channels, layers_per_block=m.layers_per_block,
-        latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups, mid_block_attention=m.mid_block_attention,
-        sample_size=cfg.data.resolution)
+    if m.preset:
+        fresh = build_preset(m.preset)
+    else:
+        fresh = build_autoencoder_kl(
+            in_channels=m.in_channels, block_out_channels=m.block_out_channels, layers_per_block=m.layers_per_block,
+            latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups,
+            mid_block_attention=m.mid_block_attention, sample_size=cfg.data.resolution)
     if not m.init_from:
         return KLVAE(fresh, sample_posterior=m.sample_posterior)
     path = Path(m.init_from)
     if path.is_file() and path.suffix == ".safetensors":
         # An SD / latent-diffusion single file: its architecture comes from the file's metadata when
-        # aetk wrote it, else from the recipe's model keys (a third-party SD VAE: keep the defaults
-        # of configs/kl-f8.yaml).
+        # aetk wrote it, else from model.preset or the recipe's model keys (a third-party SD VAE).
         with safe_open(str(path), framework="pt") as f:
             has_config = CONFIG_METADATA_KEY in (f.metadata() or {})
         try:
@@ -76,6 +83,10 @@ def build_model(cfg: Config):
         raise ConfigError(f"model.init_from: {path} is neither a diffusers AutoencoderKL directory "
                           "(with config.json) nor a .safetensors single file")
     vae.train()  # diffusers loaders return eval mode
+    # Released VAEs (and aetk's own exports, EMA weights) carry weights only: say what starts fresh.
+    logging.getLogger("aetk.train").info(
+        "model.init_from: %s holds weights only; the optimizer state and the discriminator start fresh "
+        "(set loss.disc_start past a few hundred steps so D learns before it steers the decoder)", path)
     return KLVAE(vae, sample_posterior=m.sample_posterior)
 
 
