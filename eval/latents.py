@@ -46,6 +46,24 @@ def set_scaling_factor(vae: AutoencoderKL, scaling_factor: float) -> None:
     vae.register_to_config(scaling_factor=float(scaling_factor))
 
 
+def set_latent_norm(vae: AutoencoderKL, stats: dict, norm: str) -> None:
+    """Write `latent_statistics` into the config where diffusers pipelines read them, for `norm`:
+    "scale" (scaling_factor = 1/std), "shift_scale" (shift_factor = mean, scaling_factor = 1/std about
+    it: SD3/FLUX pipelines use (z - shift) * scale), or "per_channel" (latents_mean / latents_std per
+    channel with scaling_factor 1: SDXL-style pipelines use (z - mean) * scale / std)."""
+    if norm == "scale":
+        vae.register_to_config(scaling_factor=float(stats["scaling_factor"]), shift_factor=None,
+                               latents_mean=None, latents_std=None)
+    elif norm == "shift_scale":
+        vae.register_to_config(scaling_factor=float(stats["scaling_factor"]), shift_factor=float(stats["global_mean"]),
+                               latents_mean=None, latents_std=None)
+    elif norm == "per_channel":
+        vae.register_to_config(scaling_factor=1.0, shift_factor=None, latents_mean=list(stats["mean"]),
+                               latents_std=list(stats["std"]))
+    else:
+        raise ValueError(f"latent norm must be scale, shift_scale or per_channel, got {norm!r}")
+
+
 def measure_on_data(vae: AutoencoderKL, data: str, *, resolution: int, n: int = 256, batch: int = 16,
                     seed: int = 0) -> dict:
     """`latent_statistics` on the first `n` images of `data` (centre crops, no flips); ValueError

@@ -3,7 +3,7 @@ over video latents (B, c, t, h, w), a DiT on spatio-temporal patches (`latent_di
 
 Maths only: the training objective for given noise and timesteps, and seeded sampling with any
 diffusers scheduler, with classifier-free guidance when class-conditioned. Latents are in the
-scaled space (z * scaling_factor, unit variance). Class labels 0..K-1 index `num_classes` classes;
+scaled space ((z - shift_factor) * scaling_factor, unit variance). Class labels 0..K-1 index `num_classes` classes;
 index K is the null class that label dropout trains and guidance contrasts against (DiT's
 convention, so the same weights run in diffusers' DiTPipeline).
 """
@@ -82,7 +82,7 @@ class DiffusionPrior(Pretrained, nn.Module):
     `clip_sample` clamps predicted x0 to [-1, 1] while sampling: for pixels only.
 
     What sampling needs besides the weights travels with the model: `latent_shape` (c, h, w) of one
-    sample, `scaling_factor` (latents were multiplied by it), `space` ("latent" or "pixel"),
+    sample, `scaling_factor` and `shift_factor` (latents were (z - shift) * scale), `space` ("latent" or "pixel"),
     `first_stage` (the KL-VAE whose decoder makes images of latents) and `class_names`.
     Saved as a diffusers pipeline directory (see `save_pretrained`).
     """
@@ -92,12 +92,12 @@ class DiffusionPrior(Pretrained, nn.Module):
     def __init__(self, net: nn.Module, *, prediction_type: str = "epsilon", num_train_timesteps: int = 1000,
                  beta_schedule: str = "scaled_linear", num_classes: int = 0, clip_sample: bool = False,
                  latent_shape: Sequence[int] = (), scaling_factor: float = 1.0, space: str = "latent",
-                 first_stage: str | None = None, class_names: Sequence[str] = ()) -> None:
+                 first_stage: str | None = None, class_names: Sequence[str] = (), shift_factor: float = 0.0) -> None:
         super().__init__()
         if space not in ("latent", "pixel"):
             raise ValueError(f"space must be latent or pixel, got {space!r}")
         self.latent_shape, self.scaling_factor, self.space = [int(s) for s in latent_shape], scaling_factor, space
-        self.first_stage, self.class_names = first_stage, list(class_names)
+        self.first_stage, self.class_names, self.shift_factor = first_stage, list(class_names), float(shift_factor)
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
         if beta_schedule not in BETAS:
@@ -121,8 +121,8 @@ class DiffusionPrior(Pretrained, nn.Module):
                 "prediction_type": sched.prediction_type, "num_train_timesteps": sched.num_train_timesteps,
                 "beta_schedule": sched.beta_schedule, "clip_sample": sched.clip_sample, "num_classes": self.num_classes,
                 "null_label": self.null_label, "latent_shape": self.latent_shape,
-                "scaling_factor": self.scaling_factor, "space": self.space, "first_stage": self.first_stage,
-                "class_names": self.class_names}
+                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor, "space": self.space,
+                "first_stage": self.first_stage, "class_names": self.class_names}
 
     @classmethod
     def from_config(cls, config: dict) -> DiffusionPrior:
@@ -130,7 +130,8 @@ class DiffusionPrior(Pretrained, nn.Module):
         _no_internal_label_dropout(net)
         prior = cls(net, **{k: config[k] for k in ("prediction_type", "num_train_timesteps", "beta_schedule",
                                                    "num_classes", "clip_sample", "latent_shape", "scaling_factor",
-                                                   "space", "first_stage", "class_names")})
+                                                   "space", "first_stage", "class_names")},
+                    shift_factor=config.get("shift_factor", 0.0))
         prior.null_label = config["null_label"]
         return prior
 
@@ -148,7 +149,7 @@ class DiffusionPrior(Pretrained, nn.Module):
                     num_classes=meta.get("num_classes", 0), clip_sample=sched.config.clip_sample,
                     latent_shape=meta["latent_shape"], scaling_factor=meta["scaling_factor"],
                     space=meta.get("space", "latent"), first_stage=meta.get("first_stage"),
-                    class_names=meta.get("class_names", []))
+                    class_names=meta.get("class_names", []), shift_factor=meta.get("shift_factor", 0.0))
         prior.scheduler = sched
         prior.null_label = meta.get("null_label", prior.num_classes)
         return prior.eval()
@@ -185,10 +186,16 @@ class DiffusionPrior(Pretrained, nn.Module):
         if not pixel and first_stage is not None and not video:
             vae = copy.deepcopy(first_stage.vae).float()  # a copy: safe to re-configure
             vae.register_to_config(scaling_factor=self.scaling_factor)  # the pipelines divide latents by it
+            if self.shift_factor:  # where SD3/FLUX pipelines read it; DiT/LDM pipelines ignore it (below)
+                vae.register_to_config(shift_factor=self.shift_factor)
         pipeline, null = "", self.null_label
         if video:
             log.info("a video prior: no diffusers pipeline takes a class-token Wan transformer; %s holds the "
                      "transformer and scheduler, and aetk samples from it", out)
+        elif self.shift_factor and not pixel:
+            log.info("latents shifted by %g before scaling: DiTPipeline and LDMPipeline decode z / scaling_factor "
+                     "without a shift, so no pipeline is written; %s holds the denoiser, scheduler and vae, and aetk "
+                     "samples from it", self.shift_factor, out)
         elif (k or is_dit) and vae is not None and k <= DIT_NULL:
             pipeline, null = "DiTPipeline", DIT_NULL
             net = _pad_classes(net, max(k, 1))
@@ -215,8 +222,8 @@ class DiffusionPrior(Pretrained, nn.Module):
             (out / "model_index.json").write_text(json.dumps(index, indent=1))
         meta = {"kind": "diffusion_prior", "denoiser": net_name, "denoiser_class": type(net).__name__,
                 "space": self.space, "latent_shape": self.latent_shape, "scaling_factor": self.scaling_factor,
-                "first_stage": self.first_stage, "num_classes": k, "class_names": self.class_names,
-                "null_label": null, "pipeline": pipeline}
+                "shift_factor": self.shift_factor, "first_stage": self.first_stage, "num_classes": k,
+                "class_names": self.class_names, "null_label": null, "pipeline": pipeline}
         (out / "prior.json").write_text(json.dumps(meta, indent=1))
         return pipeline
 

@@ -197,8 +197,14 @@ class LatentCodec:
         return {"stat_sum": z.double().sum(dims), "stat_sumsq": z.double().pow(2).sum(dims)}
 
     def summarise(self, stats: dict[str, torch.Tensor], count: int, shape: list[int]) -> dict:
-        return {**self.channel_summary(stats, count, shape),
-                "model_scaling_factor": float(self.vae.config.scaling_factor)}
+        out = {**self.channel_summary(stats, count, shape),
+               "model_scaling_factor": float(self.vae.config.scaling_factor)}
+        if getattr(self.vae.config, "shift_factor", None) is not None:
+            # An SD3/FLUX-style VAE normalises (z - shift) * scale: so do its latents' readers, with the
+            # shift measured here (the scale already is 1/std about the mean).
+            out["shift_factor"] = out["mean"]
+            out["model_shift_factor"] = float(self.vae.config.shift_factor)
+        return out
 
     def channel_summary(self, stats: dict[str, torch.Tensor], count: int, shape: list[int]) -> dict:
         """Storage, per-channel mean and std, and the scaling factor 1/std of the encoded latents."""
@@ -208,8 +214,8 @@ class LatentCodec:
         global_mean = mean.mean()
         std = float(((var + mean.pow(2)).mean() - global_mean.pow(2)).sqrt())
         return {"dtype": self.opts.dtype, "posterior": "sample" if self.opts.sample else "mean",
-                "channel_mean": mean.tolist(), "channel_std": var.clamp_min(0).sqrt().tolist(), "std": std,
-                "scaling_factor": 1.0 / std}
+                "channel_mean": mean.tolist(), "channel_std": var.clamp_min(0).sqrt().tolist(),
+                "mean": float(global_mean), "std": std, "scaling_factor": 1.0 / std}
 
 
 class TokenCodec:

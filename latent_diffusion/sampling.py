@@ -47,11 +47,11 @@ def sample_labels(n: int, num_classes: int, label: int | str | None,
 
 @torch.no_grad()
 def decode_latents(vae: KLVAE | VideoVAE, z: torch.Tensor, scaling_factor: float,
-                   tile: int | None = None) -> torch.Tensor:
-    """Scaled latents (n, c, h, w) -> images (n, C, H, W) in [-1, 1]; video latents (n, c, t, h, w)
-    -> clips (n, C, T, H, W)."""
+                   tile: int | None = None, shift_factor: float = 0.0) -> torch.Tensor:
+    """Scaled latents (n, c, h, w) = (z - shift_factor) * scaling_factor -> images (n, C, H, W) in [-1, 1];
+    video latents (n, c, t, h, w) -> clips (n, C, T, H, W)."""
     p = next(vae.parameters())
-    return vae.decode(z.to(p.device, p.dtype) / scaling_factor, tile=tile).float().clamp(-1, 1)
+    return vae.decode(z.to(p.device, p.dtype) / scaling_factor + shift_factor, tile=tile).float().clamp(-1, 1)
 
 
 def video_frames(clips: torch.Tensor) -> torch.Tensor:

@@ -96,6 +96,7 @@ class LatentShardDataset(torch.utils.data.Dataset):
         if scale and fmt != "aetk-latents":
             raise ValueError("scale=True applies to KL latents, not to tokens")
         self.scaling_factor = float(self.manifest.get("scaling_factor", 1.0))
+        self.shift_factor = float(self.manifest.get("shift_factor", 0.0))
         self.scale = scale
         self.num_classes = int(self.manifest.get("num_classes", 0))
         """Classes of a labelled source (0: unlabelled); items then carry "label"."""
@@ -128,7 +129,7 @@ class LatentShardDataset(torch.utils.data.Dataset):
         z = f.get_slice(self.tensor_key)[j:j + 1][0]
         z = z.long() if self.tensor_key == "tokens" else z.float()
         if self.scale:
-            z = z * self.scaling_factor
+            z = (z - self.shift_factor) * self.scaling_factor
         item = {self.item_key: z, "index": int(f.get_slice("index")[j:j + 1][0]),
                 "flip": bool(f.get_slice("flip")[j:j + 1][0])}
         if self.num_classes:
@@ -137,7 +138,7 @@ class LatentShardDataset(torch.utils.data.Dataset):
 
     def unscale(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents back to the decoder's units."""
-        return z / self.scaling_factor
+        return z / self.scaling_factor + self.shift_factor
 
     def __getstate__(self):  # file handles do not cross process boundaries
         return {**self.__dict__, "_handles": {}}

@@ -18,12 +18,8 @@ Everything is deterministic for a given --seed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
-import re
-import shutil
-import subprocess
 import sys
 import time
 import zlib
@@ -36,40 +32,26 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is not on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # nor this folder, which holds photo_sources
 
-from tokenizers_ae.data.images import SKIMAGE_PHOTOS, to_rgb  # noqa: E402
+from photo_sources import (  # noqa: E402
+    MIN_WINDOW,
+    VAL_PERCENT,
+    Photo,
+    ensure_packages,
+    find_photos,
+    load_photo,
+    split_photos,
+)
+
 from tokenizers_ae.data.video import VIDEO_EXTENSIONS, MovingDigits, write_video  # noqa: E402
 
-PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers", "ukui-wallpapers", "opencv-doc")
-# Held out for independent evaluation of the models trained on this set: never read, whatever else changes.
-EXCLUDED = ("mate-backgrounds", "gnome-backgrounds", "/usr/share/backgrounds/mate", "/usr/share/backgrounds/gnome")
-# Where the packages put their pictures, for systems without dpkg-query (the same selection rules apply).
-PACKAGE_DIRS = {"plasma-workspace-wallpapers": ["/usr/share/wallpapers"],
-                "lomiri-wallpapers": ["/usr/share/backgrounds"], "ukui-wallpapers": ["/usr/share/backgrounds"],
-                "opencv-doc": ["/usr/share/doc/opencv-doc/examples/data"]}
-# opencv-doc's sample folder also holds charts, logos, cartoons, renders, text and calibration boards: only these
-# are photographs (starry_night: a photo of the painting), one view of each stereo or before/after pair so that a
-# scene cannot land in both splits.
-OPENCV_PHOTOS = ("aero1.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png", "board.jpg", "building.jpg",
-                 "butterfly.jpg", "ela_original.jpg", "fruits.jpg", "graf1.png", "home.jpg", "left.jpg", "leuvenA.jpg",
-                 "licenseplate_motion.jpg", "messi5.jpg", "orange.jpg", "pca_test1.jpg", "rubberwhale1.png",
-                 "smarties.png", "squirrel_cls.jpg", "starry_night.jpg", "stuff.jpg", "box_in_scene.png")
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
-MIN_WINDOW = 0.4  # smallest crop window, as a fraction of the photo's shorter side
-VAL_PERCENT = 10
 # name -> filter options after size and rate; the last one that opens is val's. Only sources that give the same
 # frames on every run (`gradients` does not).
 LAVFI_SOURCES = {
     "testsrc2": "", "mandelbrot": "", "life": ":seed={seed}:mold=10:ratio=0.2", "cellauto": ":seed={seed}:rule=110",
     "sierpinski": ":seed={seed}:jump=1", "zoneplate": ":kt2=4:kx2=80:ky2=80",
 }
-
-
-@dataclass(frozen=True)
-class Photo:
-    id: str  # file-name safe: "<kind>_<name>", unique
-    kind: str  # skimage, plasma, lomiri, ukui, opencv
-    source: str  # a file path, or the skimage.data function name
 
 
 @dataclass(frozen=True)
@@ -81,116 +63,7 @@ class Clip:
     index: int = 0  # k-th clip of its photo, or the item index of MovingDigits / lavfi seed
 
 
-def excluded(path: str) -> bool:
-    return any(e in path for e in EXCLUDED)
-
-
-def safe_id(kind: str, name: str) -> str:
-    return f"{kind}_{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}"
-
-
-# ---------------------------------------------------------------- photo sources
-
-
-def installed(package: str) -> bool:
-    if shutil.which("dpkg-query") is None:
-        return any(Path(d).is_dir() for d in PACKAGE_DIRS[package])
-    out = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}", package], capture_output=True, text=True)
-    return out.returncode == 0 and out.stdout.startswith("ii")
-
-
-def ensure_packages(no_install: bool) -> None:
-    """apt-get install the missing photo packages when root (and allowed), else say which ones are missing."""
-    missing = [p for p in PACKAGES if not installed(p)]
-    if not missing:
-        return
-    if not no_install and os.geteuid() == 0 and shutil.which("apt-get"):
-        print(f"installing {' '.join(missing)} with apt-get ...", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-        if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:  # stale package lists: refresh once
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            subprocess.run(cmd, env=env, capture_output=True)
-        missing = [p for p in PACKAGES if not installed(p)]
-    if missing:
-        print(f"note: photo packages not installed: {' '.join(missing)} (more photos: "
-              f"apt-get install -y {' '.join(missing)}); continuing with the photos that exist")
-
-
-def package_files(package: str) -> list[str]:
-    """The files of `package` and its versioned parts (lomiri-wallpapers-20.04, ...), via dpkg-query -L."""
-    if shutil.which("dpkg-query") is None:
-        return sorted(str(p) for d in PACKAGE_DIRS[package] if Path(d).is_dir() for p in Path(d).rglob("*"))
-    listed = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", f"{package}*"],
-                            capture_output=True, text=True).stdout.split("\n")
-    names = [line.split()[0] for line in listed if line.split()[1:2] == ["ii"]]
-    files = []
-    for name in names:
-        files += subprocess.run(["dpkg-query", "-L", name], capture_output=True, text=True).stdout.split("\n")
-    return sorted({f for f in files if f})
-
-
-def plasma_pick(files: list[str], min_side: int) -> dict[str, str]:
-    """Plasma ships each wallpaper at several sizes (contents/images/WxH.jpg): one file per wallpaper, the
-    smallest whose shorter side is at least `min_side` (decoding a 5120x2880 PNG costs a quarter second)."""
-    variants: dict[str, list[tuple[int, int, str]]] = {}
-    for f in files:
-        m = re.search(r"/wallpapers/([^/]+)/contents/images/(\d+)x(\d+)\.\w+$", f)  # not images_dark: same scene
-        if m:
-            w, h = int(m[2]), int(m[3])
-            variants.setdefault(m[1], []).append((min(w, h) < min_side, w * h, f))
-    return {name: min(v)[2] for name, v in variants.items()}  # big enough first, then the fewest pixels
-
-
-def find_photos(min_side: int) -> list[Photo]:
-    """Every source photo: scikit-image's, then the installed packages' (exclusions applied)."""
-    photos = [Photo(safe_id("skimage", n), "skimage", n) for n in SKIMAGE_PHOTOS]
-    for package in PACKAGES:
-        if not installed(package):
-            continue
-        files = [f for f in package_files(package)
-                 if f.lower().endswith(PHOTO_SUFFIXES) and not excluded(f) and os.path.isfile(f)]
-        if package == "plasma-workspace-wallpapers":
-            photos += [Photo(safe_id("plasma", n), "plasma", f) for n, f in plasma_pick(files, min_side).items()]
-        elif package == "opencv-doc":
-            photos += [Photo(safe_id("opencv", Path(f).stem), "opencv", f) for f in files
-                       if "/examples/data/" in f and os.path.basename(f) in OPENCV_PHOTOS]
-        else:
-            kind = package.split("-")[0]
-            photos += [Photo(safe_id(kind, Path(f).stem), kind, f) for f in files if "/backgrounds/" in f]
-    unique: dict[str, Photo] = {}
-    seen: set[str] = set()
-    for p in photos:  # the same picture shipped by two packages is one source (else it could be in both splits)
-        if p.kind != "skimage":
-            digest = hashlib.sha1(Path(p.source).read_bytes()).hexdigest()
-            if digest in seen:
-                continue
-            seen.add(digest)
-        unique.setdefault(p.id, p)
-    return sorted(unique.values(), key=lambda p: p.id)
-
-
-def load_photo(photo: Photo, min_side: int) -> tuple[torch.Tensor, float]:
-    """(3, H, W) float32 in [0, 255] with shorter side `min_side` (upsampled if smaller), native megapixels."""
-    from PIL import Image, ImageOps
-
-    if photo.kind == "skimage":
-        import skimage.data
-
-        arr = getattr(skimage.data, photo.source)()
-        img = to_rgb(Image.fromarray(arr[0] if photo.source == "stereo_motorcycle" else arr))  # left view only
-        native = img.width * img.height
-    else:
-        with Image.open(photo.source) as im:
-            native = im.width * im.height
-            im.draft("RGB", (min_side, min_side))  # JPEG: decode at 1/2, 1/4 or 1/8 size directly
-            im.load()
-            img = to_rgb(ImageOps.exif_transpose(im))
-    scale = min_side / min(img.size)
-    size = (max(min_side, round(img.width * scale)), max(min_side, round(img.height * scale)))
-    img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)  # (3, H, W)
-    return x, native / 1e6
+# ---------------------------------------------------------------- camera moves
 
 
 def camera_path(rng: np.random.Generator, h: int, w: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,17 +121,6 @@ def render_photo_clip(photo: torch.Tensor, rng: np.random.Generator, frames: int
 
 
 # ---------------------------------------------------------------- planning
-
-
-def split_photos(photos: list[Photo], seed: int) -> tuple[list[Photo], list[Photo]]:
-    """(train, val) by source: a photo is val when a hash of (seed, id) is 0 mod 10, at least one when there
-    are two or more; each list in hash order. Hashing (not a permutation) keeps a photo's split when
-    packages are added or removed."""
-    ranked = sorted(photos, key=lambda p: zlib.crc32(f"{seed}:{p.id}".encode()))
-    val = [p for p in ranked if zlib.crc32(f"{seed}:{p.id}".encode()) % (100 // VAL_PERCENT) == 0]
-    if not val and len(ranked) >= 2:
-        val = ranked[:1]
-    return [p for p in ranked if p not in val], val
 
 
 def plan_photo_clips(train: list[Photo], val: list[Photo], total: int, cap: int | None) -> list[Clip]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from aetk.verbs import positive_int
 from train.config import ConfigError
@@ -47,4 +48,10 @@ def run(args: argparse.Namespace) -> int:
                           f"{' or '.join(fam.exports)}")
     print(fam.exports[fmt](model, ExportRequest(out=args.out, data=args.data, resolution=args.resolution, n=args.n,
                                                  scaling_factor=args.scaling_factor)))
+    out = Path(args.out)
+    if (out / "config.json").is_file():  # a directory export: the card the Hub renders beside it
+        from train.model_card import write_model_card
+
+        run_dir = Path(args.source) if (Path(args.source) / "config.yaml").is_file() else None
+        write_model_card(out, run_dir=run_dir)
     return 0

@@ -86,7 +86,7 @@ def test_export_measures_scaling_on_data_or_takes_it_explicitly(trained, tmp_pat
     out = tmp_path / "m"
     assert main(["export", str(run), "--out", str(out), "--data", "builtin:skimage", "--resolution", "16",
                  "--n", "32"]) == 0
-    assert "measured scaling_factor" in capsys.readouterr().out
+    assert "measured scale (scaling_factor " in capsys.readouterr().out
     assert main(["export", str(run), "--out", str(tmp_path / "x"), "--scaling-factor", "0.5"]) == 0
     assert AutoencoderKL.from_pretrained(tmp_path / "x").config.scaling_factor == 0.5
 

@@ -152,6 +152,18 @@ def test_unconditional_latent_prior_exports_an_ldm_pipeline_with_the_same_sample
     torch.testing.assert_close(theirs, ours, atol=2e-4, rtol=0)
 
 
+def test_a_shifted_latent_prior_keeps_its_shift_and_writes_no_pipeline_that_would_ignore_it(digits, tmp_path,
+                                                                                                 caplog):
+    prior = DiffusionPrior(build_unet(latent_channels=4, sample_size=8, block_out_channels=(16, 32),
+                                      norm_num_groups=8), latent_shape=[4, 8, 8], scaling_factor=0.5, shift_factor=0.25,
+                           first_stage=str(digits / "vae"))
+    with caplog.at_level("INFO"):
+        assert prior.save_pretrained(tmp_path / "m", first_stage=KLVAE.from_pretrained(digits / "vae")) == ""
+    assert "no pipeline is written" in caplog.text and not (tmp_path / "m/model_index.json").exists()
+    loaded = DiffusionPrior.from_pretrained(tmp_path / "m")
+    assert (loaded.scaling_factor, loaded.shift_factor) == (0.5, 0.25)
+
+
 def test_pixel_baseline_trains_on_images_and_exports_a_ddpm_pipeline(tmp_path, tiny_config):
     from train.run import train
 

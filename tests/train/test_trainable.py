@@ -48,6 +48,12 @@ def test_decoder_only_keeps_latents_bit_identical_and_resumes_exactly(tmp_path, 
     assert trained == {id(p) for m in model.trainable_parts()["decoder"] for p in m.parameters()}
     trainer.close()
 
+    # The model card the export writes: how to load it, its measured normalisation, what it was tuned from.
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers") and "AutoencoderKL.from_pretrained(\"model\")" in card
+    assert "- `scaling_factor`: " in card and "trainable: decoder" in card and f"fine-tuned from `{source}`" in card
+    assert "## Evaluation (step 4" in card and "| psnr |" in card and "aetk eval " in card
+
     original = KLVAE.from_pretrained(source).eval()
     tuned = KLVAE.from_pretrained(tmp_path / "run" / "model").eval()  # the EMA export
     with torch.no_grad():

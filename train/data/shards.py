@@ -57,9 +57,11 @@ class ShardItems(torch.utils.data.Dataset):
 
 
 class LatentItems(ShardItems):
-    """KL latents times the manifest's scaling factor (unit variance): a diffusion prior's data."""
+    """KL latents shifted and scaled by the manifest's factors (zero mean when shifted, unit variance): a
+    diffusion prior's data."""
 
-    def __init__(self, path: str, *, scaling_factor: float | None = None, key: str = "data.path") -> None:
+    def __init__(self, path: str, *, scaling_factor: float | None = None, shift_factor: float | None = None,
+                 key: str = "data.path") -> None:
         ds = open_shards(path, key, scale=True)
         if ds.item_key != "latent":
             raise ConfigError(f"{key}: {path} holds {ds.manifest['format']}, not KL latents; a diffusion prior "
@@ -67,8 +69,10 @@ class LatentItems(ShardItems):
         super().__init__(path, ds)
         if scaling_factor is not None:  # validation latents scale like the training latents they sit beside
             self.ds.scaling_factor = scaling_factor
+        if shift_factor is not None:
+            self.ds.shift_factor = shift_factor
         self.latent_shape = list(self.manifest["latent_shape"])
-        self.scaling_factor = self.ds.scaling_factor
+        self.scaling_factor, self.shift_factor = self.ds.scaling_factor, self.ds.shift_factor
         self.space = "latent"
 
 
@@ -79,7 +83,7 @@ class PixelItems(torch.utils.data.Dataset):
     def __init__(self, images) -> None:
         self.images = images
         self.latent_shape = list(images[0]["x"].shape)
-        self.scaling_factor = 1.0
+        self.scaling_factor, self.shift_factor = 1.0, 0.0
         self.space = "pixel"
         self.class_names = list(getattr(images, "class_names", None) or [])
         self.num_classes = len(self.class_names)

@@ -58,7 +58,8 @@ def prior_datasets(cfg: Config) -> tuple[LatentItems | PixelItems, LatentItems |
     d: ImageData = cfg.data
     if is_latent_dir(d.path):
         train = LatentItems(d.path)
-        return train, LatentItems(d.val_path or d.path, scaling_factor=train.scaling_factor, key="data.val_path")
+        return train, LatentItems(d.val_path or d.path, scaling_factor=train.scaling_factor,
+                                  shift_factor=train.shift_factor, key="data.val_path")
     train, val = image_datasets(cfg)
     return PixelItems(train), PixelItems(val)
 

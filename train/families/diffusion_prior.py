@@ -116,7 +116,8 @@ def build_model(cfg: Config):
     return DiffusionPrior(net, prediction_type=m.prediction_type, num_train_timesteps=m.num_train_timesteps,
                           beta_schedule=schedule, num_classes=k, clip_sample=not latent,
                           latent_shape=items.latent_shape, scaling_factor=items.scaling_factor, space=items.space,
-                          first_stage=m.first_stage, class_names=items.class_names if k else [])
+                          first_stage=m.first_stage, class_names=items.class_names if k else [],
+                          shift_factor=items.shift_factor)
 
 
 def build_video_dit(m: DiffusionPriorModel, shape: list[int], num_classes: int):
@@ -211,7 +212,9 @@ class Evaluator:
             return out
 
         def to_images(t: torch.Tensor) -> torch.Tensor:
-            return t.float().clamp(-1, 1) if pixel else decode_latents(self.first_stage, t, prior.scaling_factor)
+            if pixel:
+                return t.float().clamp(-1, 1)
+            return decode_latents(self.first_stage, t, prior.scaling_factor, shift_factor=prior.shift_factor)
 
         if self.reference is None:  # training images for the copy check, decoded once
             k = min(256, len(data))
@@ -249,7 +252,8 @@ def sample(prior, req: SampleRequest) -> str:
         vae = load_first_stage(path, video=_is_video(prior))
     z = sample_latents(prior, n=req.n, seed=req.seed, steps=req.steps, sampler=req.sampler, labels=labels,
                        guidance=req.guidance, progress=True)
-    images = z.float().clamp(-1, 1) if vae is None else decode_latents(vae, z, prior.scaling_factor, req.tile)
+    images = (z.float().clamp(-1, 1) if vae is None
+              else decode_latents(vae, z, prior.scaling_factor, req.tile, prior.shift_factor))
     save_samples(images, Path(req.out), grid_columns(req.n, prior.num_classes, req.label))
     gif = f" and {Path(req.out).with_suffix('.gif')}" if images.ndim == 5 else ""
     return f"wrote {req.n} samples to {req.out}{gif}"

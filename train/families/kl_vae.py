@@ -36,6 +36,13 @@ class KLVAEModel(ImageBackbone):
     from aetk's metadata in it, else from the keys above)."""
     sample_posterior: bool = True
     """Train on z ~ q(z|x) (true) or on its mean."""
+    latent_norm: Literal["auto", "scale", "shift_scale", "per_channel"] = "auto"
+    """How the export normalises latents, measured on training images (posterior samples):
+    `scale`: scaling_factor = 1/std (SD 1.x/2.x/SDXL; diffusers pipelines multiply by it);
+    `shift_scale`: shift_factor = mean, scaling_factor = 1/std after the shift (SD3/FLUX pipelines
+    compute (z - shift) * scale); `per_channel`: latents_mean / latents_std per channel, scaling_factor 1
+    (SDXL-style pipelines' option); `auto`: shift_scale when the architecture has a shift_factor (the sd3
+    and flux presets, or a model started from such a VAE), else scale."""
 
 
 @dataclass
@@ -115,7 +122,7 @@ def export(cfg: Config, model, train_dataset, out: Path) -> None:
     diffusers' `force_upcast` set from a precision audit; `latent_stats.json` beside it."""
     import torch
 
-    from eval.latents import latent_statistics, set_scaling_factor
+    from eval.latents import latent_statistics, set_latent_norm
     from eval.precision import precision_audit
 
     vae = model.vae
@@ -127,7 +134,11 @@ def export(cfg: Config, model, train_dataset, out: Path) -> None:
     if not math.isfinite(stats["scaling_factor"]) or stats["scaling_factor"] <= 0:
         raise ValueError(f"the latents of the trained model on the training data are not finite (std "
                          f"{stats['global_std']}): the model diverged, so nothing was written; lower train.lr")
-    set_scaling_factor(vae, stats["scaling_factor"])
+    norm = cfg.model.latent_norm
+    if norm == "auto":
+        norm = "shift_scale" if vae.config.shift_factor is not None else "scale"
+    stats["latent_norm"] = norm
+    set_latent_norm(vae, stats, norm)
     # diffusers pipelines upcast a VAE to fp32 when `force_upcast` is set: record whether it must.
     audit = precision_audit(vae, torch.stack([train_dataset[i]["x"] for i in range(min(8, n))]).to(device),
                             lambda m, t: m(t, sample_posterior=False).sample)
@@ -155,15 +166,19 @@ def report(model, req: ReportRequest) -> dict:
 
 def _set_scaling(model, req: ExportRequest) -> str:
     """Measure (--data) or set (--scaling-factor) the latent scaling factor; say which, or warn."""
-    from eval.latents import measure_on_data, set_scaling_factor
+    from eval.latents import measure_on_data, set_latent_norm, set_scaling_factor
 
     if req.scaling_factor is not None:
         set_scaling_factor(model.vae, req.scaling_factor)
         return ""
     if req.data:
         stats = measure_on_data(model.vae, req.data, resolution=req.resolution, n=req.n)
-        set_scaling_factor(model.vae, stats["scaling_factor"])
-        return f"measured scaling_factor {stats['scaling_factor']:.5f} on {stats['n']} images; "
+        c = model.vae.config  # measure again in the model's own layout
+        norm = ("shift_scale" if c.shift_factor is not None else
+                "per_channel" if c.latents_mean is not None else "scale")
+        set_latent_norm(model.vae, stats, norm)
+        shift = f", shift_factor {stats['global_mean']:.5f}" if norm == "shift_scale" else ""
+        return f"measured {norm} (scaling_factor {model.scaling_factor:.5f}{shift}) on {stats['n']} images; "
     if abs(model.scaling_factor - SD_DEFAULT_SCALING) < 1e-9:
         log.warning(
             "scaling_factor is diffusers' default %.5f (Stable Diffusion's), not measured on this model; pass "

@@ -1,0 +1,100 @@
+"""The `README.md` model card every export writes beside the weights (the Hub renders it).
+
+It says what a user of the directory needs without opening the code: the class and how to load it, the
+architecture, the latent normalisation and where pipelines read it, fp16 safety, what it was trained on,
+and its last evaluation with the command that measures it again. Everything comes from files already in
+the export (`config.json`, `latent_stats.json`) and, for a training run, its `config.yaml` and
+`metrics.jsonl`; nothing is guessed: what is unknown is left out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+ARCH_KEYS = ("block_out_channels", "layers_per_block", "latent_channels", "base_dim", "dim_mult", "z_dim",
+             "temperal_downsample", "num_res_blocks", "codebook_size", "num_vq_embeddings", "vq_embed_dim",
+             "sampling_rate", "num_filters", "upsampling_ratios", "codebook_dim")
+NORM_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
+
+
+def _loading(config: dict, out: Path) -> tuple[str, str]:
+    """(library, a snippet that loads the directory) from what its config.json says it is."""
+    if "_class_name" in config:
+        cls = config["_class_name"]
+        return "diffusers", f"from diffusers import {cls}\n\nmodel = {cls}.from_pretrained(\"{out.name}\")"
+    if config.get("architectures"):
+        cls = config["architectures"][0]
+        return "transformers", f"from transformers import {cls}\n\nmodel = {cls}.from_pretrained(\"{out.name}\")"
+    return "aetk", f"import aetk\n\nmodel = aetk.load(\"{out.name}\")"
+
+
+def _last_eval(run_dir: Path) -> dict:
+    """The last `eval/...` line of a run's metrics.jsonl ({} when there is none)."""
+    path = run_dir / "metrics.jsonl"
+    last: dict = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if any(k.startswith("eval/") for k in row):
+                last = row
+    return last
+
+
+def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | None = None) -> str:
+    """The card's text for the export at `out` (a directory holding config.json)."""
+    out = Path(out)
+    config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    library, snippet = _loading(config, out)
+    name = config.get("_class_name") or (config.get("architectures") or [None])[0] or "aetk model"
+    lines = ["---", f"library_name: {library}", "tags:", "- aetk", "- autoencoder", "---", "",
+             f"# {out.name}: {name}", "", "Written by aetk at export.", "",
+             "## Load it", "", "```python", snippet, "```", ""]
+    arch = {k: config[k] for k in ARCH_KEYS if k in config}
+    if arch:
+        lines += ["## Architecture", ""] + [f"- `{k}`: {json.dumps(v)}" for k, v in arch.items()] + [""]
+    norm = {k: config[k] for k in NORM_KEYS if config.get(k) is not None}
+    if norm:
+        lines += ["## Latent normalisation", "",
+                  "Measured on training data and stored in `config.json`, where diffusers pipelines read it: "
+                  "`(z - shift_factor) * scaling_factor`, or `(z - latents_mean) * scaling_factor / latents_std` "
+                  "per channel when those are set.", ""]
+        lines += [f"- `{k}`: {json.dumps(v)}" for k, v in norm.items()] + [""]
+        stats = out / "latent_stats.json"
+        if stats.is_file():
+            s = json.loads(stats.read_text())
+            lines += [f"Measured on {s.get('n', '?')} training items ({s.get('latent_norm', 'scale')}).", ""]
+    if "force_upcast" in config:
+        safe = not config["force_upcast"]
+        lines += ["## Precision", "",
+                  "fp16-safe: the precision audit found no activation overflowing fp16." if safe else
+                  "Not fp16-safe: `force_upcast` is set, so diffusers pipelines decode in fp32 (bf16 is fine).", ""]
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        recipe = yaml.safe_load((run_dir / "config.yaml").read_text())
+        data, train = recipe.get("data") or {}, recipe.get("train") or {}
+        lines += ["## Training", "", f"- data: `{data.get('path')}` at {data.get('resolution', '?')} px",
+                  f"- steps: {train.get('max_steps')}, batch {train.get('batch_size')}, lr {train.get('lr')}"]
+        if train.get("trainable", "all") != "all":
+            lines.append(f"- trainable: {train['trainable']} (the other half is the original's, bit for bit)")
+        if (recipe.get("model") or {}).get("init_from"):
+            lines.append(f"- fine-tuned from `{recipe['model']['init_from']}`")
+        lines.append("")
+        last = _last_eval(run_dir)
+        if last:
+            lines += [f"## Evaluation (step {last.get('step')}, the run's validation batch)", "",
+                      "| metric | value |", "| --- | --- |"]
+            lines += [f"| {k.removeprefix('eval/')} | {v:.4g} |" for k, v in last.items()
+                      if k.startswith("eval/") and isinstance(v, float)]
+            lines.append("")
+    if eval_command:
+        lines += ["Measure it again on your data:", "", "```bash", eval_command, "```", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(out: Path, **kw) -> Path:
+    """Write `model_card(out, **kw)` to out/README.md."""
+    path = Path(out) / "README.md"
+    path.write_text(model_card(Path(out), **kw))
+    return path
