@@ -111,3 +111,22 @@ def test_freezing_half_of_a_random_model_is_refused(tmp_path):
     c = config_from_dict({}, tiny_overrides(tmp_path / "run", "train.trainable=decoder"))
     with pytest.raises(ConfigError, match="train.trainable=decoder fine-tunes a released model: set model.init_from"):
         Trainer(c)
+
+
+def test_a_video_vae_decoder_only_fine_tune_keeps_its_latents(tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    from tokenizers_ae.models.video_vae import VideoVAE, build_autoencoder_kl_wan
+
+    torch.manual_seed(3)
+    build_autoencoder_kl_wan(base_dim=8, z_dim=4, dim_mult=(1, 2, 2), temporal_downsample=(True, True)).save_pretrained(
+        tmp_path / "wan")
+    c = config_from_dict({}, tiny_overrides(tmp_path / "run", "model.kind=video_vae", "train.trainable=decoder",
+                                            f"model.init_from={tmp_path / 'wan'}", "train.max_steps=2",
+                                            "loss.disc_start=100", "train.mixed_precision=no"))
+    train(c).close()
+    original = AutoencoderKLWan.from_pretrained(tmp_path / "wan")
+    tuned = VideoVAE.from_pretrained(tmp_path / "run" / "model").vae
+    for (k, a), b in zip(original.encoder.state_dict().items(), tuned.encoder.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert not torch.equal(original.decoder.conv_out.weight, tuned.decoder.conv_out.weight)

@@ -62,18 +62,21 @@ def build_model(cfg: Config):
 
     from tokenizers_ae.export.sd_single_file import CONFIG_METADATA_KEY, load_sd_single_file
     from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
-    from tokenizers_ae.models.presets import build_preset
+    from tokenizers_ae.models.presets import PRESETS, build_preset, preset_config
 
     m: KLVAEModel = cfg.model
-    if m.preset:
-        fresh = build_preset(m.preset)
-    else:
-        fresh = build_autoencoder_kl(
+
+    def recipe_model() -> AutoencoderKL:
+        """The architecture the recipe names, with fresh weights: its preset, else its model keys."""
+        if m.preset:
+            return build_preset(m.preset)
+        return build_autoencoder_kl(
             in_channels=m.in_channels, block_out_channels=m.block_out_channels, layers_per_block=m.layers_per_block,
             latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups,
             mid_block_attention=m.mid_block_attention, sample_size=cfg.data.resolution)
+
     if not m.init_from:
-        return KLVAE(fresh, sample_posterior=m.sample_posterior)
+        return KLVAE(recipe_model(), sample_posterior=m.sample_posterior)
     path = Path(m.init_from)
     if path.is_file() and path.suffix == ".safetensors":
         # An SD / latent-diffusion single file: its architecture comes from the file's metadata when
@@ -81,7 +84,8 @@ def build_model(cfg: Config):
         with safe_open(str(path), framework="pt") as f:
             has_config = CONFIG_METADATA_KEY in (f.metadata() or {})
         try:
-            vae = load_sd_single_file(path, config=None if has_config else dict(fresh.config))
+            arch = preset_config(m.preset) if m.preset else dict(recipe_model().config)
+            vae = load_sd_single_file(path, config=None if has_config else arch)
         except ValueError as e:
             raise ConfigError(f"model.init_from: {e}") from None
     elif (path / "config.json").is_file():
@@ -89,6 +93,14 @@ def build_model(cfg: Config):
     else:
         raise ConfigError(f"model.init_from: {path} is neither a diffusers AutoencoderKL directory "
                           "(with config.json) nor a .safetensors single file")
+    if m.preset:  # a preset names the layout: a model of another one is a mistake, not a silent override
+        want = {"use_quant_conv": True, **PRESETS[m.preset]}
+        keys = ("latent_channels", "block_out_channels", "layers_per_block", "use_quant_conv")
+        diff = [f"{k}={vae.config[k]}" for k in keys if json.dumps(list(vae.config[k]) if k == "block_out_channels"
+                                                                    else vae.config[k]) != json.dumps(want[k])]
+        if diff:
+            raise ConfigError(f"model.init_from: {path} is not a {m.preset} VAE ({', '.join(diff)}); drop "
+                              "model.preset or name its layout's preset")
     vae.train()  # diffusers loaders return eval mode
     # Released VAEs (and aetk's own exports, EMA weights) carry weights only: say what starts fresh.
     logging.getLogger("aetk.train").info(
