@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tokenizers_ae.precision import AutoPrecision
+
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 
 
@@ -72,3 +74,16 @@ def first_nonfinite_module(model: nn.Module, fn, x: torch.Tensor, dtype: torch.d
     """Name of the first leaf module (in execution order) whose output is not finite, else None."""
     _, record = _run(model, fn, x, dtype)
     return next((n for n, _, ok in record if not ok), None)
+
+
+@torch.no_grad()
+def fp16_plan(vae: nn.Module, x: torch.Tensor) -> dict:
+    """The modules of a diffusers AutoencoderKL that must stay fp32 for fp16 to give finite encodes
+    and decodes of x (B, C, H, W): {"fp16": {"encode": [...], "decode": [...]}} (empty lists for an
+    fp16-safe model), as `tokenizers_ae.precision.PLAN_KEY` records it and `--precision auto` reads it."""
+    vae.eval()
+    enc = AutoPrecision(vae, "fp16")
+    z = enc(lambda t: vae.encode(t).latent_dist.mean, x).float()
+    dec = AutoPrecision(vae, "fp16")
+    dec(lambda t: vae.decode(t).sample, z)
+    return {"fp16": {"encode": enc.fp32_modules, "decode": dec.fp32_modules}}

@@ -13,28 +13,38 @@ from pathlib import Path
 import torch
 
 from eval.baselines import PatchPCA, jpeg_quality_for_bpp, jpeg_roundtrip
-from eval.image import reconstruction_metrics, save_reconstruction_grid
+from eval.image import reconstruction_metrics, save_reconstruction_grid, weight_free_unavailable
 from eval.latents import latent_statistics
 from eval.precision import precision_audit
 from tokenizers_ae.data.sources import build_image_dataset
 from tokenizers_ae.losses.perceptual import LPIPS
 from tokenizers_ae.models.kl_vae import KLVAE
 from tokenizers_ae.models.vq_vae import VQVAE
+from tokenizers_ae.precision import Compute, recorded_plan
 
 JPEG_CURVE = (5, 10, 20, 35, 50, 75, 90)
 
 
 @torch.no_grad()
-def reconstruct(model: KLVAE | VQVAE, x: torch.Tensor, batch: int = 16,
-                tile: int | None = None) -> tuple[torch.Tensor, float]:
+def reconstruct(model: KLVAE | VQVAE, x: torch.Tensor, batch: int = 16, tile: int | None = None,
+                compute: Compute | None = None) -> tuple[torch.Tensor, float]:
     """Reconstructions of x (B, 3, H, W) (posterior means for a KL-VAE) and throughput in images/s;
-    `tile`: encode and decode in exact tiles of that many pixels (bounded memory)."""
+    `tile`: encode and decode in exact tiles of that many pixels (bounded memory); `compute`: the
+    precision they run in (`tokenizers_ae.precision.Compute`; default fp32)."""
     model.eval()
     outs = []
     start = time.perf_counter()
     for s in range(0, x.shape[0], batch):
-        outs.append(model.reconstruct(x[s:s + batch], tile).float().clamp(-1, 1))
+        xs = x[s:s + batch]
+        y = compute(lambda t: model.reconstruct(t, tile), xs) if compute else model.reconstruct(xs, tile)
+        outs.append(y.float().clamp(-1, 1))
     return torch.cat(outs), x.shape[0] / (time.perf_counter() - start)
+
+
+def compute_for(model: KLVAE | VQVAE, precision: str) -> Compute:
+    """`aetk eval --precision`: the model's recorded fp16 plan (encoder and decoder) as the start."""
+    target = getattr(model, "vae", model)
+    return Compute(target, precision, plan=recorded_plan(target, "encode") + recorded_plan(target, "decode"))
 
 
 @dataclass
@@ -104,15 +114,18 @@ def _rfid_or_reason(x: torch.Tensor, recon: torch.Tensor, weights: str | None):
 def evaluate(model: KLVAE | VQVAE, x: torch.Tensor, *, rate: Callable[..., Rate],
              fit_x: torch.Tensor | None = None, baselines: tuple[str, ...] = (), latent_bits: int = 16,
              lpips_weights: str | None = None, inception_weights: str | None = None,
-             out_dir: str | Path | None = None, tile: int | None = None) -> dict:
+             out_dir: str | Path | None = None, tile: int | None = None, compute: str = "no") -> dict:
     """`model`: an image tokenizer; `rate`: `latent_rate` or `token_rate`. x: (N, 3, H, W) evaluation
-    images in [-1, 1]; fit_x: images PCA is fitted on (with the tokenizer's stride and latent channels)."""
+    images in [-1, 1]; fit_x: images PCA is fitted on (with the tokenizer's stride and latent channels);
+    `compute`: the precision of the reconstructions (`--precision`: no, bf16, fp16, auto)."""
     lp, lp_reason = _lpips_or_reason(lpips_weights)
-    recon, ips = reconstruct(model, x, tile=tile)
+    runner = compute_for(model, compute)
+    recon, ips = reconstruct(model, x, tile=tile, compute=runner)
     metrics = reconstruction_metrics(x, recon, lpips=lp)
     if lp is None:
         metrics["lpips"] = lp_reason
     metrics["rfid"] = _rfid_or_reason(x, recon, inception_weights)
+    metrics.update(weight_free_unavailable(min(x.shape[-2:])))
     pixels = x.shape[2] * x.shape[3]
     r = rate(model, x, latent_bits)
     values, latent_bits, c, (h, w), extra = r.values, r.bits, r.channels, r.grid, r.extra
@@ -121,6 +134,7 @@ def evaluate(model: KLVAE | VQVAE, x: torch.Tensor, *, rate: Callable[..., Rate]
         "images": x.shape[0], "resolution": list(x.shape[2:]),
         "model": {**metrics, "latent_values": values, "latent_bits": latent_bits, "bpp": bpp,
                   "throughput_images_per_s": ips},
+        "precision": runner.describe(),
         **extra,
     }
     grids, curves = [recon], {}

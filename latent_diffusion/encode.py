@@ -44,6 +44,7 @@ from tokenizers_ae.files import atomic_write, fault_point
 from tokenizers_ae.models.kl_vae import KLVAE
 from tokenizers_ae.models.video_vae import VideoVAE
 from tokenizers_ae.models.vq_vae import VQVAE
+from tokenizers_ae.precision import Compute, recorded_plan
 from tokenizers_ae.pretrained import file_sha256
 from tokenizers_ae.tiling import vae_moments
 
@@ -87,7 +88,9 @@ class EncodeOptions:
     """Storage dtype of latents: float16, bfloat16 or float32."""
     seed: int = 0
     precision: str = "bf16"
-    """Encoder compute: `bf16` autocast (fast on CPUs with AVX-512/AMX and on GPUs) or `no` (exact fp32)."""
+    """Encoder compute: `bf16` autocast (fast on CPUs with AVX-512/AMX and on GPUs), `fp16` autocast,
+    `auto` (fp16 with the modules that overflow it kept in fp32: `tokenizers_ae.precision`) or `no`
+    (exact fp32). Non-finite latents are an error, never stored."""
     num_workers: int | None = None
     """Decoding worker processes (overlap decoding with encoding). None: one per core beyond the two
     the encoder's threads use, at most 4 (0 on a 2-core machine, where a worker only steals time)."""
@@ -164,7 +167,7 @@ def _collate(items: list[dict]) -> list[dict]:
 def _fast_input(model, xs: torch.Tensor, opts: EncodeOptions) -> torch.Tensor:
     # channels-last: oneDNN's fast (AMX) bf16 convolution path wants NHWC (~2x here). Not for fp32,
     # which stays bit-identical to a plain diffusers encode.
-    fmt = torch.channels_last if opts.precision == "bf16" else torch.contiguous_format
+    fmt = torch.channels_last if opts.precision != "no" else torch.contiguous_format
     p = next(model.parameters())
     return xs.to(p.device, p.dtype).contiguous(memory_format=fmt)
 
@@ -176,12 +179,13 @@ class LatentCodec:
 
     def __init__(self, model: KLVAE, opts: EncodeOptions) -> None:
         self.vae, self.opts = model.vae, opts
+        self.compute = Compute(model.vae, opts.precision, plan=recorded_plan(model.vae, "encode"))
 
     @torch.no_grad()
     def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
         vae, opts = self.vae, self.opts
-        with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
-            post = DiagonalGaussianDistribution(vae_moments(vae, _fast_input(vae, xs, opts), opts.tile))
+        moments = self.compute(lambda t: vae_moments(vae, t, opts.tile), _fast_input(vae, xs, opts))
+        post = DiagonalGaussianDistribution(moments.float())
         if not opts.sample:
             return post.mean.float().cpu()
         # Noise seeded per item: the same latents whatever the batch, shard or process split.
@@ -226,11 +230,14 @@ class TokenCodec:
     def __init__(self, model: VQVAE, opts: EncodeOptions) -> None:
         self.model, self.opts = model, opts
         self.codebook_size = int(model.quantizer.codebook_size)
+        self.compute = Compute(model, opts.precision)
 
     @torch.no_grad()
     def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
-        with torch.autocast(xs.device.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
-            return self.model.encode(_fast_input(self.model, xs, self.opts), tile=self.opts.tile).indices.cpu()
+        # The encoder's output is checked finite (a NaN would quantize to some code, silently).
+        out = self.compute(lambda t: self.model.encode(t, tile=self.opts.tile),
+                           _fast_input(self.model, xs, self.opts))
+        return out.indices.cpu()
 
     def store(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(torch.int16 if self.codebook_size <= 32767 else torch.int32)
@@ -255,13 +262,13 @@ class VideoLatentCodec(LatentCodec):
 
     def __init__(self, model: VideoVAE, opts: EncodeOptions) -> None:
         self.model, self.opts = model, opts
+        self.compute = Compute(model.vae, opts.precision, plan=recorded_plan(model.vae, "encode"))
 
     @torch.no_grad()
     def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
         m, opts = self.model, self.opts
         p = next(m.parameters())
-        with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
-            mean, logvar = m.encode_moments(xs.to(p.device, p.dtype))
+        mean, logvar = self.compute(m.encode_moments, xs.to(p.device, p.dtype))
         mean, std = mean.float().cpu(), torch.exp(0.5 * logvar.float()).cpu()
         if not opts.sample:
             return mean
@@ -283,12 +290,12 @@ class VideoTokenCodec(TokenCodec):
     def __init__(self, model: VideoVAE, opts: EncodeOptions) -> None:
         self.model, self.opts = model, opts
         self.codebook_size = int(model.quantizer.codebook_size)
+        self.compute = Compute(model.vae, opts.precision)
 
     @torch.no_grad()
     def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
         p = next(self.model.parameters())
-        with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
-            return self.model.tokens(xs.to(p.device, p.dtype)).cpu()
+        return self.compute(self.model.tokens, xs.to(p.device, p.dtype)).cpu()
 
     def summarise(self, stats: dict[str, torch.Tensor], count: int, shape: list[int]) -> dict:
         m = self.model
@@ -403,6 +410,7 @@ def _merge_manifest(out: Path, n_shards: int, items: ImageItems | AudioSegments,
     manifest = {
         "format": codec.fmt, "version": FORMAT_VERSION, "count": count, f"{codec.key[:-1]}_shape": list(shape),
         "flip_copies": opts.flip, "resolution": opts.resolution, "precision": opts.precision,
+        **({"precision_plan": codec.compute.describe()} if opts.precision == "auto" else {}),
         **codec.summarise(stats, count, list(shape)),
         **({"num_classes": len(items.ds.class_names), "class_names": list(items.ds.class_names)}
            if getattr(items.ds, "class_names", None) else {}),
@@ -492,7 +500,7 @@ def _prepare(model: KLVAE | VQVAE, data: str, out: str | Path, opts: EncodeOptio
         raise ValueError(f"--out {out} is an existing file; an encode is written as a directory")
     out.mkdir(parents=True, exist_ok=True)
     model = model.to(state.device).eval()
-    if opts.precision == "bf16":
+    if opts.precision != "no":
         model = model.to(memory_format=torch.channels_last)
     return model, items, out
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from tokenizers_ae.precision import PLAN_KEY
+
 ARCH_KEYS = ("block_out_channels", "layers_per_block", "latent_channels", "base_dim", "dim_mult", "z_dim",
              "temperal_downsample", "num_res_blocks", "codebook_size", "num_vq_embeddings", "vq_embed_dim",
              "sampling_rate", "num_filters", "upsampling_ratios", "codebook_dim")
@@ -71,6 +73,11 @@ def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | No
         lines += ["## Precision", "",
                   "fp16-safe: the precision audit found no activation overflowing fp16." if safe else
                   "Not fp16-safe: `force_upcast` is set, so diffusers pipelines decode in fp32 (bf16 is fine).", ""]
+        plan = (config.get(PLAN_KEY) or {}).get("fp16")
+        if plan and not safe:
+            kept = [*plan.get("encode", []), *plan.get("decode", [])]
+            lines += [f"`aetk encode/eval --precision auto` runs fp16 with only {len(kept)} module(s) in fp32: "
+                      + ", ".join(f"`{k}`" for k in kept[:8]) + (" ..." if len(kept) > 8 else "") + ".", ""]
     if run_dir is not None and (run_dir / "config.yaml").is_file():
         recipe = yaml.safe_load((run_dir / "config.yaml").read_text())
         data, train = recipe.get("data") or {}, recipe.get("train") or {}

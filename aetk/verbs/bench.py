@@ -68,6 +68,19 @@ def add(sub, name: str) -> None:
     add_json(p)
     p.set_defaults(func=run_tiling)
 
+    p = bsub.add_parser("upcast", help="a VAE decoder that overflows fp16: whole-model fp32 upcast vs --precision auto",
+                        description="Decode with the kl-f8 (Stable Diffusion VAE) architecture, random weights, one "
+                                    "decoder conv scaled past fp16's range: the whole VAE in fp32 (diffusers' "
+                                    "force_upcast), fp16 with only the overflowing modules in fp32 (auto), and plain "
+                                    "fp16 (not finite; timed for scale). Seconds, error against fp32, the plan.")
+    p.add_argument("--size", type=int, default=256, help="image side, pixels (default 256)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="timed decodes per way (median; default 3)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_json(p)
+    p.set_defaults(func=run_upcast)
+
     p = bsub.add_parser("video", help="video VAE encode/decode: aetk's VideoVAE vs diffusers' AutoencoderKLWan tiling",
                         description="Encode and decode of one clip with a Wan-2.1-shaped video VAE (random seeded "
                                     "weights): diffusers' AutoencoderKLWan untiled (the reference) and with "
@@ -173,6 +186,13 @@ def run_tiling(args: argparse.Namespace) -> int:
 
     return emit(bench_tiling(sizes=tuple(args.sizes), tile=args.tile, ops=tuple(args.ops), threads=args.threads),
                  args.json)
+
+
+def run_upcast(args: argparse.Namespace) -> int:
+    from eval.bench.upcast import bench_upcast
+
+    return emit(bench_upcast(size=args.size, batch=args.batch, repeats=args.repeats, device=args.device,
+                             threads=args.threads), args.json)
 
 
 def run_video(args: argparse.Namespace) -> int:

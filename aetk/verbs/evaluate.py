@@ -41,6 +41,10 @@ def add(sub, name: str) -> None:
     p.add_argument("--precision-audit", action="store_true",
                    help="also run fp32/bf16/fp16: per-layer peak activations vs the fp16 range, the first "
                         "layer that overflows, each precision's output error")
+    p.add_argument("--precision", choices=["no", "bf16", "fp16", "auto"], default="no",
+                   help="image tokenizers: reconstruct in fp32 (no, default), bf16 or fp16 autocast, or auto: fp16 "
+                        "with the modules that overflow it kept in fp32 (the plan an export recorded, repaired as "
+                        "needed; reported). A non-finite output is an error naming the module, never a metric")
     add_json(p)
     p.add_argument("--out-dir", help="where the grid and plot go (default: beside --json)")
     p.add_argument("--kbps", type=positive_float, action="append",
@@ -66,10 +70,14 @@ def run(args: argparse.Namespace) -> int:
     if fam.report is None:
         raise ConfigError(f"{args.model} holds a {fam.kind} model, which has no aetk eval report (its training "
                           "run's metrics.jsonl and samples/ hold its evaluation)")
+    if args.precision != "no" and fam.kind not in ("kl_vae", "vq_vae"):
+        raise ConfigError(f"--precision {args.precision}: image tokenizers only ({args.model} holds a {fam.kind} "
+                          "model, evaluated in fp32)")
     req = ReportRequest(name=str(args.model), data=args.data, resolution=args.resolution, n=args.n, fit_n=args.fit_n,
                         baselines=tuple(args.baseline), latent_bits=args.latent_bits, lpips_weights=args.lpips_weights,
                         inception_weights=args.inception_weights, precision_audit=args.precision_audit,
-                        tile=args.tile, out_dir=files_dir(args.out_dir, args.json), kbps=tuple(args.kbps or ()),
+                        precision=args.precision, tile=args.tile, out_dir=files_dir(args.out_dir, args.json),
+                        kbps=tuple(args.kbps or ()),
                         segment_seconds=args.segment_seconds, opus=not args.no_opus,
                         frames=args.frames, frame_stride=args.frame_stride)
     report = fam.report(model, req)

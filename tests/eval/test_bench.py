@@ -21,7 +21,7 @@ def test_train_step_bench_reports_both_phases_and_equal_gradients(tmp_path, tiny
 @pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in ("train", "export", "import", "encode", "eval",
                                                                         "sample", "bench", "codec", "config")],
                                   *[["bench", b, "--help"] for b in ("train-step", "precision", "encode", "quantizer",
-                                                                     "classic", "tiling", "codec", "prior")],
+                                                                     "classic", "tiling", "codec", "prior", "upcast")],
                                   *[["codec", c, "--help"] for c in ("compress", "decompress", "stream")]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -38,3 +38,15 @@ def test_bench_prior_times_latent_and_pixel_priors_and_matches_diffusers_pipelin
     assert res["values_per_item"] == {"latent": 4 * 4 * 4, "pixel": 3 * 16 * 16} and res["value_ratio"] == 12.0
     assert res["same_images_as_diffusers_max_abs"] < 1e-4  # aetk's sampler + decode is diffusers' pipeline
     assert min(res[k] for k in res if k.startswith(("train_step_s/", "sample_s/"))) > 0
+
+
+def test_bench_upcast_auto_is_finite_where_plain_fp16_is_not():
+    from eval.bench.upcast import OVERFLOWING, bench_upcast
+
+    arch = dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4)
+    r = bench_upcast(size=32, repeats=1, device="cpu", arch=arch)
+    assert r["fp32_upcast"]["finite"] and not r["fp16_plain"]["finite"]
+    assert r["fp16_plain"]["rel_error_vs_fp32"] is None
+    assert r["auto"]["finite"] and r["auto"]["rel_error_vs_fp32"] < 1e-2
+    assert OVERFLOWING in r["auto"]["fp32_modules"] and r["auto"]["repairs"] >= 1
+    assert r["auto_speedup_vs_fp32_upcast"] == r["fp32_upcast"]["seconds"] / r["auto"]["seconds"]

@@ -88,6 +88,8 @@ class ReportRequest:
     lpips_weights: str | None = None
     inception_weights: str | None = None
     precision_audit: bool = False
+    precision: str = "no"
+    """Compute precision of the reconstructions: no (fp32), bf16, fp16 or auto (image tokenizers)."""
     tile: int | None = None
     out_dir: str = "eval-out"
     kbps: tuple[float, ...] = ()

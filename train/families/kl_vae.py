@@ -105,7 +105,7 @@ def build_model(cfg: Config):
     # Released VAEs (and aetk's own exports, EMA weights) carry weights only: say what starts fresh.
     logging.getLogger("aetk.train").info(
         "model.init_from: %s holds weights only; the optimizer state and the discriminator start fresh "
-        "(set loss.disc_start past a few hundred steps so D learns before it steers the decoder)", path)
+        "(with a GAN, set loss.disc_warmup_steps so D learns before it steers the decoder)", path)
     return KLVAE(vae, sample_posterior=m.sample_posterior)
 
 
@@ -135,7 +135,8 @@ def export(cfg: Config, model, train_dataset, out: Path) -> None:
     import torch
 
     from eval.latents import latent_statistics, set_latent_norm
-    from eval.precision import precision_audit
+    from eval.precision import fp16_plan, precision_audit
+    from tokenizers_ae.precision import PLAN_KEY
 
     vae = model.vae
     device = next(vae.parameters()).device
@@ -152,10 +153,13 @@ def export(cfg: Config, model, train_dataset, out: Path) -> None:
     stats["latent_norm"] = norm
     set_latent_norm(vae, stats, norm)
     # diffusers pipelines upcast a VAE to fp32 when `force_upcast` is set: record whether it must.
-    audit = precision_audit(vae, torch.stack([train_dataset[i]["x"] for i in range(min(8, n))]).to(device),
-                            lambda m, t: m(t, sample_posterior=False).sample)
+    probe = torch.stack([train_dataset[i]["x"] for i in range(min(8, n))]).to(device)
+    audit = precision_audit(vae, probe, lambda m, t: m(t, sample_posterior=False).sample)
     vae.register_to_config(force_upcast=not audit["fp16_safe"])
     stats["fp16_safe"] = audit["fp16_safe"]
+    # ...and which modules `--precision auto` keeps in fp32 instead of upcasting the whole VAE.
+    if not audit["fp16_safe"]:
+        vae.register_to_config(**{PLAN_KEY: fp16_plan(vae, probe)})
     model.save_pretrained(out)
     (out / "latent_stats.json").write_text(json.dumps(stats, indent=1))
 

@@ -1,0 +1,102 @@
+"""`--precision auto` in `aetk eval` and `aetk encode` on a VAE built to overflow fp16 in one decoder
+block, the plan that export records, and the one-line refusals of plain fp16."""
+
+import json
+
+import pytest
+import torch
+
+from aetk.cli import main
+from eval.precision import fp16_plan
+from tokenizers_ae.data.sources import build_image_dataset
+from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
+from tokenizers_ae.precision import PLAN_KEY
+from train.model_card import write_model_card
+
+OVERFLOWING = "decoder.up_blocks.0.resnets.0.conv1"
+
+
+def overflowing_vae():
+    torch.manual_seed(0)
+    vae = build_autoencoder_kl(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=2).eval()
+    with torch.no_grad():
+        vae.get_submodule(OVERFLOWING).weight.mul_(3e5)  # past fp16's 65504; the GroupNorm after it recovers
+    return vae
+
+
+def images(n=4):
+    ds = build_image_dataset("builtin:skimage", resolution=32, random_crop=False, random_flip=False, split="val")
+    return torch.stack([ds[i]["x"] for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The overflowing VAE as a diffusers directory, without and with the plan an export records."""
+    root = tmp_path_factory.mktemp("prec")
+    bare = KLVAE(overflowing_vae()).save_pretrained(root / "bare")
+    vae = overflowing_vae()
+    plan = fp16_plan(vae, images())
+    vae.register_to_config(force_upcast=True, **{PLAN_KEY: plan})
+    planned = KLVAE(vae).save_pretrained(root / "planned")
+    return bare, planned, plan
+
+
+def run_eval(model, tmp_path, precision, capsys):
+    out = tmp_path / f"{precision}.json"
+    code = main(["eval", str(model), "--data", "builtin:skimage", "--resolution", "32", "--n", "4",
+                 "--precision", precision, "--json", str(out)])
+    return code, (json.loads(out.read_text()) if code == 0 else capsys.readouterr().err)
+
+
+def test_fp16_plan_names_the_overflowing_decoder_block(saved):
+    _, _, plan = saved
+    assert plan["fp16"]["encode"] == []
+    assert OVERFLOWING in plan["fp16"]["decode"]
+
+
+def test_eval_auto_is_finite_and_close_to_fp32_where_fp16_fails(saved, tmp_path, capsys):
+    bare, planned, _ = saved
+    code, err = run_eval(bare, tmp_path, "fp16", capsys)
+    assert code != 0
+    assert "--precision fp16: the output is not finite" in err and OVERFLOWING in err and "--precision auto" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    _, ref = run_eval(bare, tmp_path, "no", capsys)
+    code, auto = run_eval(bare, tmp_path, "auto", capsys)
+    assert code == 0
+    assert OVERFLOWING in auto["precision"]["fp32_modules"] and auto["precision"]["repairs"] >= 1
+    assert abs(auto["model"]["psnr"] - ref["model"]["psnr"]) < 0.05
+    # With the plan recorded at export it runs without a single repair.
+    _, planned_auto = run_eval(planned, tmp_path, "auto", capsys)
+    assert planned_auto["precision"]["repairs"] == 0
+    assert OVERFLOWING in planned_auto["precision"]["fp32_modules"]
+
+
+def test_encode_auto_writes_the_plan_and_fp32_close_latents(saved, tmp_path, capsys):
+    bare, _, _ = saved
+    outs = {}
+    for precision in ("no", "auto"):
+        out = tmp_path / precision
+        assert main(["encode", str(bare), "--data", "builtin:skimage", "--split", "val", "--resolution", "32",
+                     "--out", str(out), "--precision", precision, "--builtin-size", "8"]) == 0
+        outs[precision] = json.loads((out / "manifest.json").read_text())
+    assert "precision_plan" in outs["auto"] and outs["auto"]["precision_plan"]["dtype"] == "fp16"
+    # The encoder does not overflow: nothing kept in fp32, latents equal fp32's to fp16 precision.
+    assert outs["auto"]["precision_plan"]["fp32_modules"] == []
+    assert outs["auto"]["std"] == pytest.approx(outs["no"]["std"], rel=1e-2)
+
+
+def test_model_card_names_the_fp32_modules(saved):
+    _, planned, _ = saved
+    card = write_model_card(planned).read_text()
+    assert "Not fp16-safe" in card and "--precision auto" in card and OVERFLOWING in card
+
+
+def test_precision_for_a_video_model_is_refused(tmp_path, capsys):
+    from tokenizers_ae.models.video_vae import VideoVAE, build_autoencoder_kl_wan
+
+    vae = build_autoencoder_kl_wan(in_channels=3, base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1,
+                                   temporal_downsample=[True])
+    model = VideoVAE(vae).save_pretrained(tmp_path / "v")
+    code = main(["eval", str(model), "--data", "builtin:moving-digits", "--precision", "auto"])
+    assert code != 0 and "image tokenizers only" in capsys.readouterr().err
