@@ -18,7 +18,8 @@ def add(sub, name: str) -> None:
                                    "no VQModel holds the quantizer); audio codec: encodec (default), aetk.",
                        epilog="examples:\n  aetk export runs/quickstart --out vae-diffusers --data builtin:skimage\n"
                               "  aetk export runs/quickstart --format sd-single-file --out vae.safetensors\n"
-                              "  aetk export runs/codec-tiny --out codec-encodec",
+                              "  aetk export runs/codec-tiny --out codec-encodec\n"
+                              "  aetk export runs/finetune-decoder --out vae --push-to-hub me/my-vae",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="run dir, checkpoint, exported model dir or SD single file")
     p.add_argument("--format", choices=["diffusers", "sd-single-file", "encodec", "aetk"],
@@ -29,6 +30,10 @@ def add(sub, name: str) -> None:
     p.add_argument("--data", help="KL-VAE: measure the scaling factor (1/std of latents) on these images")
     p.add_argument("--resolution", type=positive_int, default=256, help="crop size for --data (default 256)")
     p.add_argument("--n", type=positive_int, default=256, help="images used by --data (default 256)")
+    p.add_argument("--push-to-hub", metavar="OWNER/NAME",
+                   help="then upload the export (with its model card) to this Hub model repo, created if missing; "
+                        "needs network and a token (hf auth login or HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     p.set_defaults(func=run)
 
 
@@ -37,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from train.families import family_of
     from train.families.base import ExportRequest
 
+    if args.push_to_hub:
+        from aetk.hub import check_repo_id
+
+        check_repo_id(args.push_to_hub)  # before the export's work, not after it
     model = aetk.load(args.source, weights=args.weights)
     fam = family_of(model)
     if not fam.exports:
@@ -54,4 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
         run_dir = Path(args.source) if (Path(args.source) / "config.yaml").is_file() else None
         write_model_card(out, run_dir=run_dir)
+    if args.push_to_hub:
+        from aetk.hub import push_export
+
+        print(f"uploaded to {push_export(out, args.push_to_hub, private=args.private)}")
     return 0
