@@ -42,6 +42,12 @@ class GanGuard:
             return None
         if self.baseline is None and self.before:
             self.baseline = sum(self.before) / len(self.before)
+        if self.baseline is None and not self.after:
+            # A GAN from step 0 (a fine-tune from released weights) leaves nothing to compare with.
+            log.warning("GAN guard: no reconstruction baseline, since the adversarial term starts at step %d with "
+                        "no step before it; only discriminator saturation is watched. Set loss.disc_warmup_steps "
+                        "(>= loss.guard_window=%d) so D learns first and the baseline is measured meanwhile",
+                        onset, c.guard_window)
         self.after.append(logs[REC_KEY])
         sat = logs.get("disc/acc_real", 0.0) >= 0.99 and logs.get("disc/acc_fake", 0.0) >= 0.99
         self.saturated = self.saturated + 1 if sat else 0
