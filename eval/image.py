@@ -1,10 +1,11 @@
-"""Image reconstruction metrics (torchmetrics) and reconstruction grids."""
+"""Image reconstruction metrics (torchmetrics; piq's weight-free perceptual ones) and reconstruction grids."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import piq
 import torch
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure,
@@ -15,6 +16,21 @@ from torchvision.utils import make_grid, save_image
 
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
 
+WEIGHT_FREE = {
+    # name: (piq function, smallest image side piq accepts, what it measures)
+    "haarpsi": (piq.haarpsi, 16, "HaarPSI, higher is better (0-1)"),
+    "ms_gmsd": (piq.multi_scale_gmsd, 17, "multi-scale gradient magnitude similarity deviation, lower is better"),
+    "fsim": (piq.fsim, 16, "feature similarity (phase congruency + gradient), higher is better (0-1)"),
+    "vif": (piq.vif_p, 41, "visual information fidelity (pixel domain), higher is better"),
+}
+"""Perceptual metrics that need no downloaded weights (piq), reported beside PSNR/SSIM/MS-SSIM."""
+
+
+def weight_free_unavailable(side: int) -> dict[str, str]:
+    """The weight-free metrics images of this side are too small for, each with why."""
+    return {k: f"unavailable: needs images of at least {m} px (piq), these are {side}"
+            for k, (_, m, _) in WEIGHT_FREE.items() if side < m}
+
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1], clamped, float32."""
@@ -23,7 +39,8 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, lpips=None) -> dict[str, float]:
-    """PSNR (dB) and SSIM on [0, 1] images, LPIPS when a pretrained LPIPS module is given.
+    """PSNR (dB), SSIM, MS-SSIM (scales the size allows) and the weight-free perceptual metrics of
+    `WEIGHT_FREE` that the size allows, on [0, 1] images; LPIPS when a pretrained LPIPS module is given.
 
     x, recon: (B, 3, H, W) in [-1, 1].
     """
@@ -39,6 +56,10 @@ def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, lpips=None) -> 
         betas = tuple(bt / sum(betas) for bt in betas)
         out["ms_ssim"] = float(multiscale_structural_similarity_index_measure(a, b, data_range=1.0, betas=betas))
         out["ms_ssim_scales"] = scales
+    side = min(a.shape[-2:])
+    for name, (fn, smallest, _) in WEIGHT_FREE.items():
+        if side >= smallest:
+            out[name] = float(fn(a, b, data_range=1.0))
     if lpips is not None:
         out["lpips"] = float(lpips(recon.float(), x.float()).mean())
     return out

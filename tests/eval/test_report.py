@@ -79,3 +79,23 @@ def test_eval_numbers_match_a_direct_torchmetrics_computation():
     ms = MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0, betas=tuple(x / sum(betas) for x in betas))(a, b)
     assert r["model"]["ms_ssim_scales"] == 3 and r["model"]["ms_ssim"] == pytest.approx(ms.item(), rel=1e-5)
     assert r["model"]["bpp"] == pytest.approx(2 * 32 * 32 * 16 / 64 ** 2)
+    # The weight-free perceptual metrics are piq's own numbers on the same [0, 1] images.
+    import piq
+
+    for name, fn in (("haarpsi", piq.haarpsi), ("ms_gmsd", piq.multi_scale_gmsd), ("fsim", piq.fsim),
+                     ("vif", piq.vif_p)):
+        assert r["model"][name] == pytest.approx(float(fn(a.clamp(0, 1), b.clamp(0, 1), data_range=1.0)), rel=1e-4)
+
+
+def test_weight_free_metrics_order_noise_and_say_when_images_are_too_small():
+    from eval.image import reconstruction_metrics, weight_free_unavailable
+
+    x = photos(n=4, r=64)
+    g = torch.Generator().manual_seed(0)
+    mild, strong = [(x + s * torch.randn(x.shape, generator=g)).clamp(-1, 1) for s in (0.05, 0.3)]
+    m, s_ = reconstruction_metrics(x, mild), reconstruction_metrics(x, strong)
+    assert m["haarpsi"] > s_["haarpsi"] and m["fsim"] > s_["fsim"] and m["vif"] > s_["vif"]
+    assert m["ms_gmsd"] < s_["ms_gmsd"]  # a deviation: lower is better
+    small = reconstruction_metrics(x[..., :32, :32], mild[..., :32, :32])
+    assert "vif" not in small and "haarpsi" in small
+    assert weight_free_unavailable(32) == {"vif": "unavailable: needs images of at least 41 px (piq), these are 32"}
