@@ -21,6 +21,7 @@ from audio_codec.container import achieved_kbps, encode_codes, state_dict_hash
 from audio_codec.data import AudioFolder, load_audio, rms_db
 from audio_codec.files import container_fields
 from audio_codec.model import SoundStream
+from eval import protocol as protocol_mod
 from eval.audio import audio_metrics, save_audio_examples, save_spectrogram_grid
 
 OPUS_MIN_KBPS = 6.0
@@ -70,7 +71,7 @@ def opus_round_trip(x: np.ndarray, sample_rate: int, kbps: float, tool: str) -> 
 @torch.no_grad()
 def evaluate_audio(model: SoundStream, data_dir: str | Path, *, n: int = 16, segment_seconds: float = 5.0,
                    kbps_list: Sequence[float] = (1.5, 3, 6, 12), opus: bool = True, out_dir: str | Path | None = None,
-                   name: str = "") -> dict:
+                   name: str = "", protocol: dict | None = None) -> dict:
     """The codec on held-out clips: the first `n` readable files under `data_dir`, centre crops of
     `segment_seconds` (whole files when shorter). For each bitrate in the model's range: SI-SNR, mel and
     STFT distances (`eval.audio.audio_metrics`, per clip over its own length, then averaged: the
@@ -80,7 +81,8 @@ def evaluate_audio(model: SoundStream, data_dir: str | Path, *, n: int = 16, seg
     bitrates the codec was evaluated at (those >= 6 kbps, its minimum) through opusenc/opusdec or
     ffmpeg, with the same metrics on the same clips; else `opus.available` is false with the reason.
     `out_dir`: a spectrogram grid per bitrate and example WAVs at the highest. `name`: what the
-    report calls the model (its path)."""
+    report calls the model (its path). The result carries the protocol card (`eval.protocol`, the clips
+    hashed at 16 bits with their scored lengths); with `protocol`, the clips must be that card's."""
     model = model.eval()
     sr = model.sample_rate
     segment = max(1, round(segment_seconds * sr))
@@ -98,6 +100,8 @@ def evaluate_audio(model: SoundStream, data_dir: str | Path, *, n: int = 16, seg
     if not clips:
         raise ValueError(f"no readable audio in {data_dir}")
     x = torch.from_numpy(np.stack(clips))[:, None]  # (B, 1, S); causal codec: padding never changes a clip
+    # The scored lengths are part of what was evaluated: a zero-padded clip is not the same set.
+    protocol_mod.check_data(protocol, x, str(data_dir), extra={"lengths": lengths})
     rates = [model.bitrate(q) / 1000 for q in range(1, model.num_quantizers + 1)]
     digest = state_dict_hash(model.state_dict())
     result: dict = {"model": name, "data": str(data_dir), "sample_rate": sr, "clips": x.shape[0],
@@ -122,6 +126,10 @@ def evaluate_audio(model: SoundStream, data_dir: str | Path, *, n: int = 16, seg
                                 **clip_metrics(list(recon), list(x), lengths, sr),
                                 "silence_dbfs": silence_level(recon, lengths, hop, sr)})
     result["opus"] = _evaluate_opus(x, lengths, sr, [r["kbps"] for r in result["codec"]], enabled=opus)
+    settings = {"n": n, "segment_seconds": segment_seconds, "crop": "centre segment, zero-padded when shorter",
+                "kbps": list(kbps_list), "opus": opus, "opus_tool": opus_tool()[0] if opus else None}
+    result["protocol"] = protocol_mod.card(kind="audio", data=str(data_dir), split="all files, sorted", x=x,
+                                           settings=settings, extra={"lengths": lengths})
     if out_dir is not None and recons:
         out = Path(out_dir)
         files = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from eval import protocol as protocol_mod
 from eval.baselines import PatchPCA, jpeg_quality_for_bpp, jpeg_roundtrip
 from eval.image import reconstruction_metrics, save_reconstruction_grid, weight_free_unavailable
 from eval.latents import latent_statistics
@@ -192,11 +193,13 @@ def _rd_plot(result: dict, curves: dict, path: Path) -> None:
 
 
 def evaluate_on_data(model: KLVAE | VQVAE, data: str | None, *, rate: Callable[..., Rate], resolution: int = 256,
-                     n: int = 64, fit_n: int = 256, precision: bool = False, **kwargs) -> dict:
+                     n: int = 64, fit_n: int = 256, precision: bool = False, protocol: dict | None = None,
+                     **kwargs) -> dict:
     """`aetk eval` of an image tokenizer: `evaluate` on the first `n` held-out images of `data` (the
     `val` split of a built-in source, else the first images), PCA fitted on other images of the same
-    source; with `precision`, the fp32 / bf16 / fp16 audit on 8 of them. ValueError naming the flag
-    when the data gives no image."""
+    source; with `precision`, the fp32 / bf16 / fp16 audit on 8 of them. The result carries the
+    protocol card (`eval.protocol`); with `protocol` (a card to follow), the data and metric weights
+    must be the card's. ValueError naming the flag when the data gives no image."""
     if not data:
         raise ValueError("--data is required: the images to evaluate on")
     if resolution < 8:
@@ -211,11 +214,21 @@ def evaluate_on_data(model: KLVAE | VQVAE, data: str | None, *, rate: Callable[.
         idx = range(start, min(start + count, len(ds)))
         return torch.stack([ds[i]["x"] for i in idx]) if len(idx) else None
 
-    x = images("val" if builtin else "train", 0, n)
+    weights = {"lpips_weights": kwargs.get("lpips_weights"), "inception_weights": kwargs.get("inception_weights")}
+    protocol_mod.check_weights(protocol, weights)
+    split = "val" if builtin else "train"
+    x = images(split, 0, n)
     if x is None:
         raise ValueError(f"--data {data}: no images to evaluate")
+    protocol_mod.check_data(protocol, x, data)
     fit = images("train", 0 if builtin else n, fit_n) if "pca" in kwargs.get("baselines", ()) else None
     result = evaluate(model, x, rate=rate, fit_x=fit, **kwargs)
+    settings = {"resolution": resolution, "crop": "centre, shorter side resized to it", "n": n, "fit_n": fit_n,
+                "baselines": list(kwargs.get("baselines", ())), "latent_bits": kwargs.get("latent_bits", 16),
+                "tile": kwargs.get("tile"), "precision": kwargs.get("compute", "no"),
+                "pca_fit": f"{split} split, items {0 if builtin else n}.. (other images of the source)"}
+    result["protocol"] = protocol_mod.card(kind="image", data=data, split=split, x=x, settings=settings,
+                                           weights=weights)
     if precision:
         result["precision_audit"] = precision_audit(model, x[:8], lambda m, t: m.reconstruct(t))
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from aetk.verbs import add_json, add_video_args, emit, files_dir, positive_float, positive_int
 from train.config import ConfigError
@@ -41,6 +42,10 @@ def add(sub, name: str) -> None:
     p.add_argument("--precision-audit", action="store_true",
                    help="also run fp32/bf16/fp16: per-layer peak activations vs the fp16 range, the first "
                         "layer that overflows, each precision's output error")
+    p.add_argument("--protocol", metavar="FILE",
+                   help="re-run the protocol card of an earlier `aetk eval --json` output exactly: its data, split, "
+                        "resolution, count and flags; refused when the data's content hash or a metric weight "
+                        "differs")
     p.add_argument("--precision", choices=["no", "bf16", "fp16", "auto"], default="no",
                    help="image tokenizers: reconstruct in fp32 (no, default), bf16 or fp16 autocast, or auto: fp16 "
                         "with the modules that overflow it kept in fp32 (the plan an export recorded, repaired as "
@@ -60,11 +65,33 @@ def add(sub, name: str) -> None:
     p.set_defaults(func=run)
 
 
+def follow(args: argparse.Namespace) -> dict:
+    """`--protocol FILE`: the card, with its data and settings applied to `args` (they win over flags)."""
+    from eval.protocol import load
+
+    card = load(args.protocol)
+    s = card["settings"]
+    args.data, args.n = card["data"]["source"], s["n"]
+    if card.get("kind") in ("image", "video"):
+        args.resolution, args.fit_n = s["resolution"], s["fit_n"]
+    if card.get("kind") == "audio":
+        args.segment_seconds, args.kbps, args.no_opus = s["segment_seconds"], list(s["kbps"]), not s["opus"]
+    if card.get("kind") == "image":
+        args.baseline, args.latent_bits = list(s["baselines"]), s["latent_bits"]
+        args.tile, args.precision = s["tile"], s["precision"]
+    elif card.get("kind") == "video":
+        args.frames, args.frame_stride = s["frames"], s["frame_stride"]
+    print(f"following the protocol in {args.protocol}: {card['data']['items']} items of {args.data} "
+          f"({card['data']['split']} split), sha256 {card['data']['sha256'][:12]}...", file=sys.stderr)
+    return card
+
+
 def run(args: argparse.Namespace) -> int:
     import aetk
     from train.families import family_of
     from train.families.base import ReportRequest
 
+    card = follow(args) if args.protocol else None
     model = aetk.load(args.model, weights=args.weights)
     fam = family_of(model)
     if fam.report is None:
@@ -79,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
                         precision=args.precision, tile=args.tile, out_dir=files_dir(args.out_dir, args.json),
                         kbps=tuple(args.kbps or ()),
                         segment_seconds=args.segment_seconds, opus=not args.no_opus,
-                        frames=args.frames, frame_stride=args.frame_stride)
+                        frames=args.frames, frame_stride=args.frame_stride, protocol=card)
+    if card is not None and card.get("kind") not in (None, {"kl_vae": "image", "vq_vae": "image",
+                                                           "video_vae": "video", "soundstream": "audio"}.get(fam.kind)):
+        raise ConfigError(f"--protocol {args.protocol}: a {card.get('kind')} protocol, and {args.model} holds a "
+                          f"{fam.kind} model")
     report = fam.report(model, req)
     if args.compare:
         report["compare"] = compare(model, args)

@@ -238,6 +238,15 @@ def test_eval_reports_metrics_per_bitrate(env, capsys, tmp_path):
     assert r["skipped"] == [{"kbps": 24, "reason": "above the model's maximum (8 kbps)"}]
     assert r["opus"] == {"available": False, "reason": "disabled (--no-opus)"}
     assert (tmp_path / "out" / "spectrograms-6kbps.png").stat().st_size > 0
+    card = r["protocol"]
+    assert card["kind"] == "audio" and card["data"]["items"] == 3 and card["settings"]["kbps"] == [2, 6, 24]
+    # --protocol repeats it exactly; a changed recording is refused.
+    rc, again, err = cli(capsys, "eval", env["model"], "--protocol", tmp_path / "r.json", "--kbps", 8)
+    assert rc == 0, err
+    assert again["protocol"]["data"] == card["data"] and again["codec"] == r["codec"]
+    sf.write(data / "1.wav", tone(1600 + 37, seed=9), SR)
+    rc, _, err = cli(capsys, "eval", env["model"], "--protocol", tmp_path / "r.json")
+    assert rc != 0 and "the evaluated data differ from the protocol's" in err
 
 
 def test_eval_compares_with_opus_or_says_why_not(env, tmp_path, monkeypatch):

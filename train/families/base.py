@@ -98,6 +98,8 @@ class ReportRequest:
     frames: int = 17
     """Videos: frames per evaluated clip."""
     frame_stride: int = 1
+    protocol: dict | None = None
+    """A protocol card to follow (`aetk eval --protocol`): the data and metric weights must match it."""
 
 
 @dataclass

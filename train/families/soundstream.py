@@ -191,7 +191,8 @@ def report(model, req: ReportRequest) -> dict:
     if not req.data:
         raise ConfigError("--data is required: a folder of held-out audio files")
     return evaluate_audio(model, req.data, n=req.n or 16, segment_seconds=req.segment_seconds,
-                          kbps_list=req.kbps or (1.5, 3, 6, 12), opus=req.opus, out_dir=req.out_dir, name=req.name)
+                          kbps_list=req.kbps or (1.5, 3, 6, 12), opus=req.opus, out_dir=req.out_dir, name=req.name,
+                          protocol=req.protocol)
 
 
 def export_encodec(model, req: ExportRequest) -> str:
