@@ -113,3 +113,26 @@ def test_haarpsi_distance_is_a_weight_free_differentiable_perceptual_term():
     assert y.grad.abs().sum() > 0 and "rec/haarpsi" in logs and "rec/lpips" not in logs
     with pytest.raises(ValueError, match="at least 16x16"):
         d(x[..., :8, :8], x[..., :8, :8])
+
+
+def test_temporal_reconstruction_penalises_flicker_not_a_steady_error():
+    from tokenizers_ae.losses.frames import PerFrame, TemporalReconstruction
+    from tokenizers_ae.losses.reconstruction import ReconstructionLoss
+
+    x = torch.rand(2, 3, 5, 8, 8) * 2 - 1
+    steady = x + 0.1  # the same error on every frame
+    sign = torch.tensor([1, -1, 1, -1, 1.0]).view(1, 1, 5, 1, 1)
+    flicker = x + 0.1 * sign  # the same per-frame L1, alternating in time
+    per_frame = PerFrame(ReconstructionLoss(kind="l1", perceptual_weight=0.0))
+    loss = TemporalReconstruction(per_frame, weight=0.5)
+    (a, logs_a), (b, logs_b) = loss(steady, x), loss(flicker, x)
+    assert torch.allclose(per_frame(steady, x)[0], per_frame(flicker, x)[0])  # per frame they are equal
+    assert logs_a["rec/temporal"] < 1e-6 and torch.isclose(logs_b["rec/temporal"], torch.tensor(0.2))
+    assert torch.isclose(b - a, torch.tensor(0.5 * 0.2))
+    # Weight 0 is the per-frame loss itself; images (4-D) pass through untouched.
+    assert torch.equal(TemporalReconstruction(per_frame, weight=0.0)(flicker, x)[0], per_frame(flicker, x)[0])
+    assert "rec/temporal" not in loss(x[:, :, 0], x[:, :, 0])[1]
+    r = flicker.clone().requires_grad_(True)
+    loss(r, x)[0].backward()
+    assert r.grad is not None and torch.isfinite(r.grad).all()
+

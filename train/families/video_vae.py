@@ -101,10 +101,14 @@ class VideoVAELoss(ImageGANLoss):
 
     kl_weight: float = 1e-6
     """KL weight, per input value (as `kl_vae`'s)."""
+    temporal_weight: float = 0.0
+    """Weight of the frame-difference L1 term, mean |diff_t(recon) - diff_t(x)| (the flicker that
+    `aetk eval` reports as temporal PSNR); 0 leaves the loss per frame."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.kl_weight >= 0, "loss.kl_weight", ">= 0")
+        check(self.temporal_weight >= 0, "loss.temporal_weight", ">= 0")
 
 
 def check_recipe(cfg: Config) -> None:
@@ -145,12 +149,13 @@ def build_model(cfg: Config):
 
 
 def build_task(cfg: Config, model):
-    from tokenizers_ae.losses.frames import PerFrame
+    from tokenizers_ae.losses.frames import PerFrame, TemporalReconstruction
     from train.parts import gan_task, image_losses
 
     rec, disc = image_losses(cfg)
     reg = {"kl": cfg.loss.kl_weight} if cfg.model.quantizer is None else {}
-    return gan_task(cfg, model, rec_loss=PerFrame(rec), discriminator=PerFrame(disc), reg_weights=reg)
+    rec = TemporalReconstruction(PerFrame(rec), weight=cfg.loss.temporal_weight)
+    return gan_task(cfg, model, rec_loss=rec, discriminator=PerFrame(disc), reg_weights=reg)
 
 
 def _dataset(cfg: Config, path: str, *, train: bool, key: str):
@@ -232,6 +237,7 @@ def report(model, req: ReportRequest) -> dict:
 
     import torch
 
+    from eval import protocol
     from eval.video import evaluate_videos
     from tokenizers_ae.data.video import build_video_dataset
     from tokenizers_ae.models.video_vae import NOT_TILEABLE
@@ -253,15 +259,20 @@ def report(model, req: ReportRequest) -> dict:
         return torch.stack([ds[i]["x"] for i in idx]) if len(idx) else None
 
     n = req.n or 16
-    x = clips("val" if builtin else "train", 0, n)
+    split = "val" if builtin else "train"
+    x = clips(split, 0, n)
     if x is None:
         raise ValueError(f"--data {req.data}: no clips to evaluate")
+    protocol.check_data(req.protocol, x, req.data)
     # The space-time PCA baseline is always reported, fitted on other clips of the same source.
     fit = clips("train", 0 if builtin else n, req.fit_n)
     out_dir = Path(req.out_dir)
     result = evaluate_videos(model, x, fit_x=fit, factor_t=model.temporal_factor, factor_s=model.spatial_factor,
                              channels=model.latent_channels, out_dir=out_dir)
-    result = {"model": req.name, "data": req.data, **result}
+    settings = {"resolution": req.resolution, "frames": req.frames, "frame_stride": req.frame_stride,
+                "crop": "first frames, centre, shorter side resized to it", "n": n, "fit_n": req.fit_n}
+    result = {"model": req.name, "data": req.data, **result,
+              "protocol": protocol.card(kind="video", data=req.data, split=split, x=x, settings=settings)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "video-eval.json").write_text(json.dumps(result, indent=1, default=str))
     return result

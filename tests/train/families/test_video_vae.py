@@ -71,6 +71,13 @@ def test_load_run_and_eval_beside_pca(video_run, tmp_path):
     assert {"psnr", "ssim", "temporal_l1"} <= set(report["model"]) and "psnr" in report["pca"]
     assert report["latent_values_per_video"] == 4 * 3 * 4 * 4
     assert report["strip"].endswith("video-strip.png") and (tmp_path / "eval-files/video-strip.png").is_file()
+    card = report["protocol"]
+    assert card["kind"] == "video" and card["data"]["items"] == 4 and card["settings"]["frames"] == 9
+    # --protocol repeats it exactly, whatever else the command line says.
+    again = tmp_path / "again.json"
+    assert main(["eval", str(run / "model"), "--protocol", str(out), "--frames", "5", "--json", str(again)]) == 0
+    rerun = json.loads(again.read_text())
+    assert rerun["protocol"]["data"] == card["data"] and rerun["model"]["psnr"] == report["model"]["psnr"]
 
 
 def test_recipe_checks_clip_length_and_fsq(tmp_path):
@@ -218,3 +225,13 @@ def test_tile_is_refused_with_the_reason_not_ignored(video_run, tmp_path, capsys
         assert main(args) != 0
         assert "spatial tiling cannot be exact" in capsys.readouterr().err
     assert not (tmp_path / "lat").exists()
+
+
+def test_video_recipe_builds_the_temporal_term(tmp_path, tiny_config):
+    from train.families.video_vae import build_model, build_task
+
+    cfg = tiny_config(tmp_path, "model.kind=video_vae", "loss.temporal_weight=0.25")
+    task = build_task(cfg, build_model(cfg))
+    assert task.rec_loss.weight == 0.25 and task.rec_loss.perceptual is not None
+    with pytest.raises(ConfigError, match="loss.temporal_weight"):
+        tiny_config(tmp_path, "model.kind=video_vae", "loss.temporal_weight=-1")
