@@ -241,11 +241,12 @@ def test_eval_reports_metrics_per_bitrate(env, capsys, tmp_path):
     card = r["protocol"]
     assert card["kind"] == "audio" and card["data"]["items"] == 3 and card["settings"]["kbps"] == [2, 6, 24]
     # --protocol repeats it exactly; a changed recording is refused.
-    rc, again, err = cli(capsys, "eval", env["model"], "--protocol", tmp_path / "r.json", "--kbps", 8)
+    rc, again, err = cli(capsys, "eval", env["model"], "--protocol", tmp_path / "r.json", "--kbps", 8,
+                         "--out-dir", tmp_path / "again")
     assert rc == 0, err
     assert again["protocol"]["data"] == card["data"] and again["codec"] == r["codec"]
     sf.write(data / "1.wav", tone(1600 + 37, seed=9), SR)
-    rc, _, err = cli(capsys, "eval", env["model"], "--protocol", tmp_path / "r.json")
+    rc, _, err = cli(capsys, "eval", env["model"], "--protocol", tmp_path / "r.json", "--out-dir", tmp_path / "x")
     assert rc != 0 and "the evaluated data differ from the protocol's" in err
 
 
