@@ -115,3 +115,15 @@ def check_weights(expected: dict | None, given: dict[str, str | None]) -> None:
             flag = "--" + name.replace("_", "-")
             raise ProtocolError(f"--protocol: the protocol's {name} had sha256 {want[:12]}...; "
                                 + (f"{flag} gives {got[:12]}..." if got else f"pass them with {flag}"))
+
+
+def check_fit(expected: dict | None, fit: torch.Tensor | None) -> None:
+    """ProtocolError unless the baseline's fit set is the card's (its PCA numbers depend on it)."""
+    want = ((expected or {}).get("settings") or {}).get("fit_sha256")
+    if want is None:
+        return
+    got = content_sha256(fit) if fit is not None else None
+    if got != want:
+        now = got[:12] + "..." if got else "none"
+        raise ProtocolError(f"--protocol: the PCA baseline's fit data differ from the protocol's (sha256 "
+                            f"{want[:12]}...; now {now}). Restore them, or drop --protocol")

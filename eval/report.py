@@ -5,6 +5,7 @@ with a reconstruction grid and a rate-distortion plot. The rate is the family's:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from tokenizers_ae.models.kl_vae import KLVAE
 from tokenizers_ae.models.vq_vae import VQVAE
 from tokenizers_ae.precision import Compute, recorded_plan
 
+log = logging.getLogger("aetk.eval")
 JPEG_CURVE = (5, 10, 20, 35, 50, 75, 90)
 
 
@@ -152,7 +154,8 @@ def evaluate(model: KLVAE | VQVAE, x: torch.Tensor, *, rate: Callable[..., Rate]
         pca = PatchPCA(factor=factor, channels=c).fit(fit)
         prec = pca.reconstruct(x)
         result["pca"] = {**reconstruction_metrics(x, prec, lpips=lp), "latent_values": values, "bpp": bpp,
-                         "fitted_on": "fit images" if fit_x is not None else "the evaluation images"}
+                         "fitted_on": "fit images" if fit_x is not None else "the evaluation images",
+                         "fit_items": int(fit.shape[0])}
         grids.append(prec)
         curves["pca"] = []
         for k in sorted({1, 2, c, 2 * c, 4 * c, 8 * c}):
@@ -192,9 +195,20 @@ def _rd_plot(result: dict, curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def warn_small_fit(fit: torch.Tensor | None, fit_n: int, data: str, fit_data: str | None) -> None:
+    """A PCA baseline fitted on a handful of items is a straw man (or, on none, fitted on the evaluated
+    items themselves, flattering it): say so, and how to give it its own data."""
+    got = 0 if fit is None else fit.shape[0]
+    if got < min(fit_n, 32):
+        where = fit_data or f"{data} beyond the evaluated items"
+        log.warning("the PCA baseline is fitted on %s: %s. Pass --fit-data (e.g. the training folder) for a fair "
+                    "baseline", f"only {got} items of {where}" if got else "the evaluated items themselves",
+                    "too few to be fair" if got else "optimistic")
+
+
 def evaluate_on_data(model: KLVAE | VQVAE, data: str | None, *, rate: Callable[..., Rate], resolution: int = 256,
                      n: int = 64, fit_n: int = 256, precision: bool = False, protocol: dict | None = None,
-                     **kwargs) -> dict:
+                     fit_data: str | None = None, **kwargs) -> dict:
     """`aetk eval` of an image tokenizer: `evaluate` on the first `n` held-out images of `data` (the
     `val` split of a built-in source, else the first images), PCA fitted on other images of the same
     source; with `precision`, the fp32 / bf16 / fp16 audit on 8 of them. The result carries the
@@ -206,11 +220,11 @@ def evaluate_on_data(model: KLVAE | VQVAE, data: str | None, *, rate: Callable[.
         raise ValueError(f"--resolution {resolution}: must be at least 8 pixels")
     builtin = data.startswith("builtin:")
 
-    def images(split: str, start: int, count: int) -> torch.Tensor | None:
+    def images(split: str, start: int, count: int, source: str = data, flag: str = "--data") -> torch.Tensor | None:
         try:
-            ds = build_image_dataset(data, resolution=resolution, random_crop=False, random_flip=False, split=split)
+            ds = build_image_dataset(source, resolution=resolution, random_crop=False, random_flip=False, split=split)
         except (FileNotFoundError, ValueError) as e:
-            raise ValueError(f"--data: {e}") from None
+            raise ValueError(f"{flag}: {e}") from None
         idx = range(start, min(start + count, len(ds)))
         return torch.stack([ds[i]["x"] for i in idx]) if len(idx) else None
 
@@ -221,12 +235,19 @@ def evaluate_on_data(model: KLVAE | VQVAE, data: str | None, *, rate: Callable[.
     if x is None:
         raise ValueError(f"--data {data}: no images to evaluate")
     protocol_mod.check_data(protocol, x, data)
-    fit = images("train", 0 if builtin else n, fit_n) if "pca" in kwargs.get("baselines", ()) else None
+    fit = None
+    if "pca" in kwargs.get("baselines", ()):
+        fit = (images("train", 0, fit_n, fit_data, "--fit-data") if fit_data else
+               images("train", 0 if builtin else n, fit_n))
+        warn_small_fit(fit, fit_n, data, fit_data)
+    protocol_mod.check_fit(protocol, fit)
     result = evaluate(model, x, rate=rate, fit_x=fit, **kwargs)
     settings = {"resolution": resolution, "crop": "centre, shorter side resized to it", "n": n, "fit_n": fit_n,
                 "baselines": list(kwargs.get("baselines", ())), "latent_bits": kwargs.get("latent_bits", 16),
                 "tile": kwargs.get("tile"), "precision": kwargs.get("compute", "no"),
-                "pca_fit": f"{split} split, items {0 if builtin else n}.. (other images of the source)"}
+                "fit_data": fit_data, "fit_sha256": protocol_mod.content_sha256(fit) if fit is not None else None,
+                "pca_fit": (f"{fit_data} (train split), items 0.." if fit_data else
+                            f"{data} (train split), items {0 if builtin else n}.. (other images of the source)")}
     result["protocol"] = protocol_mod.card(kind="image", data=data, split=split, x=x, settings=settings,
                                            weights=weights)
     if precision:

@@ -255,7 +255,8 @@ def evaluate_videos(model, x: torch.Tensor, *, fit_x: torch.Tensor | None = None
     prec = pca.reconstruct(x.float())
     result = {
         "model": video_metrics(x, recon),
-        "pca": {**video_metrics(x, prec), "fitted_on": "fit videos" if fit_x is not None else "the evaluation videos"},
+        "pca": {**video_metrics(x, prec), "fitted_on": "fit videos" if fit_x is not None else "the evaluation videos",
+                "fit_items": int((fit_x if fit_x is not None else x).shape[0])},
         "n": x.shape[0], "frames": x.shape[2], "resolution": list(x.shape[-2:]), "latent_values_per_video": values,
     }
     if out_dir is not None:

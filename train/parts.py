@@ -82,4 +82,5 @@ def image_report(model: nn.Module, req: ReportRequest, rate: Callable[..., Rate]
     return evaluate_on_data(model, req.data, rate=rate, resolution=req.resolution, n=req.n or 64, fit_n=req.fit_n,
                             precision=req.precision_audit, baselines=req.baselines, latent_bits=req.latent_bits,
                             tile=req.tile, lpips_weights=req.lpips_weights, inception_weights=req.inception_weights,
-                            out_dir=req.out_dir, compute=req.precision, protocol=req.protocol)
+                            out_dir=req.out_dir, compute=req.precision, protocol=req.protocol,
+                            fit_data=req.fit_data)

@@ -32,6 +32,8 @@ def add(sub, name: str) -> None:
     p.add_argument("--n", type=positive_int, default=None, help="evaluation items (default: 64 images, 16 clips, "
                                                                 "up to 512 examples for classic models)")
     p.add_argument("--fit-n", type=positive_int, default=256, help="images PCA is fitted on (default 256)")
+    p.add_argument("--fit-data", help="where the PCA baseline is fitted: e.g. the training folder (default: the train "
+                                      "split of a built-in --data, else the items of --data after the first --n)")
     p.add_argument("--baseline", action="append", choices=["jpeg", "pca"], default=[],
                    help="add a baseline (repeatable)")
     p.add_argument("--latent-bits", type=positive_int, default=16,
@@ -73,7 +75,7 @@ def follow(args: argparse.Namespace) -> dict:
     s = card["settings"]
     args.data, args.n = card["data"]["source"], s["n"]
     if card.get("kind") in ("image", "video"):
-        args.resolution, args.fit_n = s["resolution"], s["fit_n"]
+        args.resolution, args.fit_n, args.fit_data = s["resolution"], s["fit_n"], s.get("fit_data")
     if card.get("kind") == "audio":
         args.segment_seconds, args.kbps, args.no_opus = s["segment_seconds"], list(s["kbps"]), not s["opus"]
     if card.get("kind") == "image":
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--precision {args.precision}: image tokenizers only ({args.model} holds a {fam.kind} "
                           "model, evaluated in fp32)")
     req = ReportRequest(name=str(args.model), data=args.data, resolution=args.resolution, n=args.n, fit_n=args.fit_n,
+                        fit_data=args.fit_data,
                         baselines=tuple(args.baseline), latent_bits=args.latent_bits, lpips_weights=args.lpips_weights,
                         inception_weights=args.inception_weights, precision_audit=args.precision_audit,
                         precision=args.precision, tile=args.tile, out_dir=files_dir(args.out_dir, args.json),

@@ -85,3 +85,20 @@ def test_changed_data_or_missing_metric_weights_are_refused(vae, folder, tmp_pat
     (tmp_path / "no-card.json").write_text(json.dumps({"model": {}}))
     assert evaluate(vae, tmp_path, "z", "--protocol", str(tmp_path / "no-card.json"))[0] != 0
     assert "no protocol card in it" in capsys.readouterr().err
+
+
+def test_pca_fit_data_is_explicit_and_a_starved_fit_is_called_out(vae, folder, tmp_path, caplog):
+    import logging
+
+    flags = ["--data", str(folder), "--resolution", "32", "--n", "8", "--baseline", "pca"]
+    with caplog.at_level(logging.WARNING, logger="aetk.eval"):
+        code, starved = evaluate(vae, tmp_path, "starved", *flags)
+    assert code == 0 and starved["pca"]["fit_items"] == 4  # the 4 images after the first 8
+    assert "only 4 items" in caplog.text and "--fit-data" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aetk.eval"):
+        code, fair = evaluate(vae, tmp_path, "fair", *flags, "--fit-data", "builtin:skimage", "--fit-n", "48")
+    assert code == 0 and fair["pca"]["fit_items"] == 48 and "PCA baseline" not in caplog.text
+    s = fair["protocol"]["settings"]
+    assert s["fit_data"] == "builtin:skimage" and len(s["fit_sha256"]) == 64
+    assert fair["model"]["psnr"] == starved["model"]["psnr"] and fair["pca"]["psnr"] != starved["pca"]["psnr"]

@@ -83,6 +83,8 @@ class ReportRequest:
     resolution: int = 256
     n: int | None = None
     fit_n: int = 256
+    fit_data: str | None = None
+    """Where the PCA baseline is fitted (its train split); None: other items of `data`."""
     baselines: tuple[str, ...] = ()
     latent_bits: int = 16
     lpips_weights: str | None = None

@@ -238,6 +238,7 @@ def report(model, req: ReportRequest) -> dict:
     import torch
 
     from eval import protocol
+    from eval.report import warn_small_fit
     from eval.video import evaluate_videos
     from tokenizers_ae.data.video import build_video_dataset
     from tokenizers_ae.models.video_vae import NOT_TILEABLE
@@ -249,12 +250,12 @@ def report(model, req: ReportRequest) -> dict:
     model.latent_frames(req.frames)
     builtin = req.data.startswith("builtin:")
 
-    def clips(split: str, start: int, count: int):
+    def clips(split: str, start: int, count: int, source: str = req.data, flag: str = "--data"):
         try:
-            ds = build_video_dataset(req.data, frames=req.frames, frame_stride=req.frame_stride,
+            ds = build_video_dataset(source, frames=req.frames, frame_stride=req.frame_stride,
                                      resolution=req.resolution, random_crop=False, random_flip=False, split=split)
         except (FileNotFoundError, ValueError) as e:
-            raise ValueError(f"--data: {e}") from None
+            raise ValueError(f"{flag}: {e}") from None
         idx = range(start, min(start + count, len(ds)))
         return torch.stack([ds[i]["x"] for i in idx]) if len(idx) else None
 
@@ -264,13 +265,18 @@ def report(model, req: ReportRequest) -> dict:
     if x is None:
         raise ValueError(f"--data {req.data}: no clips to evaluate")
     protocol.check_data(req.protocol, x, req.data)
-    # The space-time PCA baseline is always reported, fitted on other clips of the same source.
-    fit = clips("train", 0 if builtin else n, req.fit_n)
+    # The space-time PCA baseline is always reported, fitted on --fit-data or other clips of the source.
+    fit = (clips("train", 0, req.fit_n, req.fit_data, "--fit-data") if req.fit_data else
+           clips("train", 0 if builtin else n, req.fit_n))
+    warn_small_fit(fit, req.fit_n, req.data, req.fit_data)
+    protocol.check_fit(req.protocol, fit)
     out_dir = Path(req.out_dir)
     result = evaluate_videos(model, x, fit_x=fit, factor_t=model.temporal_factor, factor_s=model.spatial_factor,
                              channels=model.latent_channels, out_dir=out_dir)
     settings = {"resolution": req.resolution, "frames": req.frames, "frame_stride": req.frame_stride,
-                "crop": "first frames, centre, shorter side resized to it", "n": n, "fit_n": req.fit_n}
+                "crop": "first frames, centre, shorter side resized to it", "n": n, "fit_n": req.fit_n,
+                "fit_data": req.fit_data,
+                "fit_sha256": protocol.content_sha256(fit) if fit is not None else None}
     result = {"model": req.name, "data": req.data, **result,
               "protocol": protocol.card(kind="video", data=req.data, split=split, x=x, settings=settings)}
     out_dir.mkdir(parents=True, exist_ok=True)
