@@ -47,7 +47,8 @@ def reconstruct(model: KLVAE | VQVAE, x: torch.Tensor, batch: int = 16, tile: in
 def compute_for(model: KLVAE | VQVAE, precision: str) -> Compute:
     """`aetk eval --precision`: the model's recorded fp16 plan (encoder and decoder) as the start."""
     target = getattr(model, "vae", model)
-    return Compute(target, precision, plan=recorded_plan(target, "encode") + recorded_plan(target, "decode"))
+    return Compute(target, precision,
+                   plan=lambda dt: recorded_plan(target, "encode", dt) + recorded_plan(target, "decode", dt))
 
 
 @dataclass

@@ -89,8 +89,9 @@ class EncodeOptions:
     seed: int = 0
     precision: str = "bf16"
     """Encoder compute: `bf16` autocast (fast on CPUs with AVX-512/AMX and on GPUs), `fp16` autocast,
-    `auto` (fp16 with the modules that overflow it kept in fp32: `tokenizers_ae.precision`) or `no`
-    (exact fp32). Non-finite latents are an error, never stored."""
+    `auto` / `auto-fp16` / `auto-bf16` (reduced precision with the modules that overflow it kept in fp32:
+    `tokenizers_ae.precision`; `auto` is fp16 on GPUs, bf16 on CPUs) or `no` (exact fp32). Non-finite
+    latents are an error, never stored."""
     num_workers: int | None = None
     """Decoding worker processes (overlap decoding with encoding). None: one per core beyond the two
     the encoder's threads use, at most 4 (0 on a 2-core machine, where a worker only steals time)."""
@@ -179,7 +180,7 @@ class LatentCodec:
 
     def __init__(self, model: KLVAE, opts: EncodeOptions) -> None:
         self.vae, self.opts = model.vae, opts
-        self.compute = Compute(model.vae, opts.precision, plan=recorded_plan(model.vae, "encode"))
+        self.compute = Compute(model.vae, opts.precision, plan=lambda dt: recorded_plan(model.vae, "encode", dt))
 
     @torch.no_grad()
     def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
@@ -262,7 +263,7 @@ class VideoLatentCodec(LatentCodec):
 
     def __init__(self, model: VideoVAE, opts: EncodeOptions) -> None:
         self.model, self.opts = model, opts
-        self.compute = Compute(model.vae, opts.precision, plan=recorded_plan(model.vae, "encode"))
+        self.compute = Compute(model.vae, opts.precision, plan=lambda dt: recorded_plan(model.vae, "encode", dt))
 
     @torch.no_grad()
     def encode(self, xs: torch.Tensor, keys: list[int]) -> torch.Tensor:
@@ -410,7 +411,7 @@ def _merge_manifest(out: Path, n_shards: int, items: ImageItems | AudioSegments,
     manifest = {
         "format": codec.fmt, "version": FORMAT_VERSION, "count": count, f"{codec.key[:-1]}_shape": list(shape),
         "flip_copies": opts.flip, "resolution": opts.resolution, "precision": opts.precision,
-        **({"precision_plan": codec.compute.describe()} if opts.precision == "auto" else {}),
+        **({"precision_plan": codec.compute.describe()} if opts.precision.startswith("auto") else {}),
         **codec.summarise(stats, count, list(shape)),
         **({"num_classes": len(items.ds.class_names), "class_names": list(items.ds.class_names)}
            if getattr(items.ds, "class_names", None) else {}),

@@ -157,7 +157,16 @@ PLAN_KEY = "_aetk_precision_plan"
 [...]}}, module names of the diffusers model. diffusers ignores `_`-prefixed keys when it builds the
 model, and keeps them in `model.config`."""
 
-PRECISIONS = ("no", "bf16", "fp16", "auto")
+PRECISIONS = ("no", "bf16", "fp16", "auto", "auto-fp16", "auto-bf16")
+
+
+def auto_dtype(precision: str, device_type: str) -> str:
+    """The reduced dtype of an `auto` precision: fp16 on GPUs, bf16 elsewhere. fp16 convolutions on a
+    CPU without native fp16 run hundreds of times slower than fp32 (measured: `aetk bench upcast`), and
+    bf16 has fp32's range, so it rarely needs a repair at all."""
+    if precision in ("auto-fp16", "auto-bf16"):
+        return precision.removeprefix("auto-")
+    return "fp16" if device_type == "cuda" else "bf16"
 
 
 def recorded_plan(model: nn.Module, part: str, dtype: str = "fp16") -> list[str]:
@@ -173,20 +182,26 @@ class Compute:
 
     - `no` (or `fp32`): as is;
     - `bf16`, `fp16`: autocast to that dtype;
-    - `auto`: fp16 autocast with the overflowing modules of `target` in fp32 (`AutoPrecision`,
-      starting from `plan`, e.g. the one an export recorded), repaired as it goes.
+    - `auto-fp16`, `auto-bf16`: autocast with the overflowing modules of `target` in fp32
+      (`AutoPrecision`, starting from `plan`, e.g. the one an export recorded), repaired as it goes;
+    - `auto`: `auto-fp16` on a GPU, `auto-bf16` elsewhere (`auto_dtype`).
 
     A non-finite floating output is never returned: ValueError naming the precision, the first module
     whose output was not finite, and what to use instead.
     """
 
-    def __init__(self, target: nn.Module, precision: str, *, plan: Iterable[str] = (), flag: str = "--precision"):
+    def __init__(self, target: nn.Module, precision: str, *, plan: Iterable[str] | Callable[[str], list[str]] = (),
+                 flag: str = "--precision"):
         if precision == "fp32":
             precision = "no"
         if precision not in PRECISIONS:
             raise ValueError(f"{flag} {precision}: one of {', '.join(PRECISIONS)}")
         self.target, self.precision, self.flag = target, precision, flag
-        self.auto = AutoPrecision(target, "fp16", plan) if precision == "auto" else None
+        self.auto = None
+        if precision.startswith("auto"):
+            dtype = auto_dtype(precision, self.auto_device())
+            start = plan(dtype) if callable(plan) else plan  # a recorded plan is per dtype
+            self.auto = AutoPrecision(target, dtype, start)
 
     def __call__(self, fn: Callable, *args):
         if self.auto is not None:
@@ -206,8 +221,8 @@ class Compute:
                 with torch.autocast(self.auto_device(), dtype=DTYPES[self.precision]):
                     bad = first_nonfinite(modules, fn, args)
             hint = ("the fp32 model itself gives non-finite values: its weights or the input are broken"
-                    if self.precision in ("no", "auto") else "--precision auto keeps such modules in fp32, "
-                    "--precision no runs everything in fp32")
+                    if self.precision == "no" or self.auto is not None else "--precision auto keeps such modules "
+                    "in fp32, --precision no runs everything in fp32")
             raise ValueError(f"{self.flag} {self.precision}: the output is not finite (first at module "
                              f"{bad or '(between modules)'}); {hint}")
         return y
@@ -217,5 +232,6 @@ class Compute:
         return p.device.type if p is not None else "cpu"
 
     def describe(self) -> dict:
-        return self.auto.describe() if self.auto is not None else {"dtype": self.precision}
+        return ({"mode": self.precision, **self.auto.describe()} if self.auto is not None else
+                {"mode": self.precision, "dtype": "fp32" if self.precision == "no" else self.precision})
 

@@ -35,10 +35,11 @@ def add(sub, name: str) -> None:
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                    help="KL-VAE: storage dtype of latents (default float16)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["bf16", "fp16", "auto", "no"], default="bf16",
-                   help="encoder compute: bf16 autocast (default), fp16 autocast, auto (fp16 with the modules that "
-                        "overflow it kept in fp32, as the export recorded or found on the fly; in the manifest) or "
-                        "exact fp32 (no). Non-finite latents are an error naming the module, never stored")
+    p.add_argument("--precision", choices=["bf16", "fp16", "auto", "auto-fp16", "auto-bf16", "no"], default="bf16",
+                   help="encoder compute: bf16 autocast (default), fp16 autocast, auto-fp16 / auto-bf16 (that dtype "
+                        "with the modules that overflow it kept in fp32, as the export recorded or found on the fly; "
+                        "in the manifest), auto (auto-fp16 on a GPU, auto-bf16 on a CPU, where fp16 is hundreds of "
+                        "times slower) or exact fp32 (no). Non-finite latents are an error naming the module")
     p.add_argument("--num-workers", type=int, default=None,
                    help="image-decoding workers (default: cores beyond 2, at most 4)")
     p.add_argument("--segment-seconds", type=positive_float, default=5.0,

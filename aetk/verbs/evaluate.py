@@ -48,10 +48,11 @@ def add(sub, name: str) -> None:
                    help="re-run the protocol card of an earlier `aetk eval --json` output exactly: its data, split, "
                         "resolution, count and flags; refused when the data's content hash or a metric weight "
                         "differs")
-    p.add_argument("--precision", choices=["no", "bf16", "fp16", "auto"], default="no",
-                   help="image tokenizers: reconstruct in fp32 (no, default), bf16 or fp16 autocast, or auto: fp16 "
-                        "with the modules that overflow it kept in fp32 (the plan an export recorded, repaired as "
-                        "needed; reported). A non-finite output is an error naming the module, never a metric")
+    p.add_argument("--precision", choices=["no", "bf16", "fp16", "auto", "auto-fp16", "auto-bf16"], default="no",
+                   help="image tokenizers: reconstruct in fp32 (no, default), bf16 or fp16 autocast, or auto-fp16 / "
+                        "auto-bf16: that dtype with the modules that overflow it kept in fp32 (the plan an export "
+                        "recorded, repaired as needed; reported); auto: auto-fp16 on a GPU, auto-bf16 on a CPU. A "
+                        "non-finite output is an error naming the module, never a metric")
     add_json(p)
     p.add_argument("--out-dir", help="where the grid and plot go (default: beside --json)")
     p.add_argument("--kbps", type=positive_float, action="append",

@@ -62,12 +62,12 @@ def test_eval_auto_is_finite_and_close_to_fp32_where_fp16_fails(saved, tmp_path,
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
     _, ref = run_eval(bare, tmp_path, "no", capsys)
-    code, auto = run_eval(bare, tmp_path, "auto", capsys)
+    code, auto = run_eval(bare, tmp_path, "auto-fp16", capsys)
     assert code == 0
     assert OVERFLOWING in auto["precision"]["fp32_modules"] and auto["precision"]["repairs"] >= 1
     assert abs(auto["model"]["psnr"] - ref["model"]["psnr"]) < 0.05
     # With the plan recorded at export it runs without a single repair.
-    _, planned_auto = run_eval(planned, tmp_path, "auto", capsys)
+    _, planned_auto = run_eval(planned, tmp_path, "auto-fp16", capsys)
     assert planned_auto["precision"]["repairs"] == 0
     assert OVERFLOWING in planned_auto["precision"]["fp32_modules"]
 
@@ -75,15 +75,23 @@ def test_eval_auto_is_finite_and_close_to_fp32_where_fp16_fails(saved, tmp_path,
 def test_encode_auto_writes_the_plan_and_fp32_close_latents(saved, tmp_path, capsys):
     bare, _, _ = saved
     outs = {}
-    for precision in ("no", "auto"):
+    for precision in ("no", "auto-fp16"):
         out = tmp_path / precision
         assert main(["encode", str(bare), "--data", "builtin:skimage", "--split", "val", "--resolution", "32",
                      "--out", str(out), "--precision", precision, "--builtin-size", "8"]) == 0
         outs[precision] = json.loads((out / "manifest.json").read_text())
-    assert "precision_plan" in outs["auto"] and outs["auto"]["precision_plan"]["dtype"] == "fp16"
+    plan = outs["auto-fp16"]["precision_plan"]
+    assert plan["dtype"] == "fp16" and plan["mode"] == "auto-fp16"
     # The encoder does not overflow: nothing kept in fp32, latents equal fp32's to fp16 precision.
-    assert outs["auto"]["precision_plan"]["fp32_modules"] == []
-    assert outs["auto"]["std"] == pytest.approx(outs["no"]["std"], rel=1e-2)
+    assert plan["fp32_modules"] == []
+    assert outs["auto-fp16"]["std"] == pytest.approx(outs["no"]["std"], rel=1e-2)
+
+
+def test_plain_auto_is_bf16_on_a_cpu(saved, tmp_path, capsys):
+    """fp16 on this CPU is hundreds of times slower than fp32: `auto` picks bf16 here (fp16 on CUDA)."""
+    bare, _, _ = saved
+    code, r = run_eval(bare, tmp_path, "auto", capsys)
+    assert code == 0 and r["precision"]["dtype"] == "bf16" and r["precision"]["fp32_modules"] == []
 
 
 def test_model_card_names_the_fp32_modules(saved):
