@@ -12,17 +12,19 @@ latents still work with it. Two measurements answer that:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
-from eval.image import reconstruction_metrics
+from eval.image import reconstruction_metrics, save_comparison_figure
 
 
 @torch.no_grad()
-def latent_compatibility(tuned, original, batches: Iterable[torch.Tensor]) -> dict:
+def latent_compatibility(tuned, original, batches: Iterable[torch.Tensor], figure: str | Path | None = None) -> dict:
     """`tuned`, `original`: models with `encode_moments(x) -> (mean, logvar)` and `decode(z)` of the same
     latent layout; `batches`: (B, C, H, W) images in [-1, 1]. Returns {"latent_drift": {...},
-    "original_latents": {"original_decoder": metrics, "tuned_decoder": metrics}}."""
+    "original_latents": {"original_decoder": metrics, "tuned_decoder": metrics}}; with `figure`, also
+    a PNG there of the first images: original, both decoders on the original's latents, their errors."""
     diff_sq = ref_sq = None
     max_abs, xs, orig_recons, tuned_recons = 0.0, [], [], []
     for x in batches:
@@ -42,11 +44,15 @@ def latent_compatibility(tuned, original, batches: Iterable[torch.Tensor]) -> di
         raise ValueError("--compare: no images to compare on")
     per_channel = (diff_sq / ref_sq.clamp_min(1e-30)).sqrt()
     x = torch.cat(xs)
+    files = {}
+    if figure is not None:
+        files["figure"] = str(save_comparison_figure(
+            x, {"original decoder": torch.cat(orig_recons), "tuned decoder": torch.cat(tuned_recons)}, figure))
     return {
         "latent_drift": {"relative_per_channel": per_channel.tolist(),
                          "relative": float((diff_sq.sum() / ref_sq.sum().clamp_min(1e-30)).sqrt()),
                          "max_abs": max_abs, "identical": max_abs == 0.0},
         "original_latents": {"original_decoder": reconstruction_metrics(x, torch.cat(orig_recons)),
                              "tuned_decoder": reconstruction_metrics(x, torch.cat(tuned_recons))},
-        "n": int(x.shape[0]),
+        "n": int(x.shape[0]), **files,
     }

@@ -76,3 +76,40 @@ def save_reconstruction_grid(x: torch.Tensor, *recons: torch.Tensor, path: str |
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, path)
     return path
+
+
+def save_comparison_figure(x: torch.Tensor, recons: dict[str, torch.Tensor], path: str | Path, n: int = 6,
+                           error_gain: float = 4.0) -> Path:
+    """A figure people can see: for `n` images spread evenly over x (a folder's first images are often
+    crops of one photo), one row each, the original, then every reconstruction in `recons` (label ->
+    (B, 3, H, W) in [-1, 1]) and its error map (|recon - x| averaged over colour, x `error_gain`,
+    brighter is worse), drawn large with labelled columns. PNG at `path`."""
+    import matplotlib  # matplotlib: heavy, only figures need it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # matplotlib: heavy, only figures need it
+
+    n = min(n, x.shape[0])
+    pick = torch.linspace(0, x.shape[0] - 1, n).round().long()
+    x, recons = x[pick], {k: r[pick] for k, r in recons.items()}
+    cols = [("original", to_unit(x[:n]).permute(0, 2, 3, 1).numpy(), None)]
+    for label, r in recons.items():
+        cols.append((label, to_unit(r[:n]).permute(0, 2, 3, 1).numpy(), None))
+    for label, r in recons.items():
+        err = ((r[:n].float() - x[:n].float()).abs().mean(1) / 2 * error_gain).clamp(0, 1).numpy()
+        cols.append((f"error: {label}", err, "magma"))
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.2 * len(cols), 2.2 * n), squeeze=False)
+    for j, (label, imgs, cmap) in enumerate(cols):
+        for i in range(n):
+            ax = axes[i][j]
+            ax.imshow(imgs[i], cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(label, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

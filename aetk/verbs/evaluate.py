@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from aetk.verbs import add_json, add_video_args, emit, files_dir, positive_float, positive_int
 from train.config import ConfigError
@@ -138,7 +139,8 @@ def compare(model, args: argparse.Namespace) -> dict:
     n = min(args.n or 64, len(ds))
     batches = (torch.stack([ds[i]["x"] for i in range(s, min(s + 16, n))]) for s in range(0, n, 16))
     try:
-        out = latent_compatibility(model.eval(), original.eval(), batches)
+        out = latent_compatibility(model.eval(), original.eval(), batches,
+                                   figure=Path(files_dir(args.out_dir, args.json)) / "compare.png")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return {"original": str(args.compare), **out}

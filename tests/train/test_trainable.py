@@ -72,6 +72,8 @@ def test_decoder_only_keeps_latents_bit_identical_and_resumes_exactly(tmp_path, 
     assert cmp["latent_drift"]["identical"] and cmp["latent_drift"]["relative_per_channel"] == [0.0, 0.0]
     dec = cmp["original_latents"]
     assert dec["original_decoder"]["psnr"] != dec["tuned_decoder"]["psnr"] and cmp["n"] == 8
+    assert cmp["figure"] == str(tmp_path / "out" / "compare.png")
+    assert open(cmp["figure"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     # Resume from the middle checkpoint (frozen tensors shared by the EMA) = the straight run.
     half = tmp_path / "half"
