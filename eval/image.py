@@ -57,9 +57,10 @@ def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, lpips=None) -> 
         out["ms_ssim"] = float(multiscale_structural_similarity_index_measure(a, b, data_range=1.0, betas=betas))
         out["ms_ssim_scales"] = scales
     side = min(a.shape[-2:])
+    finite = bool(torch.isfinite(a).all())  # piq asserts on NaN: a diverged model's metrics are NaN, not a crash
     for name, (fn, smallest, _) in WEIGHT_FREE.items():
         if side >= smallest:
-            out[name] = float(fn(a, b, data_range=1.0))
+            out[name] = float(fn(a, b, data_range=1.0)) if finite else float("nan")
     if lpips is not None:
         out["lpips"] = float(lpips(recon.float(), x.float()).mean())
     return out
