@@ -50,3 +50,12 @@ def test_bench_upcast_auto_is_finite_where_plain_fp16_is_not():
     assert r["auto"]["finite"] and r["auto"]["rel_error_vs_fp32"] < 1e-2
     assert OVERFLOWING in r["auto"]["fp32_modules"] and r["auto"]["repairs"] >= 1
     assert r["auto_speedup_vs_fp32_upcast"] == r["fp32_upcast"]["seconds"] / r["auto"]["seconds"]
+
+
+def test_bench_precision_reports_each_familys_eval_metrics(tmp_path, tiny_config):
+    from eval.bench.precision import bench_precision
+
+    cfg = tiny_config(tmp_path / "run", "data.resolution=16", "loss.disc_start=1000")
+    r = bench_precision(cfg, steps=2, precisions=("no", "bf16"))
+    assert set(r["eval"]) == {"no", "bf16"} and "psnr" in r["eval"]["bf16"]
+    assert r["psnr_db"]["no"] == r["eval"]["no"]["psnr"] and "bf16" in r["psnr_delta_db_vs_fp32"]

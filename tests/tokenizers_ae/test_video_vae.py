@@ -153,3 +153,16 @@ def test_clear_errors():
     assert "chunks of frames" in NOT_TILEABLE
     with pytest.raises(ValueError, match="continuous"):
         m.tokens(clip(9))
+
+
+def test_streaming_encode_under_bf16_autocast_gives_fp32_moments_near_fp32():
+    """The bounded-memory inference path writes each chunk's moments into preallocated fp32 tensors:
+    under autocast (a bf16 training run's eval, `aetk encode --precision bf16`) they arrive in bf16."""
+    m, x = tiny(), clip(frames=9, batch=1)
+    with torch.no_grad():
+        ref_mean, ref_logvar = m.encode_moments(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mean, logvar = m.encode_moments(x)
+    assert mean.dtype == logvar.dtype == torch.float32
+    assert torch.isfinite(mean).all() and torch.isfinite(logvar).all()
+    assert (mean - ref_mean).norm() / ref_mean.norm() < 0.05

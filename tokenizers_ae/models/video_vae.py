@@ -228,8 +228,8 @@ class VideoVAE(Pretrained, nn.Module):
         for y in Pipeline.encoder(self.vae.encoder).push(x):
             m, lv = self.vae.quant_conv(y).chunk(2, dim=1)
             n = m.shape[2]
-            mean[:, :, pos:pos + n] = m
-            torch.clamp(lv, -30.0, 20.0, out=logvar[:, :, pos:pos + n])
+            mean[:, :, pos:pos + n] = m  # a copy, cast to x's dtype (autocast may give bf16)
+            logvar[:, :, pos:pos + n] = lv.clamp(-30.0, 20.0)
             pos += n
         return mean, logvar
 
