@@ -38,6 +38,14 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def psnr(x: torch.Tensor, recon: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of (B, C, H, W) images in [-1, 1] (alone: rate-distortion curves need
+    only this, not the perceptual metrics)."""
+    return float(peak_signal_noise_ratio(to_unit(recon), to_unit(x), data_range=1.0, dim=(1, 2, 3),
+                                         reduction="elementwise_mean"))
+
+
+@torch.no_grad()
 def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, lpips=None) -> dict[str, float]:
     """PSNR (dB), SSIM, MS-SSIM (scales the size allows) and the weight-free perceptual metrics of
     `WEIGHT_FREE` that the size allows, on [0, 1] images; LPIPS when a pretrained LPIPS module is given.
@@ -46,7 +54,7 @@ def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, lpips=None) -> 
     """
     a, b = to_unit(recon), to_unit(x)
     out = {
-        "psnr": float(peak_signal_noise_ratio(a, b, data_range=1.0, dim=(1, 2, 3), reduction="elementwise_mean")),
+        "psnr": psnr(x, recon),
         "ssim": float(structural_similarity_index_measure(a, b, data_range=1.0)),
     }
     # MS-SSIM needs side > 10 * 2^(scales-1): small images get fewer scales (renormalised weights).

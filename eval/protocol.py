@@ -53,8 +53,9 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-def weights_sha256(path: str | None) -> str | None:
-    return file_sha256(Path(path)) if path else None
+def weight_hashes(paths: dict[str, str | None]) -> dict[str, str | None]:
+    """flag name -> the sha256 of the weights file it names (None where none is given)."""
+    return {k: file_sha256(Path(v)) if v else None for k, v in paths.items()}
 
 
 def bits_of(kind: str) -> int:
@@ -64,12 +65,13 @@ def bits_of(kind: str) -> int:
 def card(*, kind: str, data: str, split: str, x: torch.Tensor, settings: dict,
          weights: dict[str, str | None] | None = None, extra=None) -> dict:
     """The protocol card of an evaluation of `x` (the exact evaluated tensors) from `data`; `kind`:
-    image, video or audio (whose samples are hashed at 16 bits)."""
+    image, video or audio (whose samples are hashed at 16 bits); `weights`: `weight_hashes` of the
+    metric weights used."""
     digest = content_sha256(x, bits_of(kind), extra)
     return {"version": VERSION, "kind": kind,
             "data": {"source": data, "split": split, "items": int(x.shape[0]), "sha256": digest},
             "settings": settings, "libraries": library_versions(),
-            "weights": {k: weights_sha256(v) for k, v in (weights or {}).items()}}
+            "weights": dict(weights or {})}
 
 
 class ProtocolError(ValueError):
@@ -106,11 +108,12 @@ def check_data(expected: dict | None, x: torch.Tensor, data: str, extra=None) ->
 
 
 def check_weights(expected: dict | None, given: dict[str, str | None]) -> None:
-    """ProtocolError unless every metric weight the card used is given with the same hash."""
+    """ProtocolError unless every metric weight the card used is given with the same hash (`given`:
+    `weight_hashes` of this run's)."""
     if expected is None:
         return
     for name, want in (expected.get("weights") or {}).items():
-        got = weights_sha256(given.get(name))
+        got = given.get(name)
         if want is not None and got != want:
             flag = "--" + name.replace("_", "-")
             raise ProtocolError(f"--protocol: the protocol's {name} had sha256 {want[:12]}...; "

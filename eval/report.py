@@ -15,7 +15,7 @@ import torch
 
 from eval import protocol as protocol_mod
 from eval.baselines import PatchPCA, jpeg_quality_for_bpp, jpeg_roundtrip
-from eval.image import reconstruction_metrics, save_reconstruction_grid, weight_free_unavailable
+from eval.image import psnr, reconstruction_metrics, save_reconstruction_grid, weight_free_unavailable
 from eval.latents import latent_statistics
 from eval.precision import precision_audit
 from tokenizers_ae.data.sources import build_image_dataset
@@ -147,7 +147,7 @@ def evaluate(model: KLVAE | VQVAE, x: torch.Tensor, *, rate: Callable[..., Rate]
         jrec, _ = jpeg_roundtrip(x, q)
         result["jpeg"] = {**reconstruction_metrics(x, jrec, lpips=lp), "quality": q, "bpp": jbpp}
         grids.append(jrec)
-        curves["jpeg"] = [(b, reconstruction_metrics(x, r)["psnr"]) for r, b in
+        curves["jpeg"] = [(b, psnr(x, r)) for r, b in
                           (jpeg_roundtrip(x, qq) for qq in JPEG_CURVE)]
     if "pca" in baselines:
         factor = x.shape[2] // h
@@ -163,7 +163,7 @@ def evaluate(model: KLVAE | VQVAE, x: torch.Tensor, *, rate: Callable[..., Rate]
             if k <= 3 * factor * factor:
                 r = PatchPCA(factor=factor, channels=k).fit(fit).reconstruct(x)
                 curves["pca"].append((k * h * w * latent_bits / (x.shape[2] * x.shape[3]),
-                                      reconstruction_metrics(x, r)["psnr"]))
+                                      psnr(x, r)))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,9 @@ def evaluate_on_data(model: KLVAE | VQVAE, data: str | None, *, rate: Callable[.
         idx = range(start, min(start + count, len(ds)))
         return torch.stack([ds[i]["x"] for i in idx]) if len(idx) else None
 
-    weights = {"lpips_weights": kwargs.get("lpips_weights"), "inception_weights": kwargs.get("inception_weights")}
+    # Hashed once (a VGG16 file is half a gigabyte): checked against the card, then written into it.
+    weights = protocol_mod.weight_hashes({"lpips_weights": kwargs.get("lpips_weights"),
+                                         "inception_weights": kwargs.get("inception_weights")})
     protocol_mod.check_weights(protocol, weights)
     split = "val" if builtin else "train"
     x = images(split, 0, n)

@@ -32,6 +32,12 @@ def _fp32_forward(forward, device_type: str, *args, **kwargs):
         return forward(*(_up(a) for a in args), **{k: _up(v) for k, v in kwargs.items()})
 
 
+def device_type(model: nn.Module) -> str:
+    """The device type autocast needs for `model` ("cpu" for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device.type if p is not None else "cpu"
+
+
 def _finite(y) -> bool:
     if torch.is_tensor(y):
         return bool(torch.isfinite(y).all()) if y.is_floating_point() else True
@@ -84,15 +90,10 @@ class AutoPrecision:
         self.max_repairs = max_repairs
         self.repairs = 0
 
-    @property
-    def device_type(self) -> str:
-        p = next(self.model.parameters(), None)
-        return p.device.type if p is not None else "cpu"
-
     @contextmanager
     def active(self):
         """Autocast to `dtype` with the planned modules patched to run in fp32."""
-        dev = self.device_type
+        dev = device_type(self.model)
         patched = []
         # An ancestor in fp32 covers its children: patch only the outermost planned modules.
         names = [n for n in self.fp32_modules if not any(n != a and (a == "" or n.startswith(a + "."))
@@ -199,7 +200,7 @@ class Compute:
         self.target, self.precision, self.flag = target, precision, flag
         self.auto = None
         if precision.startswith("auto"):
-            dtype = auto_dtype(precision, self.auto_device())
+            dtype = auto_dtype(precision, device_type(self.target))
             start = plan(dtype) if callable(plan) else plan  # a recorded plan is per dtype
             self.auto = AutoPrecision(target, dtype, start)
 
@@ -209,7 +210,7 @@ class Compute:
         elif self.precision == "no":
             y = fn(*args)
         else:
-            with torch.autocast(self.auto_device(), dtype=DTYPES[self.precision]):
+            with torch.autocast(device_type(self.target), dtype=DTYPES[self.precision]):
                 y = fn(*args)
         if not _finite(y):
             modules = dict(self.target.named_modules())
@@ -218,7 +219,7 @@ class Compute:
             elif self.precision == "no":
                 bad = first_nonfinite(modules, fn, args)
             else:
-                with torch.autocast(self.auto_device(), dtype=DTYPES[self.precision]):
+                with torch.autocast(device_type(self.target), dtype=DTYPES[self.precision]):
                     bad = first_nonfinite(modules, fn, args)
             hint = ("the fp32 model itself gives non-finite values: its weights or the input are broken"
                     if self.precision == "no" or self.auto is not None else "--precision auto keeps such modules "
@@ -226,10 +227,6 @@ class Compute:
             raise ValueError(f"{self.flag} {self.precision}: the output is not finite (first at module "
                              f"{bad or '(between modules)'}); {hint}")
         return y
-
-    def auto_device(self) -> str:
-        p = next(self.target.parameters(), None)
-        return p.device.type if p is not None else "cpu"
 
     def describe(self) -> dict:
         return ({"mode": self.precision, **self.auto.describe()} if self.auto is not None else

@@ -30,6 +30,7 @@ class GanGuard:
         self.baseline: float | None = None
         self.saturated = 0
         self.trips = 0
+        self.told_no_baseline = False
 
     def update(self, step: int, logs: dict[str, float], task) -> str | None:
         """Observe one optimizer step; act on a trip. Returns the reason of a trip, else None."""
@@ -42,8 +43,9 @@ class GanGuard:
             return None
         if self.baseline is None and self.before:
             self.baseline = sum(self.before) / len(self.before)
-        if self.baseline is None and not self.after:
+        if self.baseline is None and not self.told_no_baseline:
             # A GAN from step 0 (a fine-tune from released weights) leaves nothing to compare with.
+            self.told_no_baseline = True  # once: a saturation trip clears `after`, this stays said
             log.warning("GAN guard: no reconstruction baseline, since the adversarial term starts at step %d with "
                         "no step before it; only discriminator saturation is watched. Set loss.disc_warmup_steps "
                         "(>= loss.guard_window=%d) so D learns first and the baseline is measured meanwhile",

@@ -1,8 +1,6 @@
 """`aetk export --push-to-hub`: everything up to the upload call, and one-line failures after which
 the local export is complete."""
 
-import os
-
 import pytest
 import torch
 from huggingface_hub import HfApi
@@ -55,10 +53,8 @@ def test_bad_repo_id_is_refused_before_exporting(source, tmp_path, capsys):
 @pytest.mark.parametrize("token", [None, "hf_not_a_real_token"])
 def test_offline_push_fails_in_one_line_and_keeps_the_export(source, tmp_path, token):
     out = tmp_path / "export"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9")  # a closed port
-    if token:
-        env["HF_TOKEN"] = token
+    # run_cli lays these over the caller's environment: an empty HF_TOKEN hides one set there.
+    env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": token or ""}
     proc = run_cli(["export", str(source), "--out", str(out), "--push-to-hub", "me/tiny-vae"], env=env, check=False)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

@@ -94,6 +94,16 @@ def test_plain_auto_is_bf16_on_a_cpu(saved, tmp_path, capsys):
     assert code == 0 and r["precision"]["dtype"] == "bf16" and r["precision"]["fp32_modules"] == []
 
 
+def test_training_export_records_the_plan_of_a_model_that_overflows(tmp_path, tiny_config):
+    from train.families.kl_vae import export
+
+    cfg = tiny_config(tmp_path / "run", "data.resolution=32")
+    export(cfg, KLVAE(overflowing_vae()), [{"x": t} for t in images(8)], tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["force_upcast"] is True and OVERFLOWING in config[PLAN_KEY]["fp16"]["decode"]
+    assert KLVAE.from_pretrained(tmp_path / "model").vae.config[PLAN_KEY] == config[PLAN_KEY]
+
+
 def test_model_card_names_the_fp32_modules(saved):
     _, planned, _ = saved
     card = write_model_card(planned).read_text()

@@ -30,6 +30,15 @@ def test_guard_trips_on_degrading_reconstruction_and_lowers_the_weight():
     assert reasons[-1] and "rose from 1" in reasons[-1] and task.adv_scale == 0.5
 
 
+def test_no_baseline_is_said_once_even_after_a_saturation_trip(caplog):
+    cfg = LossConfig(disc_start=0, guard="warn", guard_saturation_steps=2, guard_window=50)
+    sat = {"rec/nll": 1.0, "disc/acc_real": 1.0, "disc/acc_fake": 1.0}
+    with caplog.at_level("WARNING", logger="aetk.guard"):
+        reasons = feed(GanGuard(cfg), [(s, sat) for s in range(6)])
+    assert sum(r is not None for r in reasons) >= 2  # tripped, re-armed, tripped again
+    assert caplog.text.count("no reconstruction baseline") == 1
+
+
 def test_guard_trips_on_saturation_and_can_stop():
     cfg = LossConfig(disc_start=0, guard="stop", guard_saturation_steps=3, guard_window=50)
     sat = {"rec/nll": 1.0, "disc/acc_real": 1.0, "disc/acc_fake": 1.0}
