@@ -24,7 +24,8 @@ def latent_compatibility(tuned, original, batches: Iterable[torch.Tensor], figur
     """`tuned`, `original`: models with `encode_moments(x) -> (mean, logvar)` and `decode(z)` of the same
     latent layout; `batches`: (B, C, H, W) images in [-1, 1]. Returns {"latent_drift": {...},
     "original_latents": {"original_decoder": metrics, "tuned_decoder": metrics}}; with `figure`, also
-    a PNG there of the first images: original, both decoders on the original's latents, their errors."""
+    a PNG there of images spread over the set: original, both decoders on the original's latents, their
+    errors."""
     diff_sq = ref_sq = None
     max_abs, xs, orig_recons, tuned_recons = 0.0, [], [], []
     for x in batches:

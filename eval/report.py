@@ -196,6 +196,19 @@ def _rd_plot(result: dict, curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def pca_fit_set(load: Callable, data: str, n: int, fit_n: int, fit_data: str | None,
+                protocol: dict | None) -> torch.Tensor | None:
+    """The items a PCA baseline is fitted on: the first `fit_n` of `fit_data`'s train split, else of a
+    built-in `data`'s train split, else those of `data` after the `n` evaluated. `load(split, start,
+    count, source, flag)` reads them. Warns when they are too few; checked against a followed card."""
+    builtin = data.startswith("builtin:")
+    fit = (load("train", 0, fit_n, fit_data, "--fit-data") if fit_data else
+           load("train", 0 if builtin else n, fit_n, data, "--data"))
+    warn_small_fit(fit, fit_n, data, fit_data)
+    protocol_mod.check_fit(protocol, fit)
+    return fit
+
+
 def warn_small_fit(fit: torch.Tensor | None, fit_n: int, data: str, fit_data: str | None) -> None:
     """A PCA baseline fitted on a handful of items is a straw man (or, on none, fitted on the evaluated
     items themselves, flattering it): say so, and how to give it its own data."""
@@ -238,12 +251,7 @@ def evaluate_on_data(model: KLVAE | VQVAE, data: str | None, *, rate: Callable[.
     if x is None:
         raise ValueError(f"--data {data}: no images to evaluate")
     protocol_mod.check_data(protocol, x, data)
-    fit = None
-    if "pca" in kwargs.get("baselines", ()):
-        fit = (images("train", 0, fit_n, fit_data, "--fit-data") if fit_data else
-               images("train", 0 if builtin else n, fit_n))
-        warn_small_fit(fit, fit_n, data, fit_data)
-    protocol_mod.check_fit(protocol, fit)
+    fit = pca_fit_set(images, data, n, fit_n, fit_data, protocol) if "pca" in kwargs.get("baselines", ()) else None
     result = evaluate(model, x, rate=rate, fit_x=fit, **kwargs)
     settings = {"resolution": resolution, "crop": "centre, shorter side resized to it", "n": n, "fit_n": fit_n,
                 "baselines": list(kwargs.get("baselines", ())), "latent_bits": kwargs.get("latent_bits", 16),

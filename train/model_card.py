@@ -76,7 +76,8 @@ def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | No
         plan = (config.get(PLAN_KEY) or {}).get("fp16")
         if plan and not safe:
             kept = [*plan.get("encode", []), *plan.get("decode", [])]
-            lines += [f"`aetk encode/eval --precision auto` runs fp16 with only {len(kept)} module(s) in fp32: "
+            lines += [f"`aetk encode/eval --precision auto-fp16` (`auto` on a GPU) runs fp16 with only {len(kept)} "
+                      f"module(s) in fp32: "
                       + ", ".join(f"`{k}`" for k in kept[:8]) + (" ..." if len(kept) > 8 else "") + ".", ""]
     if run_dir is not None and (run_dir / "config.yaml").is_file():
         recipe = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -238,7 +238,7 @@ def report(model, req: ReportRequest) -> dict:
     import torch
 
     from eval import protocol
-    from eval.report import warn_small_fit
+    from eval.report import pca_fit_set
     from eval.video import evaluate_videos
     from tokenizers_ae.data.video import build_video_dataset
     from tokenizers_ae.models.video_vae import NOT_TILEABLE
@@ -266,10 +266,7 @@ def report(model, req: ReportRequest) -> dict:
         raise ValueError(f"--data {req.data}: no clips to evaluate")
     protocol.check_data(req.protocol, x, req.data)
     # The space-time PCA baseline is always reported, fitted on --fit-data or other clips of the source.
-    fit = (clips("train", 0, req.fit_n, req.fit_data, "--fit-data") if req.fit_data else
-           clips("train", 0 if builtin else n, req.fit_n))
-    warn_small_fit(fit, req.fit_n, req.data, req.fit_data)
-    protocol.check_fit(req.protocol, fit)
+    fit = pca_fit_set(clips, req.data, n, req.fit_n, req.fit_data, req.protocol)
     out_dir = Path(req.out_dir)
     result = evaluate_videos(model, x, fit_x=fit, factor_t=model.temporal_factor, factor_s=model.spatial_factor,
                              channels=model.latent_channels, out_dir=out_dir)
