@@ -11,12 +11,25 @@ data/audio24k; a few minutes of audio, about 15 MB):
     /usr/share/tuxpaint/stamps (recorded spoken descriptions in many languages, and sound effects);
     val holds the stamps whose name hashes to 0 mod 6, so no stamp is in both splits.
 Needs the `espeak-ng` program (`apt-get install espeak-ng`). Everything is deterministic for a given --seed.
+
+    .venv/bin/python scripts/make_audio.py --real [OUT_DIR] [--tuxpaint 1500] [--excerpts 3] [--excerpt-seconds 20]
+
+`--real` builds a corpus of real recordings instead (default OUT_DIR data/audio-real, no espeak-ng):
+recorded speech and music that Debian packages ship (scripts/audio_sources.py says which, and how each is
+split by speaker, stamp or track), as OUT_DIR/{train,val}/{speech,music}/SOURCE/*.wav at the model rate.
+Train on OUT_DIR/train (folders are read recursively); evaluate each held-out source apart
+(OUT_DIR/val/speech/tuxpaint, .../hedgewars, .../klettres, OUT_DIR/val/music/wesnoth, ...): `aetk eval`
+takes the first N files of a folder in name order. As root it installs the packages with apt-get unless
+--no-install. OUT_DIR/manifest.json records every output file with its source file, span and the
+source's sha256; unreadable sources are skipped, counted and listed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import json
 import math
 import os
 import shutil
@@ -181,14 +194,26 @@ def render(clip: Clip, out: Path, sample_rate: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", nargs="?", default="data/audio24k", help="output folder (gets train/ and val/)")
+    ap.add_argument("out", nargs="?", help="output folder (gets train/ and val/; default data/audio24k, "
+                    "with --real data/audio-real)")
+    ap.add_argument("--real", action="store_true", help="real recordings (speech and music) instead of espeak-ng")
+    ap.add_argument("--excerpts", type=int, default=3, help="--real: excerpts per music track")
+    ap.add_argument("--excerpt-seconds", type=float, default=20.0, help="--real: seconds per music excerpt")
+    ap.add_argument("--no-install", action="store_true", help="--real: never apt-get install the packages")
+    ap.add_argument("--source-root", default="/", help="--real: read the packages' files below this folder "
+                    "(packages unpacked with `dpkg -x PKG.deb DIR`, no root needed; default /)")
     ap.add_argument("--sample-rate", type=int, default=24000)
     ap.add_argument("--renditions", type=int, default=2, help="voices per training sentence")
-    ap.add_argument("--tuxpaint", type=int, default=64, help="Tux Paint clips to include if installed (0: none)")
+    ap.add_argument("--tuxpaint", type=int, help="Tux Paint clips to include if installed (0: none; default 64, "
+                    "with --real 1500 spoken descriptions)")
     ap.add_argument("--no-tuxpaint", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="replace the WAV files already in OUT/train, OUT/val")
     a = ap.parse_args(argv)
+    if a.real:
+        return main_real(a)
+    a.out = a.out or "data/audio24k"
+    a.tuxpaint = 64 if a.tuxpaint is None else a.tuxpaint
     if shutil.which("espeak-ng") is None:
         print("espeak-ng not found: install it with `apt-get install espeak-ng` (Debian/Ubuntu), then rerun.",
               file=sys.stderr)
@@ -196,15 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     out = Path(a.out)
-    for split in ("train", "val"):
-        d = out / split
-        old = sorted(d.glob("*.wav")) if d.is_dir() else []
-        if old and not a.overwrite:
-            print(f"{d} already holds {len(old)} WAV files; pass --overwrite to replace them", file=sys.stderr)
-            return 1
-        for f in old:
-            f.unlink()
-        d.mkdir(parents=True, exist_ok=True)
+    if not clear_outputs([out / "train", out / "val"], a.overwrite):
+        return 1
     clips = plan_speech(a.seed, a.renditions) + plan_tuxpaint(a.seed, 0 if a.no_tuxpaint else a.tuxpaint)
     with ThreadPoolExecutor(max_workers=2) as pool:  # espeak-ng runs as a subprocess: threads suffice
         durations = list(tqdm(pool.map(lambda c: render(c, out, a.sample_rate), clips), total=len(clips),
@@ -219,6 +237,80 @@ def main(argv: list[str] | None = None) -> int:
     if not any(c.source != "espeak" for c in clips) and not a.no_tuxpaint:
         print("  (Tux Paint clips not included: apt-get install tuxpaint-stamps-default to add them)")
     print(f"  total {sum(durations) / 60:.2f} min, {size / 1e6:.1f} MB")
+    return 0
+
+
+def clear_outputs(dirs: list[Path], overwrite: bool) -> bool:
+    """Make each folder, emptied of WAV files when `overwrite`; False (and a message) when one holds some."""
+    for d in dirs:
+        old = sorted(d.rglob("*.wav")) if d.is_dir() else []
+        if old and not overwrite:
+            print(f"{d} already holds {len(old)} WAV files; pass --overwrite to replace them", file=sys.stderr)
+            return False
+        for f in old:
+            f.unlink()
+        d.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def main_real(a: argparse.Namespace) -> int:
+    """`--real`: the real-recordings corpus of scripts/audio_sources.py."""
+    import soundfile as sf
+    from tqdm import tqdm
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import audio_sources
+    from photo_sources import ensure_packages
+
+    out = Path(a.out or "data/audio-real")
+    ensure_packages(a.no_install, audio_sources.PACKAGES, "recording")
+    recs, unreadable = audio_sources.plan(audio_sources.Roots().under(a.source_root),
+                              tuxpaint=1500 if a.tuxpaint is None else a.tuxpaint, excerpts=a.excerpts,
+                              excerpt_seconds=a.excerpt_seconds, seed=a.seed)
+    if not recs:
+        print(f"no recordings found: apt-get install {' '.join(audio_sources.PACKAGES)}", file=sys.stderr)
+        return 2
+    dirs = [out / s / k for s in ("train", "val") for k in ("speech", "music")]
+    if not clear_outputs(dirs, a.overwrite):
+        return 1
+    for split, kind, source in {(r.split, r.kind, r.source) for r in recs}:
+        (out / split / kind / source).mkdir(exist_ok=True)
+
+    def write(rec: audio_sources.Recording) -> float | str:
+        try:
+            x = audio_sources.read(rec, a.sample_rate)
+        except (RuntimeError, OSError, ValueError) as e:  # libsndfile's errors are RuntimeErrors
+            return f"{rec.path}: {e}"
+        if x.size == 0 or not np.isfinite(x).all():
+            return f"{rec.path}: {'empty' if x.size == 0 else 'non-finite samples'}"
+        peak = float(np.abs(x).max())
+        if peak > 0.99:  # resampling can overshoot: scale down rather than clip
+            x = x * (0.99 / peak)
+        sf.write(out / rec.split / rec.kind / rec.source / f"{rec.name}.wav", x, a.sample_rate, subtype="PCM_16")
+        return x.size / a.sample_rate
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # libsndfile and scipy release the GIL
+        results = list(tqdm(pool.map(write, recs), total=len(recs), desc="recordings", unit="file"))
+    skipped = unreadable + [r for r in results if isinstance(r, str)]
+    kept = [(rec, d) for rec, d in zip(recs, results) if not isinstance(d, str)]
+    digests = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in sorted({r.path for r, _ in kept})}
+    manifest = {"sample_rate": a.sample_rate, "seed": a.seed, "skipped": skipped,
+                "files": [{"file": f"{r.split}/{r.kind}/{r.source}/{r.name}.wav", "split": r.split, "kind": r.kind,
+                           "source": r.source, "path": r.path, "start_s": r.start, "seconds": round(d, 3),
+                           "source_sha256": digests[r.path]} for r, d in kept]}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"wrote {len(kept)} recordings to {out} at {a.sample_rate} Hz mono 16-bit:")
+    for split in ("train", "val"):
+        for kind in ("speech", "music"):
+            for source in sorted({r.source for r, _ in kept if r.kind == kind}):
+                sel = [d for r, d in kept if (r.split, r.kind, r.source) == (split, kind, source)]
+                if sel:
+                    print(f"  {split:5s} {kind:6s} {source:9s} {len(sel):5d} files {sum(sel) / 60:7.2f} min")
+    size = sum(f.stat().st_size for f in out.rglob("*.wav"))
+    print(f"  total {sum(d for _, d in kept) / 3600:.2f} h, {size / 1e6:.0f} MB, from {len(digests)} source files")
+    if skipped:
+        print(f"  skipped {len(skipped)} unreadable sources (listed in manifest.json), e.g. {skipped[0]}")
+    print(f"  train: data.path={out}/train  held out, per source: {out}/val/speech/* and {out}/val/music/*")
     return 0
 
 

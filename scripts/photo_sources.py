@@ -73,9 +73,9 @@ def installed(package: str) -> bool:
     return out.returncode == 0 and out.stdout.startswith("ii")
 
 
-def ensure_packages(no_install: bool) -> None:
-    """apt-get install the missing photo packages when root (and allowed), else say which ones are missing."""
-    missing = [p for p in PACKAGES if not installed(p)]
+def ensure_packages(no_install: bool, packages: tuple[str, ...] = PACKAGES, what: str = "photo") -> None:
+    """apt-get install the missing packages when root (and allowed), else say which ones are missing."""
+    missing = [p for p in packages if not installed(p)]
     if not missing:
         return
     if not no_install and os.geteuid() == 0 and shutil.which("apt-get"):
@@ -85,10 +85,10 @@ def ensure_packages(no_install: bool) -> None:
         if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:  # stale package lists: refresh once
             subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
             subprocess.run(cmd, env=env, capture_output=True)
-        missing = [p for p in PACKAGES if not installed(p)]
+        missing = [p for p in packages if not installed(p)]
     if missing:
-        print(f"note: photo packages not installed: {' '.join(missing)} (more photos: "
-              f"apt-get install -y {' '.join(missing)}); continuing with the photos that exist")
+        print(f"note: {what} packages not installed: {' '.join(missing)} (more {what}s: "
+              f"apt-get install -y {' '.join(missing)}); continuing with the {what}s that exist")
 
 
 def package_files(package: str) -> list[str]:

@@ -122,7 +122,9 @@ class Trainer:
         for ph in self.phases:
             params = [p for p in ph.module.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=ph.lr, betas=ph.betas, weight_decay=ph.weight_decay)
-            sched = get_scheduler(t.lr_schedule, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
+            # diffusers' "constant" ignores num_warmup_steps; a recipe's warm-up must not vanish silently.
+            name = "constant_with_warmup" if t.lr_schedule == "constant" and t.warmup_steps else t.lr_schedule
+            sched = get_scheduler(name, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
             prepared = acc.prepare(ph.module, opt, sched)
             self.models[ph.name], self.optimizers[ph.name], self.schedulers[ph.name] = prepared
         self.ema = None

@@ -138,6 +138,23 @@ def add(sub, name: str) -> None:
     add_json(p)
     p.set_defaults(func=run_prior)
 
+    p = bsub.add_parser("quality", help="held-out PSNR / MS-SSIM / HaarPSI per training minute: aetk vs the "
+                        "latent-diffusion loop, beside patch PCA",
+                        description="Trains a KL-VAE recipe with aetk's trainer and with latent-diffusion's loop "
+                                    "(eval/bench/reference_taming.py, its kl-f4 hyper-parameters) on the same data, "
+                                    "architecture, initial weights and wall-clock budget; evaluates both on the "
+                                    "recipe's data.val_path as training goes (the clock stops meanwhile) and "
+                                    "writes quality.png and quality.json to --out. Run it alone.",
+                        epilog="example: aetk bench quality configs/photo-kl-f4-64.yaml --minutes 30")
+    add_config_args(p)
+    p.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget of each side (default 30)")
+    p.add_argument("--evals", type=positive_int, default=6, help="evaluations per side after step 0 (default 6)")
+    p.add_argument("--val-n", type=positive_int, default=256, help="held-out images scored (default 256)")
+    p.add_argument("--fit-n", type=positive_int, default=1024, help="training images PCA is fitted on (default 1024)")
+    p.add_argument("--only", choices=["aetk", "reference"], help="run one side only (no targets, no figure)")
+    p.add_argument("--out", default="runs/bench-quality", help="figure and JSON go here (default runs/bench-quality)")
+    p.set_defaults(func=run_quality)
+
     p = bsub.add_parser("classic", help="train + evaluate every classic autoencoder recipe: one table, one figure",
                         description="Trains each recipe in configs/classic through `aetk train`'s code path, "
                                     "evaluates it as `aetk eval` does (held-out MSE/PSNR, PCA with the same code "
@@ -228,3 +245,16 @@ def run_classic(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     return 0
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from eval.bench.quality import bench_quality
+    from train.recipe import load_config
+
+    if not args.minutes > 0:
+        raise ValueError(f"--minutes {args.minutes}: must be positive")
+    cfg = load_config(args.config, args.overrides)
+    only = (args.only,) if args.only else ("aetk", "reference")
+    res = bench_quality(cfg, budget_s=60 * args.minutes, evals=args.evals, val_n=args.val_n, fit_n=args.fit_n,
+                        out_dir=args.out, only=only)
+    return emit(res, str(Path(args.out) / "quality.json"))

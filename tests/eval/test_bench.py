@@ -21,7 +21,8 @@ def test_train_step_bench_reports_both_phases_and_equal_gradients(tmp_path, tiny
 @pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in ("train", "export", "import", "encode", "eval",
                                                                         "sample", "bench", "codec", "config")],
                                   *[["bench", b, "--help"] for b in ("train-step", "precision", "encode", "quantizer",
-                                                                     "classic", "tiling", "codec", "prior", "upcast")],
+                                                                     "classic", "tiling", "codec", "prior", "upcast",
+                                                                     "quality")],
                                   *[["codec", c, "--help"] for c in ("compress", "decompress", "stream")]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:

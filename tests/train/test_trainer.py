@@ -154,3 +154,19 @@ def test_a_run_that_fails_frees_accelerate_for_the_next_one(tmp_path, tiny_confi
     trainer = Trainer(tiny_config(tmp_path / "b", "train.mixed_precision=no"))
     assert trainer.accelerator.mixed_precision == "no"
     trainer.close()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_warmup_steps_ramp_every_schedule(tmp_path, tiny_config, schedule):
+    # diffusers' "constant" schedule ignores num_warmup_steps: a recipe's warm-up must not vanish silently.
+    cfg = tiny_config(tmp_path / schedule, f"train.lr_schedule={schedule}", "train.warmup_steps=4",
+                      "train.max_steps=100", "train.lr=1e-3")
+    trainer = Trainer(cfg)
+    try:
+        lrs = []
+        for _ in range(5):
+            lrs.append(trainer.step(trainer.next_micro_batches())["lr"])
+    finally:
+        trainer.close()
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3], rel=1e-6)
+    assert lrs[4] == pytest.approx(1e-3, rel=1e-3)

@@ -1,0 +1,220 @@
+"""`aetk bench quality`: held-out quality per second of training, aetk's recipe against the common
+practice, on the same photos, the same architecture and the same wall-clock budget.
+
+- aetk: `Trainer.step` (the code path of `aetk train`) on the recipe, evaluated with its EMA weights.
+- reference: the latent-diffusion loop shipped in `eval/bench/reference_taming.py` (diffusers
+  `AutoencoderKL` + `LPIPSWithDiscriminator`, two Adam optimizers, fp32) with latent-diffusion's kl-f4
+  hyper-parameters: lr 4.5e-6 x batch size (its `scale_lr`), betas (0.5, 0.9), LPIPS weight 1,
+  kl_weight 1e-6, disc_start 50001, no EMA. LPIPS has an untrained VGG trunk on both sides unless local
+  weights are configured: the cost of the real network, with none downloaded.
+- patch PCA with the recipe's stride and latent channels, fitted on training images: the floor a
+  learned tokenizer has to clear.
+
+Only training steps (data loading included) count against the budget; evaluations pause the clock.
+Every evaluation runs the same code on both: the posterior mean decoded in fp32, on the held-out
+images centre-cropped, scored with PSNR, MS-SSIM and HaarPSI (weight-free). Run it alone: a
+concurrent job on the same cores changes the wall-clock, which is what is measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from eval.baselines import PatchPCA
+from eval.bench.reference_taming import LPIPSWithDiscriminator, ReferenceTrainer
+from eval.image import reconstruction_metrics
+from tokenizers_ae.data.sources import build_image_dataset
+from train.config import Config
+from train.families import family
+from train.loop import Trainer, cpu_has_fast_bf16
+
+log = logging.getLogger("aetk.bench")
+METRICS = ("psnr", "ms_ssim", "haarpsi")
+TITLES = {"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "haarpsi": "HaarPSI"}
+LDM_BASE_LR = 4.5e-6  # latent-diffusion's autoencoder configs; main.py multiplies it by the batch size
+LDM_DISC_START = 50001  # latent-diffusion's kl-f4 / kl-f8 configs
+
+
+def _images(path: str, resolution: int, n: int) -> torch.Tensor:
+    ds = build_image_dataset(path, resolution=resolution, random_crop=False, random_flip=False, split="train")
+    if len(ds) == 0:
+        raise ValueError(f"{path}: no images")
+    return torch.stack([ds[i]["x"] for i in range(min(n, len(ds)))])
+
+
+@torch.no_grad()
+def score(vae, x: torch.Tensor, batch: int = 32) -> dict[str, float]:
+    """PSNR, MS-SSIM and HaarPSI of a diffusers AutoencoderKL's reconstructions of x (B, 3, H, W) in
+    [-1, 1] from the posterior mean, fp32."""
+    was_training = vae.training
+    vae.eval()
+    recon = torch.cat([vae.decode(vae.encode(x[s:s + batch]).latent_dist.mode()).sample.float().clamp(-1, 1)
+                       for s in range(0, x.shape[0], batch)])
+    vae.train(was_training)
+    m = reconstruction_metrics(x, recon)
+    return {k: float(m[k]) for k in METRICS}
+
+
+def _race(step: Callable[[], int], evaluate: Callable[[], dict], budget_s: float, evals: int,
+          name: str) -> list[dict]:
+    """Run `step` (one optimizer step; returns the step count) until `budget_s` seconds of it have
+    passed, evaluating at 0 and after every budget_s / evals seconds; the clock stops during evals."""
+    points = [{"train_s": 0.0, "step": 0, **evaluate()}]
+    clock, steps, nxt = 0.0, 0, budget_s / evals
+    while clock < budget_s:
+        t = time.perf_counter()
+        steps = step()
+        clock += time.perf_counter() - t
+        if clock >= nxt or clock >= budget_s:
+            points.append({"train_s": clock, "step": steps, **evaluate()})
+            log.info("%s: %.0f s, step %d, PSNR %.2f dB", name, clock, steps, points[-1]["psnr"])
+            while nxt <= clock:
+                nxt += budget_s / evals
+    return points
+
+
+def _aetk_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -> list[dict]:
+    trainer = Trainer(cfg)
+    try:
+        def step() -> int:
+            trainer.step(trainer.next_micro_batches())
+            return trainer.step_idx
+
+        return _race(step, lambda: score(trainer.averaged_model().vae, x_val), budget_s, evals, "aetk")
+    finally:
+        trainer.close()
+
+
+def reference_for(cfg: Config) -> ReferenceTrainer:
+    """latent-diffusion's kl-f* training of the recipe's architecture (same initial weights as aetk's)."""
+    torch.manual_seed(cfg.seed)
+    vae = family(cfg.kind).build_model(cfg).vae
+    loss = LPIPSWithDiscriminator(disc_start=LDM_DISC_START, kl_weight=1e-6, disc_weight=0.5,
+                                  disc_in_channels=cfg.model.in_channels, pnet_rand=True)
+    return ReferenceTrainer(vae, loss, lr=LDM_BASE_LR * cfg.train.batch_size, betas=(0.5, 0.9))
+
+
+def _reference_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -> tuple[list[dict], float]:
+    ref = reference_for(cfg)
+    d = cfg.data
+    ds = build_image_dataset(d.path, resolution=d.resolution, seed=cfg.seed, random_crop=True, random_flip=True,
+                             split="train")
+    loader = DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    batches = iter(())
+    count = 0
+
+    def step() -> int:
+        nonlocal batches, count
+        try:
+            b = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            b = next(batches)
+        ref.step(b["x"], global_step=count)
+        count += 1
+        return count
+
+    return _race(step, lambda: score(ref.vae, x_val), budget_s, evals, "reference"), ref.opt_ae.param_groups[0]["lr"]
+
+
+def time_to_reach(curve: list[dict], target: float, key: str = "psnr") -> float | None:
+    """Training seconds at which `curve` first reaches `target` (linear between evaluations), or None."""
+    for a, b in zip(curve, curve[1:]):
+        if b[key] >= target:
+            if a[key] >= target:
+                return a["train_s"]
+            return a["train_s"] + (target - a[key]) / (b[key] - a[key]) * (b["train_s"] - a["train_s"])
+    return None if not curve or curve[0][key] < target else curve[0]["train_s"]
+
+
+def plot(result: dict, path: Path) -> Path:
+    import matplotlib  # heavy: only the figure needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after use("Agg")
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4))
+    for ax, key in zip(axes, METRICS):
+        for name, style in (("aetk", "-o"), ("reference", "-s")):
+            pts = result["curves"][name]
+            ax.plot([p["train_s"] / 60 for p in pts], [p[key] for p in pts], style, label=result["labels"][name])
+        ax.axhline(result["pca"][key], color="grey", ls="--", label=result["labels"]["pca"])
+        ax.set_xlabel("training wall-clock, minutes")
+        ax.set_title(f"held-out {TITLES[key]}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(result["title"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_n: int = 256, fit_n: int = 1024,
+                  out_dir: str | Path = "runs/bench-quality", only: tuple[str, ...] = ("aetk", "reference")) -> dict:
+    """The race of the module docstring. Writes quality.png (and the returned dict) under `out_dir`."""
+    if cfg.kind != "kl_vae":
+        raise ValueError(f"aetk bench quality races KL-VAE recipes against latent-diffusion's loop; "
+                         f"{cfg.kind} has no reference loop here")
+    d = cfg.data
+    if not d.val_path:
+        raise ValueError("the recipe needs data.val_path: held-out images no training step sees")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    x_val = _images(d.val_path, d.resolution, val_n)
+    fit = _images(d.path, d.resolution, fit_n)
+    factor = 2 ** (len(cfg.model.block_out_channels) - 1)
+    pca = PatchPCA(factor=factor, channels=cfg.model.latent_channels).fit(fit)
+    pca_m = reconstruction_metrics(x_val, pca.reconstruct(x_val))
+    precision = cfg.train.mixed_precision
+    if precision == "bf16" and not torch.cuda.is_available() and not cpu_has_fast_bf16():
+        log.info("this CPU has no native bf16: aetk runs fp32, as the reference does")
+        precision = "no"
+    with tempfile.TemporaryDirectory() as tmp:
+        run = dataclasses.replace(cfg, output_dir=tmp, resume="never", train=dataclasses.replace(
+            cfg.train, mixed_precision=precision, progress=False, max_steps=10**9, eval_every=10**9,
+            checkpoint_every=10**9))
+        curves, ref_lr = {}, LDM_BASE_LR * cfg.train.batch_size
+        if "aetk" in only:
+            curves["aetk"] = _aetk_curve(run, x_val, budget_s, evals)
+        if "reference" in only:
+            curves["reference"], ref_lr = _reference_curve(run, x_val, budget_s, evals)
+    result = {
+        "setting": {"data": d.path, "val": d.val_path, "val_n": int(x_val.shape[0]), "fit_n": int(fit.shape[0]),
+                    "resolution": d.resolution, "factor": factor, "latent_channels": cfg.model.latent_channels,
+                    "block_out_channels": list(cfg.model.block_out_channels), "batch_size": cfg.train.batch_size,
+                    "budget_s": budget_s, "aetk_precision": precision, "aetk_lr": cfg.train.lr,
+                    "reference_lr": ref_lr, "threads": torch.get_num_threads(),
+                    "cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "pca": {k: float(pca_m[k]) for k in METRICS},
+        "curves": curves,
+    }
+    if "aetk" in curves and "reference" in curves:
+        ref_final = curves["reference"][-1]
+        reach = time_to_reach(curves["aetk"], ref_final["psnr"])
+        final = curves["aetk"][-1]
+        result["targets"] = {
+            "reference_final_psnr": ref_final["psnr"],
+            "aetk_seconds_to_reference_final_psnr": reach,
+            "time_ratio": None if reach is None else reach / ref_final["train_s"],
+            "half_the_time": reach is not None and reach <= 0.5 * ref_final["train_s"],
+            "beats_pca_psnr": final["psnr"] > result["pca"]["psnr"],
+            "beats_pca_ms_ssim": final["ms_ssim"] > result["pca"]["ms_ssim"],
+        }
+        shown = "fp32" if precision == "no" else precision
+        result["labels"] = {"aetk": f"aetk ({shown}, EMA)", "reference": "latent-diffusion loop (fp32)",
+                            "pca": f"patch PCA f{factor}, {cfg.model.latent_channels} ch"}
+        result["title"] = (f"{d.path} at {d.resolution} px, held-out {x_val.shape[0]} crops, "
+                           f"{budget_s / 60:g} min each on {torch.get_num_threads()} threads")
+        result["figure"] = str(plot(result, out / "quality.png"))
+    return result
