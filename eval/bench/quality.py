@@ -1,7 +1,8 @@
 """`aetk bench quality`: held-out quality per second of training, aetk's recipe against the common
 practice, on the same photos, the same architecture and the same wall-clock budget.
 
-- aetk: `Trainer.step` (the code path of `aetk train`) on the recipe, evaluated with its EMA weights.
+- aetk: `Trainer.step` (the code path of `aetk train`) on the recipe, evaluated with its EMA weights;
+  it stops early at the recipe's `train.max_steps` (the end of its learning-rate schedule).
 - reference: the latent-diffusion loop shipped in `eval/bench/reference_taming.py` (diffusers
   `AutoencoderKL` + `LPIPSWithDiscriminator`, two Adam optimizers, fp32) with latent-diffusion's kl-f4
   hyper-parameters: lr 4.5e-6 x batch size (its `scale_lr`), betas (0.5, 0.9), LPIPS weight 1,
@@ -65,16 +66,17 @@ def score(vae, x: torch.Tensor, batch: int = 32) -> dict[str, float]:
 
 
 def _race(step: Callable[[], int], evaluate: Callable[[], dict], budget_s: float, evals: int,
-          name: str) -> list[dict]:
+          name: str, max_steps: int | None = None) -> list[dict]:
     """Run `step` (one optimizer step; returns the step count) until `budget_s` seconds of it have
-    passed, evaluating at 0 and after every budget_s / evals seconds; the clock stops during evals."""
+    passed (or `max_steps` steps, a recipe whose schedule ends sooner), evaluating at 0 and after every
+    budget_s / evals seconds; the clock stops during evals."""
     points = [{"train_s": 0.0, "step": 0, **evaluate()}]
     clock, steps, nxt = 0.0, 0, budget_s / evals
-    while clock < budget_s:
+    while clock < budget_s and (max_steps is None or steps < max_steps):
         t = time.perf_counter()
         steps = step()
         clock += time.perf_counter() - t
-        if clock >= nxt or clock >= budget_s:
+        if clock >= nxt or clock >= budget_s or steps == max_steps:
             points.append({"train_s": clock, "step": steps, **evaluate()})
             log.info("%s: %.0f s, step %d, PSNR %.2f dB", name, clock, steps, points[-1]["psnr"])
             while nxt <= clock:
@@ -89,7 +91,8 @@ def _aetk_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -
             trainer.step(trainer.next_micro_batches())
             return trainer.step_idx
 
-        return _race(step, lambda: score(trainer.averaged_model().vae, x_val), budget_s, evals, "aetk")
+        return _race(step, lambda: score(trainer.averaged_model().vae, x_val), budget_s, evals, "aetk",
+                     max_steps=cfg.train.max_steps)
     finally:
         trainer.close()
 
@@ -182,7 +185,7 @@ def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_
         precision = "no"
     with tempfile.TemporaryDirectory() as tmp:
         run = dataclasses.replace(cfg, output_dir=tmp, resume="never", train=dataclasses.replace(
-            cfg.train, mixed_precision=precision, progress=False, max_steps=10**9, eval_every=10**9,
+            cfg.train, mixed_precision=precision, progress=False, eval_every=10**9,
             checkpoint_every=10**9))
         curves, ref_lr = {}, LDM_BASE_LR * cfg.train.batch_size
         if "aetk" in only:

@@ -1,13 +1,15 @@
 """`aetk bench quality`: a fair race (same initial weights, same held-out scoring, the clock paused for
 evaluations) between aetk's trainer and latent-diffusion's loop, with patch PCA as the floor."""
 
+import time
+
 import numpy as np
 import pytest
 from helpers import run_cli
 from PIL import Image
 from skimage import data as skdata
 
-from eval.bench.quality import LDM_BASE_LR, bench_quality, reference_for, time_to_reach
+from eval.bench.quality import LDM_BASE_LR, _race, bench_quality, reference_for, time_to_reach
 
 
 @pytest.fixture
@@ -34,10 +36,31 @@ def test_time_to_reach_interpolates_between_evaluations():
     assert time_to_reach(curve, 23.0) is None
 
 
+def test_race_clock_counts_training_only_and_stops_at_the_recipes_last_step():
+    steps = 0
+
+    def step():
+        nonlocal steps
+        time.sleep(0.01)
+        steps += 1
+        return steps
+
+    def evaluate():
+        time.sleep(0.05)  # evaluations pause the clock
+        return {"psnr": float(steps)}
+
+    points = _race(step, evaluate, budget_s=0.2, evals=2, name="t")
+    assert 0.2 <= points[-1]["train_s"] < 0.25 and 10 <= points[-1]["step"] <= 20
+    assert [p["train_s"] >= 0.1 for p in points] == [False, True, True]
+    steps = 0
+    points = _race(step, evaluate, budget_s=60.0, evals=2, name="t", max_steps=5)
+    assert points[-1]["step"] == 5 and points[-1]["train_s"] < 1.0 and len(points) == 2
+
+
 def test_bench_quality_races_both_loops_fairly(tmp_path, tiny_config, photo_folders):
     cfg = tiny_config(tmp_path / "run", f"data.path={photo_folders / 'train'}",
                       f"data.val_path={photo_folders / 'val'}", "data.resolution=32", "train.lr=2e-3",
-                      "train.mixed_precision=no")
+                      "train.mixed_precision=no", "train.max_steps=100000")
     res = bench_quality(cfg, budget_s=4.0, evals=2, val_n=12, fit_n=30, out_dir=tmp_path / "out")
     aetk, ref = res["curves"]["aetk"], res["curves"]["reference"]
     # Both start from the same weights, scored by the same code on the same held-out crops.
