@@ -265,7 +265,8 @@ def main_real(a: argparse.Namespace) -> int:
     out = Path(a.out or "data/audio-real")
     ensure_packages(a.no_install, audio_sources.PACKAGES, "recording")
     recs, unreadable = audio_sources.plan(audio_sources.Roots().under(a.source_root),
-                              tuxpaint=1500 if a.tuxpaint is None else a.tuxpaint, excerpts=a.excerpts,
+                              tuxpaint=0 if a.no_tuxpaint else 1500 if a.tuxpaint is None else a.tuxpaint,
+                              excerpts=a.excerpts,
                               excerpt_seconds=a.excerpt_seconds, seed=a.seed)
     if not recs:
         print(f"no recordings found: apt-get install {' '.join(audio_sources.PACKAGES)}", file=sys.stderr)

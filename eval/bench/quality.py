@@ -6,8 +6,8 @@ practice, on the same photos, the same architecture and the same wall-clock budg
 - reference: the latent-diffusion loop shipped in `eval/bench/reference_taming.py` (diffusers
   `AutoencoderKL` + `LPIPSWithDiscriminator`, two Adam optimizers, fp32) with latent-diffusion's kl-f4
   hyper-parameters: lr 4.5e-6 x batch size (its `scale_lr`), betas (0.5, 0.9), LPIPS weight 1,
-  kl_weight 1e-6, disc_start 50001, no EMA. LPIPS has an untrained VGG trunk on both sides unless local
-  weights are configured: the cost of the real network, with none downloaded.
+  kl_weight 1e-6, disc_start 50001, no EMA. Its LPIPS has an untrained VGG trunk (nothing is downloaded):
+  the cost of the real network, not its judgement. aetk's side uses whatever perceptual term the recipe sets.
 - patch PCA with the recipe's stride and latent channels, fitted on training images: the floor a
   learned tokenizer has to clear.
 
@@ -106,7 +106,7 @@ def reference_for(cfg: Config) -> ReferenceTrainer:
     return ReferenceTrainer(vae, loss, lr=LDM_BASE_LR * cfg.train.batch_size, betas=(0.5, 0.9))
 
 
-def _reference_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -> tuple[list[dict], float]:
+def _reference_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -> list[dict]:
     ref = reference_for(cfg)
     d = cfg.data
     ds = build_image_dataset(d.path, resolution=d.resolution, seed=cfg.seed, random_crop=True, random_flip=True,
@@ -127,7 +127,7 @@ def _reference_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: i
         count += 1
         return count
 
-    return _race(step, lambda: score(ref.vae, x_val), budget_s, evals, "reference"), ref.opt_ae.param_groups[0]["lr"]
+    return _race(step, lambda: score(ref.vae, x_val), budget_s, evals, "reference")
 
 
 def time_to_reach(curve: list[dict], target: float, key: str = "psnr") -> float | None:
@@ -187,17 +187,17 @@ def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_
         run = dataclasses.replace(cfg, output_dir=tmp, resume="never", train=dataclasses.replace(
             cfg.train, mixed_precision=precision, progress=False, eval_every=10**9,
             checkpoint_every=10**9))
-        curves, ref_lr = {}, LDM_BASE_LR * cfg.train.batch_size
+        curves = {}
         if "aetk" in only:
             curves["aetk"] = _aetk_curve(run, x_val, budget_s, evals)
         if "reference" in only:
-            curves["reference"], ref_lr = _reference_curve(run, x_val, budget_s, evals)
+            curves["reference"] = _reference_curve(run, x_val, budget_s, evals)
     result = {
         "setting": {"data": d.path, "val": d.val_path, "val_n": int(x_val.shape[0]), "fit_n": int(fit.shape[0]),
                     "resolution": d.resolution, "factor": factor, "latent_channels": cfg.model.latent_channels,
                     "block_out_channels": list(cfg.model.block_out_channels), "batch_size": cfg.train.batch_size,
                     "budget_s": budget_s, "aetk_precision": precision, "aetk_lr": cfg.train.lr,
-                    "reference_lr": ref_lr, "threads": torch.get_num_threads(),
+                    "reference_lr": LDM_BASE_LR * cfg.train.batch_size, "threads": torch.get_num_threads(),
                     "cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
         "pca": {k: float(pca_m[k]) for k in METRICS},
         "curves": curves,
