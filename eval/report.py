@@ -15,7 +15,13 @@ import torch
 
 from eval import protocol as protocol_mod
 from eval.baselines import PatchPCA, jpeg_quality_for_bpp, jpeg_roundtrip
-from eval.image import psnr, reconstruction_metrics, save_reconstruction_grid, weight_free_unavailable
+from eval.image import (
+    psnr,
+    reconstruction_metrics,
+    save_comparison_figure,
+    save_reconstruction_grid,
+    weight_free_unavailable,
+)
 from eval.latents import latent_statistics
 from eval.precision import precision_audit
 from tokenizers_ae.data.sources import build_image_dataset
@@ -142,11 +148,13 @@ def evaluate(model: KLVAE | VQVAE, x: torch.Tensor, *, rate: Callable[..., Rate]
         **extra,
     }
     grids, curves = [recon], {}
+    shown = {f"model, {metrics['psnr']:.1f} dB": recon}  # the comparison figure's columns
     if "jpeg" in baselines:
         q, jbpp = jpeg_quality_for_bpp(x, bpp)
         jrec, _ = jpeg_roundtrip(x, q)
         result["jpeg"] = {**reconstruction_metrics(x, jrec, lpips=lp), "quality": q, "bpp": jbpp}
         grids.append(jrec)
+        shown[f"JPEG q{q}, {result['jpeg']['psnr']:.1f} dB"] = jrec
         curves["jpeg"] = [(b, psnr(x, r)) for r, b in
                           (jpeg_roundtrip(x, qq) for qq in JPEG_CURVE)]
     if "pca" in baselines:
@@ -158,6 +166,7 @@ def evaluate(model: KLVAE | VQVAE, x: torch.Tensor, *, rate: Callable[..., Rate]
                          "fitted_on": "fit images" if fit_x is not None else "the evaluation images",
                          "fit_items": int(fit.shape[0])}
         grids.append(prec)
+        shown[f"patch PCA, {result['pca']['psnr']:.1f} dB"] = prec
         curves["pca"] = []
         for k in sorted({1, 2, c, 2 * c, 4 * c, 8 * c}):
             if k <= 3 * factor * factor:
@@ -169,7 +178,10 @@ def evaluate(model: KLVAE | VQVAE, x: torch.Tensor, *, rate: Callable[..., Rate]
         out.mkdir(parents=True, exist_ok=True)
         save_reconstruction_grid(x[:8], *[g[:8] for g in grids], path=out / "reconstructions.png")
         _rd_plot(result, curves, out / "rate_distortion.png")
-        result["files"] = {"grid": str(out / "reconstructions.png"), "rd_plot": str(out / "rate_distortion.png")}
+        # Large, spread over the set, each reconstruction beside its error map: what people look at.
+        save_comparison_figure(x, shown, out / "comparison.png", n=4)
+        result["files"] = {"grid": str(out / "reconstructions.png"), "rd_plot": str(out / "rate_distortion.png"),
+                           "comparison": str(out / "comparison.png")}
     return result
 
 

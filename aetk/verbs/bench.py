@@ -139,12 +139,13 @@ def add(sub, name: str) -> None:
     p.set_defaults(func=run_prior)
 
     p = bsub.add_parser("quality", help="held-out PSNR / MS-SSIM / HaarPSI per training minute: aetk vs the "
-                        "latent-diffusion loop, beside patch PCA",
+                        "latent-diffusion or taming VQGAN loop, beside patch PCA",
                         description="Trains a KL-VAE recipe with aetk's trainer and with latent-diffusion's loop "
-                                    "(eval/bench/reference_taming.py, its kl-f4 hyper-parameters) on the same data, "
-                                    "architecture, initial weights and wall-clock budget; evaluates both on the "
-                                    "recipe's data.val_path as training goes (the clock stops meanwhile) and "
-                                    "writes quality.png and quality.json to --out. Run it alone.",
+                                    "(eval/bench/reference_taming.py, its kl-f4 hyper-parameters), or a VQ / FSQ "
+                                    "recipe against taming's VQGAN loop (eval/bench/reference_vqgan.py), on the "
+                                    "same data, architecture, initial weights and wall-clock budget; evaluates "
+                                    "both on the recipe's data.val_path as training goes (the clock stops "
+                                    "meanwhile) and writes quality.png and quality.json to --out. Run it alone.",
                         epilog="example: aetk bench quality configs/photo-kl-f4-64.yaml --minutes 30")
     add_config_args(p)
     p.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget of each side (default 30)")

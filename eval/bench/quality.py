@@ -8,11 +8,15 @@ practice, on the same photos, the same architecture and the same wall-clock budg
   hyper-parameters: lr 4.5e-6 x batch size (its `scale_lr`), betas (0.5, 0.9), LPIPS weight 1,
   kl_weight 1e-6, disc_start 50001, no EMA. Its LPIPS has an untrained VGG trunk (nothing is downloaded):
   the cost of the real network, not its judgement. aetk's side uses whatever perceptual term the recipe sets.
+  For a VQ recipe the reference is taming's VQGAN loop (`eval/bench/reference_vqgan.py`, the settings of its
+  custom_vqgan.yaml: lr 4.5e-6 x batch size, betas (0.5, 0.9), LPIPS weight 1, codebook weight 1,
+  disc_start 10000) on a diffusers VQModel, whose quantizer is taming's (a learned codebook); for FSQ, on
+  the recipe's own FSQ model. Both sides then also report the fraction of codes the held-out images use.
 - patch PCA with the recipe's stride and latent channels, fitted on training images: the floor a
   learned tokenizer has to clear.
 
 Only training steps (data loading included) count against the budget; evaluations pause the clock.
-Every evaluation runs the same code on both: the posterior mean decoded in fp32, on the held-out
+Every evaluation runs the same code on both: the posterior mean (or the codes) decoded in fp32, on the held-out
 images centre-cropped, scored with PSNR, MS-SSIM and HaarPSI (weight-free). Run it alone: a
 concurrent job on the same cores changes the wall-clock, which is what is measured.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import platform
 import tempfile
 import time
@@ -28,10 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, VQModel
 from torch.utils.data import DataLoader
 
 from eval.baselines import PatchPCA
 from eval.bench.reference_taming import LPIPSWithDiscriminator, ReferenceTrainer
+from eval.bench.reference_vqgan import TAMING_VQGAN, VQLPIPSWithDiscriminator, VQReferenceTrainer, vqgan_forward
 from eval.image import reconstruction_metrics
 from tokenizers_ae.data.sources import build_image_dataset
 from train.config import Config
@@ -52,17 +59,33 @@ def _images(path: str, resolution: int, n: int) -> torch.Tensor:
     return torch.stack([ds[i]["x"] for i in range(min(n, len(ds)))])
 
 
+def _reconstruct(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(reconstruction (B, C, H, W), token indices or None) of x in [-1, 1]: a diffusers AutoencoderKL from
+    its posterior mean, a diffusers VQModel (the VQGAN reference) or aetk's VQVAE from their codes."""
+    if isinstance(model, AutoencoderKL):
+        return model.decode(model.encode(x).latent_dist.mode()).sample, None
+    if isinstance(model, VQModel):
+        rec, _, indices = vqgan_forward(model, x)
+        return rec, indices
+    q = model.encode(x)
+    return model.decode(q.quantized), q.indices
+
+
 @torch.no_grad()
-def score(vae, x: torch.Tensor, batch: int = 32) -> dict[str, float]:
-    """PSNR, MS-SSIM and HaarPSI of a diffusers AutoencoderKL's reconstructions of x (B, 3, H, W) in
-    [-1, 1] from the posterior mean, fp32."""
-    was_training = vae.training
-    vae.eval()
-    recon = torch.cat([vae.decode(vae.encode(x[s:s + batch]).latent_dist.mode()).sample.float().clamp(-1, 1)
-                       for s in range(0, x.shape[0], batch)])
-    vae.train(was_training)
+def score(model: torch.nn.Module, x: torch.Tensor, batch: int = 32, codebook_size: int | None = None) -> dict:
+    """PSNR, MS-SSIM and HaarPSI of `model`'s reconstructions of x (B, 3, H, W) in [-1, 1], fp32 (see
+    `_reconstruct`); with `codebook_size`, also `usage`: the fraction of codes the held-out images use."""
+    was_training = model.training
+    model.eval()
+    parts = [_reconstruct(model, x[s:s + batch]) for s in range(0, x.shape[0], batch)]
+    model.train(was_training)
+    recon = torch.cat([r.float().clamp(-1, 1) for r, _ in parts])
     m = reconstruction_metrics(x, recon)
-    return {k: float(m[k]) for k in METRICS}
+    out = {k: float(m[k]) for k in METRICS}
+    if codebook_size:
+        used = torch.cat([i.reshape(-1) for _, i in parts]).unique().numel()
+        out["usage"] = used / codebook_size
+    return out
 
 
 def _race(step: Callable[[], int], evaluate: Callable[[], dict], budget_s: float, evals: int,
@@ -91,19 +114,58 @@ def _aetk_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -
             trainer.step(trainer.next_micro_batches())
             return trainer.step_idx
 
-        return _race(step, lambda: score(trainer.averaged_model().vae, x_val), budget_s, evals, "aetk",
-                     max_steps=cfg.train.max_steps)
+        def evaluate() -> dict:
+            m = trainer.averaged_model()
+            return score(m.vae if cfg.kind == "kl_vae" else m, x_val, codebook_size=_codebook_size(cfg))
+
+        return _race(step, evaluate, budget_s, evals, "aetk", max_steps=cfg.train.max_steps)
     finally:
         trainer.close()
 
 
-def reference_for(cfg: Config) -> ReferenceTrainer:
-    """latent-diffusion's kl-f* training of the recipe's architecture (same initial weights as aetk's)."""
+def _codebook_size(cfg: Config) -> int | None:
+    """Codes a VQ recipe's tokens can take (FSQ: the product of its levels); None for a KL-VAE."""
+    if cfg.kind != "vq_vae":
+        return None
+    q = cfg.model.quantizer
+    return math.prod(q.fsq_levels) if q.type == "fsq" else q.codebook_size
+
+
+def _reference_name(cfg: Config) -> str:
+    return "latent-diffusion" if cfg.kind == "kl_vae" else "taming VQGAN"
+
+
+def _reference_base_lr(cfg: Config) -> float:
+    return LDM_BASE_LR if cfg.kind == "kl_vae" else TAMING_VQGAN["base_lr"]
+
+
+def reference_for(cfg: Config) -> ReferenceTrainer | VQReferenceTrainer:
+    """The common practice's training of the recipe's architecture, from the same initial weights as aetk's:
+    latent-diffusion's kl-f* loop for a KL-VAE; taming's VQGAN loop (custom_vqgan.yaml) for a VQ recipe,
+    on a diffusers VQModel with taming's learned codebook (VQ) or on the recipe's own FSQ model."""
     torch.manual_seed(cfg.seed)
-    vae = family(cfg.kind).build_model(cfg).vae
-    loss = LPIPSWithDiscriminator(disc_start=LDM_DISC_START, kl_weight=1e-6, disc_weight=0.5,
-                                  disc_in_channels=cfg.model.in_channels, pnet_rand=True)
-    return ReferenceTrainer(vae, loss, lr=LDM_BASE_LR * cfg.train.batch_size, betas=(0.5, 0.9))
+    model = family(cfg.kind).build_model(cfg)
+    if cfg.kind == "kl_vae":
+        loss = LPIPSWithDiscriminator(disc_start=LDM_DISC_START, kl_weight=1e-6, disc_weight=0.5,
+                                      disc_in_channels=cfg.model.in_channels, pnet_rand=True)
+        return ReferenceTrainer(model.vae, loss, lr=_reference_base_lr(cfg) * cfg.train.batch_size, betas=(0.5, 0.9))
+    q = cfg.model.quantizer
+    if q.type == "vq":
+        # taming's VectorQuantizer2 is diffusers' VectorQuantizer: same networks, taming's codebook.
+        generator = VQModel.from_config(model.backbone_config)
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith("quantizer.")}
+        missing, unexpected = generator.load_state_dict(state, strict=False)
+        if unexpected or missing != ["quantize.embedding.weight"]:
+            raise RuntimeError(f"VQ reference weights do not match aetk's: missing {missing}, unexpected {unexpected}")
+    elif q.type == "fsq":
+        generator = model
+    else:
+        raise ValueError(f"aetk bench quality has reference loops for KL, VQ and FSQ recipes; model.quantizer.type "
+                         f"{q.type} has none")
+    loss = VQLPIPSWithDiscriminator(disc_start=TAMING_VQGAN["disc_start"], disc_weight=TAMING_VQGAN["disc_weight"],
+                                    codebook_weight=TAMING_VQGAN["codebook_weight"],
+                                    disc_in_channels=cfg.model.in_channels, pnet_rand=True)
+    return VQReferenceTrainer(generator, loss, lr=_reference_base_lr(cfg) * cfg.train.batch_size, betas=(0.5, 0.9))
 
 
 def _reference_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -> list[dict]:
@@ -127,7 +189,8 @@ def _reference_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: i
         count += 1
         return count
 
-    return _race(step, lambda: score(ref.vae, x_val), budget_s, evals, "reference")
+    model = ref.vae if isinstance(ref, ReferenceTrainer) else ref.model
+    return _race(step, lambda: score(model, x_val, codebook_size=_codebook_size(cfg)), budget_s, evals, "reference")
 
 
 def time_to_reach(curve: list[dict], target: float, key: str = "psnr") -> float | None:
@@ -166,9 +229,12 @@ def plot(result: dict, path: Path) -> Path:
 def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_n: int = 256, fit_n: int = 1024,
                   out_dir: str | Path = "runs/bench-quality", only: tuple[str, ...] = ("aetk", "reference")) -> dict:
     """The race of the module docstring. Writes quality.png (and the returned dict) under `out_dir`."""
-    if cfg.kind != "kl_vae":
-        raise ValueError(f"aetk bench quality races KL-VAE recipes against latent-diffusion's loop; "
-                         f"{cfg.kind} has no reference loop here")
+    if cfg.kind not in ("kl_vae", "vq_vae"):
+        raise ValueError(f"aetk bench quality races KL-VAE and VQ recipes against latent-diffusion's and taming's "
+                         f"loops; {cfg.kind} has no reference loop here")
+    if cfg.kind == "vq_vae" and cfg.model.quantizer.type not in ("vq", "fsq"):
+        raise ValueError(f"aetk bench quality has reference loops for KL, VQ and FSQ recipes; model.quantizer.type "
+                         f"{cfg.model.quantizer.type} has none")
     d = cfg.data
     if not d.val_path:
         raise ValueError("the recipe needs data.val_path: held-out images no training step sees")
@@ -197,7 +263,7 @@ def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_
                     "resolution": d.resolution, "factor": factor, "latent_channels": cfg.model.latent_channels,
                     "block_out_channels": list(cfg.model.block_out_channels), "batch_size": cfg.train.batch_size,
                     "budget_s": budget_s, "aetk_precision": precision, "aetk_lr": cfg.train.lr,
-                    "reference_lr": LDM_BASE_LR * cfg.train.batch_size, "threads": torch.get_num_threads(),
+                    "reference_lr": _reference_base_lr(cfg) * cfg.train.batch_size, "threads": torch.get_num_threads(),
                     "cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
         "pca": {k: float(pca_m[k]) for k in METRICS},
         "curves": curves,
@@ -215,8 +281,14 @@ def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_
             "beats_pca_ms_ssim": final["ms_ssim"] > result["pca"]["ms_ssim"],
         }
         shown = "fp32" if precision == "no" else precision
-        result["labels"] = {"aetk": f"aetk ({shown}, EMA)", "reference": "latent-diffusion loop (fp32)",
+        result["labels"] = {"aetk": f"aetk ({shown}, EMA)", "reference": f"{_reference_name(cfg)} loop (fp32)",
                             "pca": f"patch PCA f{factor}, {cfg.model.latent_channels} ch"}
+        if "usage" in final:
+            # taming's codebooks are known to collapse; a tokenizer that uses few of its codes wastes its rate.
+            result["targets"]["codebook_usage"] = final["usage"]
+            result["targets"]["usage_at_least_90_percent"] = final["usage"] >= 0.9
+            for name in ("aetk", "reference"):
+                result["labels"][name] += f", {curves[name][-1]['usage']:.0%} of codes used"
         result["title"] = (f"{d.path} at {d.resolution} px, held-out {x_val.shape[0]} crops, "
                            f"{budget_s / 60:g} min each on {torch.get_num_threads()} threads")
         result["figure"] = str(plot(result, out / "quality.png"))

@@ -5,11 +5,12 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from helpers import run_cli
 from PIL import Image
 from skimage import data as skdata
 
-from eval.bench.quality import LDM_BASE_LR, _race, bench_quality, reference_for, time_to_reach
+from eval.bench.quality import LDM_BASE_LR, _codebook_size, _race, bench_quality, reference_for, time_to_reach
 
 
 @pytest.fixture
@@ -87,8 +88,6 @@ def test_reference_starts_from_the_recipes_weights(tmp_path, tiny_config):
 
     cfg = tiny_config(tmp_path / "run")
     ref = reference_for(cfg)
-    import torch
-
     torch.manual_seed(cfg.seed)
     ours = family(cfg.kind).build_model(cfg).vae
     assert all(torch.equal(a, b) for a, b in zip(ref.vae.state_dict().values(), ours.state_dict().values()))
@@ -101,7 +100,81 @@ def test_bench_quality_cli_says_what_is_wrong_in_one_line(tmp_path):
     assert run.returncode != 0 and "data.val_path" in run.stderr
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
     run = run_cli(["bench", "quality", "configs/codec-tiny.yaml", "--out", str(tmp_path / "q")], check=False)
-    assert run.returncode != 0 and "KL-VAE" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode != 0 and "KL-VAE and VQ" in run.stderr and "Traceback" not in run.stderr
+    # key=value overrides are taken after the options too; an unknown option is still refused.
+    run = run_cli([*common, "data.val_path=/nonexistent/aetk-val"], check=False)
+    assert run.returncode != 0 and "/nonexistent/aetk-val" in run.stderr and "Traceback" not in run.stderr
+    run = run_cli([*common, "--bogus"], check=False)
+    assert run.returncode != 0 and "unrecognized arguments: --bogus" in run.stderr
+    run = run_cli(["bench", "quality", "configs/vq-f4-tiny.yaml", "model.quantizer.type=lfq",
+                   "model.quantizer.lfq_bits=4", "model.latent_channels=4", "--out", str(tmp_path / "q")], check=False)
+    assert run.returncode != 0 and "lfq has none" in run.stderr and "Traceback" not in run.stderr
     run = run_cli([*common[:3], "--minutes", "0"], check=False)
     assert run.returncode != 0 and "--minutes" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "q" / "quality.json").exists()
+
+
+def test_vq_reference_is_tamings_vqgan_from_the_recipes_weights(tmp_path, tiny_config):
+    from diffusers import VQModel
+
+    from eval.bench.reference_vqgan import TAMING_VQGAN, vqgan_forward
+    from train.families import family
+
+    cfg = tiny_config(tmp_path / "run", "model.kind=vq_vae", "model.quantizer.codebook_size=64")
+    ref = reference_for(cfg)
+    torch.manual_seed(cfg.seed)
+    ours = family(cfg.kind).build_model(cfg)
+    assert isinstance(ref.model, VQModel)
+    theirs = ref.model.state_dict()
+    shared = {k: v for k, v in ours.state_dict().items() if not k.startswith("quantizer.")}
+    assert shared and all(torch.equal(v, theirs[k]) for k, v in shared.items())
+    # taming's codebook: uniform in +-1/K, learned by Adam through the codebook loss (no EMA, no k-means).
+    codebook = ref.model.quantize.embedding.weight
+    assert codebook.shape == (64, cfg.model.latent_channels) and codebook.abs().max() <= 1 / 64
+    assert ref.opt_ae.param_groups[0]["lr"] == pytest.approx(TAMING_VQGAN["base_lr"] * cfg.train.batch_size)
+    assert ref.opt_ae.param_groups[0]["betas"] == (0.5, 0.9)
+    assert ref.loss.discriminator_iter_start == TAMING_VQGAN["disc_start"]
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    rec, qloss, idx = vqgan_forward(ref.model, x)
+    assert rec.shape == x.shape and qloss.item() > 0 and idx.shape == (4, 16, 16)
+    before = codebook.detach().clone()
+    log = ref.step(x, global_step=0)
+    assert np.isfinite(list(log.values())).all() and log["quant_loss"] > 0
+    used = idx.unique()
+    moved = (codebook.detach() - before).abs().sum(1) > 0
+    assert moved[used].all(), "the codes used get gradients from the codebook loss"
+
+
+def test_fsq_reference_trains_the_recipes_own_model(tmp_path, tiny_config):
+    from tokenizers_ae.models.vq_vae import VQVAE
+    from tokenizers_ae.quantizers import FSQ
+
+    cfg = tiny_config(tmp_path / "run", "model.kind=vq_vae", "model.quantizer.type=fsq",
+                      "model.quantizer.fsq_levels=[5,5,5,5]")
+    ref = reference_for(cfg)
+    assert isinstance(ref.model, VQVAE) and isinstance(ref.model.quantizer, FSQ)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    before = ref.model.decoder.conv_out.weight.detach().clone()
+    log = ref.step(x, global_step=0)
+    assert log["quant_loss"] == 0.0 and not torch.equal(before, ref.model.decoder.conv_out.weight)
+    assert _codebook_size(cfg) == 5 ** 4  # usage is counted against FSQ's grid, not model.quantizer.codebook_size
+    with pytest.raises(ValueError, match="lfq has none"):
+        reference_for(tiny_config(tmp_path / "run", "model.kind=vq_vae", "model.quantizer.type=lfq",
+                                  "model.quantizer.lfq_bits=4", "model.latent_channels=4"))
+
+
+def test_bench_quality_races_a_vq_recipe_and_reports_codebook_usage(tmp_path, tiny_config, photo_folders):
+    cfg = tiny_config(tmp_path / "run", "model.kind=vq_vae", "model.quantizer.codebook_size=32",
+                      f"data.path={photo_folders / 'train'}", f"data.val_path={photo_folders / 'val'}",
+                      "data.resolution=32", "train.lr=2e-3", "train.mixed_precision=no", "train.max_steps=100000")
+    res = bench_quality(cfg, budget_s=2.0, evals=1, val_n=12, fit_n=30, out_dir=tmp_path / "out")
+    aetk, ref = res["curves"]["aetk"], res["curves"]["reference"]
+    assert aetk[0]["step"] == ref[0]["step"] == 0 and aetk[-1]["step"] > 0 and ref[-1]["step"] > 0
+    for curve in (aetk, ref):
+        assert all(0 < p["usage"] <= 1 and p["usage"] * 32 == round(p["usage"] * 32) for p in curve)
+    t = res["targets"]
+    assert t["codebook_usage"] == aetk[-1]["usage"]
+    assert t["usage_at_least_90_percent"] == (aetk[-1]["usage"] >= 0.9)
+    assert "taming VQGAN" in res["labels"]["reference"] and "codes used" in res["labels"]["aetk"]
+    assert res["setting"]["reference_lr"] == pytest.approx(4.5e-6 * cfg.train.batch_size)
+    assert (tmp_path / "out" / "quality.png").stat().st_size > 10_000

@@ -51,6 +51,7 @@ def test_eval_cli_writes_metrics_baselines_grid_and_plot(tmp_path):
     # An untrained tokenizer loses to both classical codecs: the numbers must say so.
     assert r["pca"]["psnr"] > m["psnr"] and r["jpeg"]["psnr"] > m["psnr"]
     files = r["files"]
+    assert set(files) == {"grid", "rd_plot", "comparison"}
     for f in files.values():
         assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
