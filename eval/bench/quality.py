@@ -139,10 +139,21 @@ def _reference_base_lr(cfg: Config) -> float:
     return LDM_BASE_LR if cfg.kind == "kl_vae" else TAMING_VQGAN["base_lr"]
 
 
+def check_raceable(cfg: Config) -> None:
+    """ValueError naming what is wrong unless the recipe has a reference loop: KL-VAE, VQ or FSQ."""
+    if cfg.kind not in ("kl_vae", "vq_vae"):
+        raise ValueError(f"aetk bench quality races KL-VAE and VQ recipes against latent-diffusion's and taming's "
+                         f"loops; {cfg.kind} has no reference loop here")
+    if cfg.kind == "vq_vae" and cfg.model.quantizer.type not in ("vq", "fsq"):
+        raise ValueError(f"aetk bench quality has reference loops for KL, VQ and FSQ recipes; model.quantizer.type "
+                         f"{cfg.model.quantizer.type} has none")
+
+
 def reference_for(cfg: Config) -> ReferenceTrainer | VQReferenceTrainer:
     """The common practice's training of the recipe's architecture, from the same initial weights as aetk's:
     latent-diffusion's kl-f* loop for a KL-VAE; taming's VQGAN loop (custom_vqgan.yaml) for a VQ recipe,
     on a diffusers VQModel with taming's learned codebook (VQ) or on the recipe's own FSQ model."""
+    check_raceable(cfg)
     torch.manual_seed(cfg.seed)
     model = family(cfg.kind).build_model(cfg)
     if cfg.kind == "kl_vae":
@@ -157,11 +168,8 @@ def reference_for(cfg: Config) -> ReferenceTrainer | VQReferenceTrainer:
         missing, unexpected = generator.load_state_dict(state, strict=False)
         if unexpected or missing != ["quantize.embedding.weight"]:
             raise RuntimeError(f"VQ reference weights do not match aetk's: missing {missing}, unexpected {unexpected}")
-    elif q.type == "fsq":
+    else:  # fsq
         generator = model
-    else:
-        raise ValueError(f"aetk bench quality has reference loops for KL, VQ and FSQ recipes; model.quantizer.type "
-                         f"{q.type} has none")
     loss = VQLPIPSWithDiscriminator(disc_start=TAMING_VQGAN["disc_start"], disc_weight=TAMING_VQGAN["disc_weight"],
                                     codebook_weight=TAMING_VQGAN["codebook_weight"],
                                     disc_in_channels=cfg.model.in_channels, pnet_rand=True)
@@ -229,12 +237,7 @@ def plot(result: dict, path: Path) -> Path:
 def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_n: int = 256, fit_n: int = 1024,
                   out_dir: str | Path = "runs/bench-quality", only: tuple[str, ...] = ("aetk", "reference")) -> dict:
     """The race of the module docstring. Writes quality.png (and the returned dict) under `out_dir`."""
-    if cfg.kind not in ("kl_vae", "vq_vae"):
-        raise ValueError(f"aetk bench quality races KL-VAE and VQ recipes against latent-diffusion's and taming's "
-                         f"loops; {cfg.kind} has no reference loop here")
-    if cfg.kind == "vq_vae" and cfg.model.quantizer.type not in ("vq", "fsq"):
-        raise ValueError(f"aetk bench quality has reference loops for KL, VQ and FSQ recipes; model.quantizer.type "
-                         f"{cfg.model.quantizer.type} has none")
+    check_raceable(cfg)  # before any training: a recipe with no reference loop fails now, not after its half
     d = cfg.data
     if not d.val_path:
         raise ValueError("the recipe needs data.val_path: held-out images no training step sees")
