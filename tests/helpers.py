@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "data.val_size=4", "train.batch_size=4", "train.max_steps=6", "train.lr=1e-3", "train.log_every=1",
     "train.eval_every=3", "train.checkpoint_every=3", "train.progress=false", "train.ema_decay=0.9",
+    "train.curves=false",  # drawn by tests/eval/test_curves.py; 0.3 s per eval in every other test
 ]
 TINY_IMAGES = ["data.path=builtin:skimage", "data.resolution=16", "data.builtin_size=64"]
 """Tiny image data (every family whose data section is images: all but soundstream and ar_prior)."""

@@ -156,8 +156,8 @@ def load_checkpoint(accelerator, path: Path, *,
 
 
 RESUMABLE = ("output_dir", "resume", "train.max_steps", "train.log_every", "train.eval_every",
-             "train.checkpoint_every", "train.keep_checkpoints", "train.progress", "train.max_nonfinite",
-             "data.num_workers")
+             "train.checkpoint_every", "train.keep_checkpoints", "train.progress", "train.curves",
+             "train.max_nonfinite", "data.num_workers")
 """Recipe keys that may differ from a checkpoint's when resuming it: when and how the run reports and
 saves, and how long it runs. Anything else (a learning rate, an architecture, the data) would run
 with the checkpoint's optimizer, schedule and weights while config.yaml claimed otherwise."""

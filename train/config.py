@@ -298,6 +298,8 @@ class TrainConfig:
     """Stop after this many non-finite steps in a row (each is skipped)."""
     progress: bool = True
     """Show a progress bar."""
+    curves: bool = True
+    """Redraw `curves.png` (losses and every eval metric against step, eval/curves.py) after each evaluation."""
     latent_stats_images: int = 256
     """KL-VAE: training images encoded at the end to measure the latent scaling factor written to model/."""
 

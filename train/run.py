@@ -7,6 +7,7 @@ Run directory:
                        VQModel / pipeline, transformers, or aetk's native format
   metrics.jsonl        one JSON object per log/eval event
   samples/             reconstruction grids (PNG)
+  curves.png           learning curves from metrics.jsonl, redrawn after each evaluation
   logs/                TensorBoard
 """
 
@@ -18,6 +19,7 @@ import time
 
 from tqdm.auto import tqdm
 
+from eval.curves import save_curves
 from tokenizers_ae.files import fault_point
 from train.config import Config
 from train.loop import Trainer
@@ -79,6 +81,8 @@ def train(cfg: Config) -> Trainer:
             if step % t.eval_every == 0 or step == t.max_steps:
                 if acc.is_main_process:
                     metrics.write(step, trainer.evaluate())
+                    if t.curves:
+                        save_curves(metrics.path, run_dir / "curves.png", title=f"{run_dir.name} (step {step})")
                 acc.wait_for_everyone()
             if step % t.checkpoint_every == 0 or step == t.max_steps:
                 trainer.save()

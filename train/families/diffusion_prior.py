@@ -50,6 +50,9 @@ class DiTConfig:
     """Side of the square patches the latent is cut into (tokens = (h / p) x (w / p))."""
     temporal_patch: int = 1
     """Video latents: latent frames per patch (tokens = (t / temporal_patch) x (h / p) x (w / p))."""
+    adaln_class: bool = False
+    """Video latents: condition on the class through adaLN-Zero, as DiT does (latent_diffusion/video_dit.py),
+    instead of cross-attention to one class token (how runs made before this option were trained)."""
 
     def __post_init__(self) -> None:
         check(min(self.num_layers, self.num_heads, self.head_dim, self.patch_size, self.temporal_patch) >= 1,
@@ -133,7 +136,8 @@ def build_video_dit(m: DiffusionPriorModel, shape: list[int], num_classes: int):
         raise ConfigError(f"model.dit: patches of {d.temporal_patch}x{d.patch_size}x{d.patch_size} do not tile the "
                           f"{t}x{h}x{w} video latent (temporal_patch, patch_size)")
     return ClassVideoDiT(in_channels=c, patch_size=(d.temporal_patch, d.patch_size, d.patch_size),
-                         num_layers=d.num_layers, num_heads=d.num_heads, head_dim=d.head_dim, num_classes=num_classes)
+                         num_layers=d.num_layers, num_heads=d.num_heads, head_dim=d.head_dim, num_classes=num_classes,
+                         adaln_class=d.adaln_class)
 
 
 def build_task(cfg: Config, model):

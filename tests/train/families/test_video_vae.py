@@ -185,6 +185,7 @@ def test_a_video_prior_trains_on_encoded_latents_and_samples_clips(video_run, tm
     cfg = config_from_dict({}, [
         f"output_dir={tmp_path / 'prior'}", "model.kind=diffusion_prior", f"data.path={lat}", "data.val_size=4",
         "model.denoiser=dit", "model.dit.num_layers=1", "model.dit.head_dim=8", "model.dit.patch_size=2",
+        "model.dit.adaln_class=true",  # as configs/video-prior-digits.yaml
         "model.class_conditional=true", f"model.first_stage={run / 'model'}", "train.batch_size=4",
         "train.max_steps=2", "train.eval_every=2", "train.checkpoint_every=2", "train.mixed_precision=no",
         "train.progress=false", "train.lr=1e-3"])
@@ -192,6 +193,7 @@ def test_a_video_prior_trains_on_encoded_latents_and_samples_clips(video_run, tm
     assert (tmp_path / "prior/samples/sample-0000002.gif").is_file()
     prior = DiffusionPrior.from_pretrained(tmp_path / "prior/model")
     assert isinstance(prior.net, ClassVideoDiT) and prior.latent_shape == [4, 3, 4, 4] and prior.num_classes == 10
+    assert prior.net.config.adaln_class
     assert (tmp_path / "prior/model/transformer/config.json").is_file()
     out = tmp_path / "clips.png"
     assert main(["sample", str(tmp_path / "prior/model"), "--n", "3", "--steps", "2", "--label", "7",
