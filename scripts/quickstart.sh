@@ -2,7 +2,8 @@
 # Set up .venv (if needed), train a small KL-VAE for about 5 minutes and score it on held-out images beside
 # JPEG and patch PCA. Trains on the real-photo corpus (data/photos/64, from scripts/make_photos.py) when it
 # exists, else on the built-in photos. Writes a reconstruction grid, metrics, an exported diffusers model and
-# eval.json (with reconstructions.png) under runs/quickstart/. Extra arguments are recipe overrides.
+# eval.json under runs/quickstart/ (its figures, comparison.png among them, in runs/quickstart/eval-files/).
+# Extra arguments are recipe overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
