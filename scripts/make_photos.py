@@ -3,9 +3,9 @@
     .venv/bin/python scripts/make_photos.py [--out data/photos] [--sizes 64 128 256] [--crops-per-photo 24]
                                             [--seed 0] [--tar] [--no-install] [--limit-photos N] [--overwrite]
 
-Sources (scripts/photo_sources.py, shared with scripts/make_videos.py): scikit-image's photos, and those of the
-Debian packages plasma-workspace-wallpapers, lomiri-wallpapers, ukui-wallpapers and opencv-doc (only its
-photographs) when installed; as root the script installs them with apt-get unless --no-install.
+Sources (scripts/photo_sources.py, shared with scripts/make_videos.py): scikit-image's photos, and the
+photographs (an allowlist: no drawn or rendered wallpapers) of the Debian packages plasma-workspace-wallpapers,
+lomiri-wallpapers and opencv-doc when installed; as root the script installs them with apt-get unless --no-install.
 mate-backgrounds, gnome-backgrounds, oxygen-sounds and ocean-sound-theme are never used: they are kept for
 independent evaluation.
 

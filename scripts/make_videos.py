@@ -5,8 +5,8 @@
 Writes clips of --frames frames, --resolution pixels square, into OUT/train and OUT/val (H.264 .mp4, or
 FFV1 .mkv with --lossless), read back by `tokenizers_ae.data.video.VideoFolder`:
   * photo-<source>-<k>.mp4: a smooth camera path (a pan, a zoom or both between two random crop windows,
-    eased in and out) over one real photograph: scikit-image's photos, and those of the Debian packages
-    plasma-workspace-wallpapers, lomiri-wallpapers, ukui-wallpapers and opencv-doc when installed (as root
+    eased in and out) over one real photograph: scikit-image's photos, and the photographs of the Debian packages
+    plasma-workspace-wallpapers, lomiri-wallpapers and opencv-doc when installed (as root
     the script installs them with apt-get unless --no-install). The split is by source photo: about 10%
     of the photos (at least one) give only val clips, so no photo is seen in both splits.
     mate-backgrounds and gnome-backgrounds are never used: they are kept for independent evaluation.

@@ -1,10 +1,12 @@
 """The real photographs that scripts/make_videos.py and scripts/make_photos.py build their sets from.
 
-Sources: scikit-image's photos (`tokenizers_ae.data.images.SKIMAGE_PHOTOS`) and those of the Debian packages
-plasma-workspace-wallpapers, lomiri-wallpapers, ukui-wallpapers and opencv-doc (only its photographs). The
-packages in EXCLUDED (mate-backgrounds, gnome-backgrounds, ...) are never read: they are kept for independent
-evaluation. `split_photos` splits by source photo, with one rule for every set built here, so a photo held out
-of one set is held out of the others too.
+Sources: scikit-image's photos (`tokenizers_ae.data.images.SKIMAGE_PHOTOS`) and the photographs among the
+pictures of the Debian packages plasma-workspace-wallpapers, lomiri-wallpapers and opencv-doc. About half of
+the wallpapers are drawn or rendered (vector art, gradients, low-poly scenes): an allowlist per package keeps
+the photographs only, so "real photos" means photographed. ukui-wallpapers is not read: its twelve pictures
+are all illustrations. The packages in EXCLUDED (mate-backgrounds, gnome-backgrounds, ...) are never read:
+they are kept for independent evaluation. `split_photos` splits by source photo, with one rule for every set
+built here, so a photo held out of one set is held out of the others too.
 
 Not a script: the scripts import it after putting this folder on sys.path.
 """
@@ -31,13 +33,13 @@ if _REPO not in sys.path:  # imported from a script run as a file: the repositor
 
 from tokenizers_ae.data.images import SKIMAGE_PHOTOS, to_rgb  # noqa: E402
 
-PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers", "ukui-wallpapers", "opencv-doc")
+PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers", "opencv-doc")
 # Held out for independent evaluation of the models trained on these sets: never read, whatever else changes.
 EXCLUDED = ("mate-backgrounds", "gnome-backgrounds", "/usr/share/backgrounds/mate", "/usr/share/backgrounds/gnome",
             "oxygen-sounds", "ocean-sound-theme", "/usr/share/sounds/oxygen", "/usr/share/sounds/ocean")
 # Where the packages put their pictures, for systems without dpkg-query (the same selection rules apply).
 PACKAGE_DIRS = {"plasma-workspace-wallpapers": ["/usr/share/wallpapers"],
-                "lomiri-wallpapers": ["/usr/share/backgrounds"], "ukui-wallpapers": ["/usr/share/backgrounds"],
+                "lomiri-wallpapers": ["/usr/share/backgrounds"],
                 "opencv-doc": ["/usr/share/doc/opencv-doc/examples/data"]}
 # opencv-doc's sample folder also holds charts, logos, cartoons, renders, text and calibration boards: only these
 # are photographs (starry_night: a photo of the painting), one view of each stereo or before/after pair so that a
@@ -46,6 +48,19 @@ OPENCV_PHOTOS = ("aero1.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketbal
                  "butterfly.jpg", "ela_original.jpg", "fruits.jpg", "graf1.png", "home.jpg", "left.jpg", "leuvenA.jpg",
                  "licenseplate_motion.jpg", "messi5.jpg", "orange.jpg", "pca_test1.jpg", "rubberwhale1.png",
                  "smarties.png", "squirrel_cls.jpg", "starry_night.jpg", "stuff.jpg", "box_in_scene.png")
+# The wallpapers that are photographs, checked by eye (Plasma: wallpaper folder names; Lomiri: file stems). Left
+# out as drawn, rendered or composited: Plasma's Altai, Autumn, Canopee, Cascade, Cluster, Elarun, Flow,
+# FlyingKonqui, Honeywave, IceCold, Kay, Kokkini, MilkyWay, Opal, PastelHills, Patak, SafeLanding, Shell and
+# Volna; Lomiri's Fossa, Infinite-Sea, Painting-Colors, umang and its default background. A wallpaper a newer
+# package adds is left out until it is checked and listed here.
+PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+                 "Kite", "OneStandsOut", "Path", "summer_1am")
+LOMIRI_PHOTOS = ("Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Kleiber_by_Lukas_Baubkus",
+                 "Picture_0B_by_freespace", "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede",
+                 "aitzgorri_by_Aitzol_Berasategi", "analogpattern_by_Peter_Nerlich", "free_by_Peter_Nerlich",
+                 "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich", "life_by_Aitzol_Berasategi",
+                 "picosdeeuropa_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt",
+                 "sunset_by_Aitzol_Berasategi")
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 MIN_WINDOW = 0.4  # smallest crop window, as a fraction of the photo's shorter side
 VAL_PERCENT = 10
@@ -54,7 +69,7 @@ VAL_PERCENT = 10
 @dataclass(frozen=True)
 class Photo:
     id: str  # file-name safe: "<kind>_<name>", unique
-    kind: str  # skimage, plasma, lomiri, ukui, opencv
+    kind: str  # skimage, plasma, lomiri, opencv
     source: str  # a file path, or the skimage.data function name
 
 
@@ -127,13 +142,14 @@ def find_photos(min_side: int) -> list[Photo]:
         files = [f for f in package_files(package)
                  if f.lower().endswith(PHOTO_SUFFIXES) and not excluded(f) and os.path.isfile(f)]
         if package == "plasma-workspace-wallpapers":
-            photos += [Photo(safe_id("plasma", n), "plasma", f) for n, f in plasma_pick(files, min_side).items()]
+            photos += [Photo(safe_id("plasma", n), "plasma", f) for n, f in plasma_pick(files, min_side).items()
+                       if n in PLASMA_PHOTOS]
         elif package == "opencv-doc":
             photos += [Photo(safe_id("opencv", Path(f).stem), "opencv", f) for f in files
                        if "/examples/data/" in f and os.path.basename(f) in OPENCV_PHOTOS]
         else:
-            kind = package.split("-")[0]
-            photos += [Photo(safe_id(kind, Path(f).stem), kind, f) for f in files if "/backgrounds/" in f]
+            photos += [Photo(safe_id("lomiri", Path(f).stem), "lomiri", f) for f in files
+                       if "/backgrounds/" in f and Path(f).stem in LOMIRI_PHOTOS]
     unique: dict[str, Photo] = {}
     seen: set[str] = set()
     for p in photos:  # the same picture shipped by two packages is one source (else it could be in both splits)

@@ -108,3 +108,28 @@ def test_unreadable_photo_is_skipped_and_counted(tmp_path, monkeypatch, capsys):
     assert [s["id"] for s in manifest["skipped"]] == ["lomiri_broken"] and manifest["source_photos"] == 2
     written = sorted(p.name for p in (out / "16").rglob("*.png"))
     assert written == ["skimage_camera-000.png", "skimage_coins-000.png"]  # nothing of the broken photo
+
+
+def test_only_photographed_wallpapers_are_sources(tmp_path, monkeypatch):
+    """Drawn or rendered wallpapers (Plasma's Flow, Lomiri's Fossa) and unknown new ones are not sources."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("photo_sources", REPO / "scripts" / "photo_sources.py")
+    ps = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "photo_sources", ps)  # dataclasses look their module up there
+    spec.loader.exec_module(ps)
+    files = {"plasma-workspace-wallpapers": ["wallpapers/Path/contents/images/2560x1440.jpg",
+                                             "wallpapers/Flow/contents/images/5120x2880.jpg",
+                                             "wallpapers/BrandNew2027/contents/images/3840x2160.jpg"],
+             "lomiri-wallpapers": ["backgrounds/Dragonfly_by_Bolly.jpg", "backgrounds/Fossa_by_Jasper_Roks.jpg",
+                                   "backgrounds/lomiri-default-background.png"],
+             "opencv-doc": ["doc/opencv-doc/examples/data/baboon.jpg", "doc/opencv-doc/examples/data/logo.png"]}
+    paths = {pkg: [str(tmp_path / f) for f in fs] for pkg, fs in files.items()}
+    for i, p in enumerate(p for fs in paths.values() for p in fs):
+        Path(p).parent.mkdir(parents=True, exist_ok=True)
+        Path(p).write_bytes(f"picture {i}".encode())  # distinct bytes: no two files are deduplicated
+    monkeypatch.setattr(ps, "installed", lambda package: package in paths)
+    monkeypatch.setattr(ps, "package_files", lambda package: paths[package])
+    ids = [p.id for p in ps.find_photos(64) if p.kind != "skimage"]
+    assert ids == ["lomiri_Dragonfly_by_Bolly", "opencv_baboon", "plasma_Path"]
+    assert "ukui-wallpapers" not in ps.PACKAGES  # all twelve of its pictures are illustrations
