@@ -26,7 +26,8 @@ _RATE = re.compile(r"^(?P<name>.+)@(?P<rate>[0-9.]+)(?P<unit>[a-zA-Z]+)$")
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The JSON objects of a metrics.jsonl, skipping a torn last line (a run killed mid-write)."""
+    """The JSON objects of a metrics.jsonl, skipping lines that do not parse (a torn last line from a run
+    killed mid-write): a figure is drawn from what is readable."""
     rows = []
     for line in Path(path).read_text().splitlines():
         try:

@@ -147,7 +147,7 @@ def find_photos(min_side: int) -> list[Photo]:
         elif package == "opencv-doc":
             photos += [Photo(safe_id("opencv", Path(f).stem), "opencv", f) for f in files
                        if "/examples/data/" in f and os.path.basename(f) in OPENCV_PHOTOS]
-        else:
+        elif package == "lomiri-wallpapers":
             photos += [Photo(safe_id("lomiri", Path(f).stem), "lomiri", f) for f in files
                        if "/backgrounds/" in f and Path(f).stem in LOMIRI_PHOTOS]
     unique: dict[str, Photo] = {}
