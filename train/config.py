@@ -279,8 +279,12 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     """AdamW's betas."""
     weight_decay: float = 0.0
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "linear", "cosine", "wsd"] = "constant"
+    """`wsd`: warm-up, stable, decay (transformers' `get_wsd_schedule`): constant after the warm-up, then a
+    1-sqrt decay to 0 over the last `decay_fraction` of `max_steps`, the cooldown of Hägele et al. 2024."""
     warmup_steps: int = 0
+    decay_fraction: float = 0.2
+    """`wsd` only: the fraction of `max_steps` the final decay takes."""
     max_grad_norm: float | None = 1.0
     """Clip each phase's gradient norm (null: no clipping)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
@@ -312,9 +316,18 @@ class TrainConfig:
         check(self.disc_lr is None or (math.isfinite(self.disc_lr) and self.disc_lr > 0), "train.disc_lr",
               "a finite number > 0 or null")
         check(self.warmup_steps >= 0, "train.warmup_steps", ">= 0")
+        check(0 < self.decay_fraction <= 1, "train.decay_fraction", "in (0, 1]")
+        if self.lr_schedule == "wsd":
+            check(self.warmup_steps + self.decay_steps <= self.max_steps, "train.warmup_steps",
+                  f"at most max_steps minus the wsd decay ({self.max_steps} - {self.decay_steps})")
         check(self.weight_decay >= 0, "train.weight_decay", ">= 0")
         check(self.ema_decay is None or 0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1) or null")
         check(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm", "> 0 or null")
+
+    @property
+    def decay_steps(self) -> int:
+        """Steps of the `wsd` schedule's final decay (at least 1)."""
+        return max(1, round(self.decay_fraction * self.max_steps))
 
 
 @dataclass

@@ -24,6 +24,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel
+from transformers.optimization import get_wsd_schedule
 
 from tokenizers_ae.pretrained import (
     check_finite,
@@ -124,7 +125,11 @@ class Trainer:
             opt = torch.optim.AdamW(params, lr=ph.lr, betas=ph.betas, weight_decay=ph.weight_decay)
             # diffusers' "constant" ignores num_warmup_steps; a recipe's warm-up must not vanish silently.
             name = "constant_with_warmup" if t.lr_schedule == "constant" and t.warmup_steps else t.lr_schedule
-            sched = get_scheduler(name, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
+            if t.lr_schedule == "wsd":  # not in diffusers' list
+                sched = get_wsd_schedule(opt, num_warmup_steps=t.warmup_steps, num_decay_steps=t.decay_steps,
+                                         num_training_steps=t.max_steps, decay_type="1-sqrt")
+            else:
+                sched = get_scheduler(name, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
             prepared = acc.prepare(ph.module, opt, sched)
             self.models[ph.name], self.optimizers[ph.name], self.schedulers[ph.name] = prepared
         self.ema = None

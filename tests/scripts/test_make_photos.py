@@ -106,6 +106,7 @@ def test_unreadable_photo_is_skipped_and_counted(tmp_path, monkeypatch, capsys):
     assert "1 skipped as unreadable" in captured.out
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["id"] for s in manifest["skipped"]] == ["lomiri_broken"] and manifest["source_photos"] == 2
+    assert manifest["unchecked_wallpapers"] == mp.unchecked_wallpapers()  # this machine's, recorded as found
     written = sorted(p.name for p in (out / "16").rglob("*.png"))
     assert written == ["skimage_camera-000.png", "skimage_coins-000.png"]  # nothing of the broken photo
 
@@ -132,4 +133,6 @@ def test_only_photographed_wallpapers_are_sources(tmp_path, monkeypatch):
     monkeypatch.setattr(ps, "package_files", lambda package: paths[package])
     ids = [p.id for p in ps.find_photos(64) if p.kind != "skimage"]
     assert ids == ["lomiri_Dragonfly_by_Bolly", "opencv_baboon", "plasma_Path"]
+    # the one nobody has looked at is named, so make_photos.py can say it was left out; the known drawn ones are not
+    assert ps.unchecked_wallpapers() == ["plasma-workspace-wallpapers: BrandNew2027"]
     assert "ukui-wallpapers" not in ps.PACKAGES  # all twelve of its pictures are illustrations

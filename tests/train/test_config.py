@@ -51,6 +51,9 @@ def test_semantic_checks():
         config_from_dict({"data": {"resolution": 30}})
     with pytest.raises(ConfigError, match="norm_num_groups"):
         config_from_dict({"model": {"block_out_channels": [30, 64], "norm_num_groups": 32}})
+    # a wsd warm-up that runs into the final decay is refused, naming both numbers
+    with pytest.raises(ConfigError, match=r"train.warmup_steps: .*100 - 20"):
+        config_from_dict({"train": {"lr_schedule": "wsd", "max_steps": 100, "warmup_steps": 90}})
 
 
 def test_codec_dead_code_threshold_must_be_below_the_mean_cluster_size():

@@ -170,3 +170,16 @@ def test_warmup_steps_ramp_every_schedule(tmp_path, tiny_config, schedule):
         trainer.close()
     assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3], rel=1e-6)
     assert lrs[4] == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_wsd_schedule_holds_then_cools_down_to_zero(tmp_path, tiny_config):
+    """Warm-up 2, stable, then a 1-sqrt decay over the last 40% of 10 steps, ending at 0."""
+    cfg = tiny_config(tmp_path, "train.lr_schedule=wsd", "train.warmup_steps=2", "train.decay_fraction=0.4",
+                      "train.max_steps=10", "train.lr=1e-3")
+    trainer = Trainer(cfg)
+    try:
+        lrs = [trainer.step(trainer.next_micro_batches())["lr"] for _ in range(10)]
+    finally:
+        trainer.close()
+    want = [0.5, 1, 1, 1, 1, 1, 1 - 0.25**0.5, 1 - 0.5**0.5, 1 - 0.75**0.5, 0]
+    assert lrs == pytest.approx([1e-3 * w for w in want], abs=1e-9)
