@@ -64,6 +64,9 @@ LOMIRI_PHOTOS = ("Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Kleiber_by
                  "sunset_by_Aitzol_Berasategi")
 LOMIRI_DRAWN = ("Fossa_by_Jasper_Roks", "Infinite-Sea_by_Aury88", "Painting-Colors_by__herobrine7gamer",
                 "umang_by_Abhishek_Mudgal", "lomiri-default-background", "warty-final-ubuntu")
+# Per wallpaper package: the id prefix of its photos, the photographs, and the pictures checked and left out.
+WALLPAPERS = {"plasma-workspace-wallpapers": ("plasma", PLASMA_PHOTOS, PLASMA_DRAWN),
+              "lomiri-wallpapers": ("lomiri", LOMIRI_PHOTOS, LOMIRI_DRAWN)}
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 MIN_WINDOW = 0.4  # smallest crop window, as a fraction of the photo's shorter side
 VAL_PERCENT = 10
@@ -149,10 +152,8 @@ def _wallpapers(package: str, files: list[str], min_side: int) -> dict[str, str]
 def unchecked_wallpapers() -> list[str]:
     """The installed wallpapers that neither the photo lists nor the drawn lists name ("package: name"): a newer
     package's additions, left out of the corpus until someone looks at them."""
-    checked = {"plasma-workspace-wallpapers": {*PLASMA_PHOTOS, *PLASMA_DRAWN},
-               "lomiri-wallpapers": {*LOMIRI_PHOTOS, *LOMIRI_DRAWN}}
-    return [f"{package}: {name}" for package, known in checked.items() if installed(package)
-            for name in sorted(_wallpapers(package, _wallpaper_files(package), 0)) if name not in known]
+    return [f"{package}: {name}" for package, (_, photos, drawn) in WALLPAPERS.items() if installed(package)
+            for name in sorted(_wallpapers(package, _wallpaper_files(package), 0)) if name not in {*photos, *drawn}]
 
 
 def find_photos(min_side: int) -> list[Photo]:
@@ -164,12 +165,10 @@ def find_photos(min_side: int) -> list[Photo]:
         if not installed(package):
             continue
         files = _wallpaper_files(package)
-        if package == "plasma-workspace-wallpapers":
-            picked = _wallpapers(package, files, min_side)
-            photos += [Photo(safe_id("plasma", n), "plasma", f) for n, f in picked.items() if n in PLASMA_PHOTOS]
-        elif package == "lomiri-wallpapers":
-            picked = _wallpapers(package, files, min_side)
-            photos += [Photo(safe_id("lomiri", n), "lomiri", f) for n, f in picked.items() if n in LOMIRI_PHOTOS]
+        if package in WALLPAPERS:
+            kind, listed, _ = WALLPAPERS[package]
+            photos += [Photo(safe_id(kind, n), kind, f) for n, f in _wallpapers(package, files, min_side).items()
+                       if n in listed]
         elif package == "opencv-doc":
             photos += [Photo(safe_id("opencv", Path(f).stem), "opencv", f) for f in files
                        if "/examples/data/" in f and os.path.basename(f) in OPENCV_PHOTOS]
