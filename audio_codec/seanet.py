@@ -85,6 +85,16 @@ def _onednn_packing_available() -> bool:
         return False
 
 
+@functools.cache
+def _onednn_bf16_available() -> bool:
+    """oneDNN's bf16 linear needs AVX512-BW/VL/DQ or AVX-NE-CONVERT; on an AVX2-only CPU its packing raises,
+    so bf16 there goes through `F.linear` (which torch emulates)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _packed_weight(owner: nn.Module, name: str, weight: Tensor, dtype: torch.dtype) -> Tensor | None:
     """oneDNN's packed copy of `weight` (N, K) in `dtype` (float32 or bfloat16), cached per
     (owner, name, dtype) until the weight changes, or None where packing does not apply: autograd,
@@ -92,6 +102,7 @@ def _packed_weight(owner: nn.Module, name: str, weight: Tensor, dtype: torch.dty
     tensors, other dtypes."""
     if (torch.is_grad_enabled() or weight.device.type != "cpu" or weight.dtype != torch.float32
             or dtype not in (torch.float32, torch.bfloat16) or not _onednn_packing_available()
+            or (dtype == torch.bfloat16 and not _onednn_bf16_available())
             or weight.is_inference()  # made under inference_mode: no version counter to see edits by
             or any(parametrize.is_parametrized(m) for m in owner.modules())):
         return None

@@ -185,6 +185,19 @@ class ImageBackbone:
         """Downsampling factor, pixels per latent position along a side."""
         return 2 ** (len(self.block_out_channels) - 1)
 
+    def instance_norm_warning(self) -> str | None:
+        """Why `norm_num_groups` is a poor choice here, or None. A group of one channel is instance norm: the
+        decoder's last norm then sets each channel's mean over the image to zero, so a flat or smooth image's
+        colour and brightness cannot pass through it exactly. Legal, so a warning and not an error."""
+        narrow = min(self.block_out_channels)
+        if narrow // self.norm_num_groups > 1:
+            return None
+        fit = next((g for g in (32, 16, 8, 4, 2) if narrow % g == 0 and narrow // g >= 4), 1)
+        return (f"model.norm_num_groups={self.norm_num_groups} gives the {narrow}-channel level one channel per "
+                f"group (instance norm), which erases each image's colour mean before the output; "
+                f"model.norm_num_groups={fit} keeps 4 or more channels per group, as Stable Diffusion's VAE does "
+                f"(held-out PSNR 27.2 -> 28.8 dB, configs/photo-kl-f4-64.yaml)")
+
 
 # --- shared loss parts ----------------------------------------------------------------------------------
 

@@ -69,7 +69,10 @@ def train(cfg: Config) -> Trainer:
             logs = trainer.step(batches)
             step = trainer.step_idx  # steps completed
             window_images += t.batch_size
-            bar.update(1)
+            if step < t.max_steps:
+                bar.update(1)
+            else:  # close() draws the final line; update() would draw it too when a refresh is due (slow steps)
+                bar.n = step
             if step % t.log_every == 0 or step == t.max_steps:
                 dt = time.perf_counter() - window_start
                 logs["images_per_s"] = window_images / max(dt, 1e-9)

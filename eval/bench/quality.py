@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from diffusers import AutoencoderKL, VQModel
 from torch.utils.data import DataLoader
 
 from eval.baselines import PatchPCA
+from eval.bench.machine import cpu_name
 from eval.bench.reference_taming import LPIPSWithDiscriminator, ReferenceTrainer
 from eval.bench.reference_vqgan import TAMING_VQGAN, VQLPIPSWithDiscriminator, VQReferenceTrainer, vqgan_forward
 from eval.image import reconstruction_metrics
@@ -267,7 +267,7 @@ def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_
                     "block_out_channels": list(cfg.model.block_out_channels), "batch_size": cfg.train.batch_size,
                     "budget_s": budget_s, "aetk_precision": precision, "aetk_lr": cfg.train.lr,
                     "reference_lr": _reference_base_lr(cfg) * cfg.train.batch_size, "threads": torch.get_num_threads(),
-                    "cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+                    "cpu": cpu_name(), "torch": torch.__version__},
         "pca": {k: float(pca_m[k]) for k in METRICS},
         "curves": curves,
     }
@@ -293,6 +293,7 @@ def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_
             for name in ("aetk", "reference"):
                 result["labels"][name] += f", {curves[name][-1]['usage']:.0%} of codes used"
         result["title"] = (f"{d.path} at {d.resolution} px, held-out {x_val.shape[0]} crops, "
-                           f"{budget_s / 60:g} min each on {torch.get_num_threads()} threads")
+                           f"{budget_s / 60:g} min each on {torch.get_num_threads()} threads of "
+                           f"{result['setting']['cpu']}")
         result["figure"] = str(plot(result, out / "quality.png"))
     return result

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from eval.bench.machine import cpu_name
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,7 +116,7 @@ def bench_quantizer(*, codebook_size: int = 16384, dim: int = 8, n_vectors: int 
 
     cfg = {"codebook_size": codebook_size, "dim": dim, "n_vectors": n_vectors, "steps": steps, "threads": threads}
     out: dict = {"config": cfg, "torch": torch.__version__, "threads": threads or torch.get_num_threads(),
-                 "machine": platform.processor() or platform.machine()}
+                 "machine": cpu_name()}
     out["aetk"] = _run(impl="aetk", **cfg)
     if reference:
         ref = out["reference"] = _run(impl="reference", **cfg)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import platform
 import tempfile
 import time
 
 import torch
 
+from eval.bench.machine import cpu_name
 from eval.bench.reference_taming import LPIPSWithDiscriminator, ReferenceTrainer, reference_gradients
 from train.config import Config
 from train.families import family
@@ -121,7 +121,7 @@ def bench_train_step(cfg: Config, *, steps: int = 10, warmup: int = 2, reference
                         "block_out_channels": cfg.model.block_out_channels,
                         "layers_per_block": cfg.model.layers_per_block, "disc_start": cfg.loss.disc_start,
                         "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
-                        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+                        "cpu": cpu_name(), "torch": torch.__version__},
             "aetk_images_per_s": {},
         }
         batches = None

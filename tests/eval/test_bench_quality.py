@@ -10,6 +10,7 @@ from helpers import run_cli
 from PIL import Image
 from skimage import data as skdata
 
+from eval.bench.machine import cpu_name
 from eval.bench.quality import LDM_BASE_LR, _codebook_size, _race, bench_quality, reference_for, time_to_reach
 
 
@@ -76,6 +77,7 @@ def test_bench_quality_races_both_loops_fairly(tmp_path, tiny_config, photo_fold
     assert aetk[-1]["psnr"] > aetk[0]["psnr"] + 1.0
     assert res["setting"]["reference_lr"] == pytest.approx(LDM_BASE_LR * cfg.train.batch_size)
     assert res["setting"]["val_n"] == 12 and res["setting"]["factor"] == 2
+    assert res["setting"]["cpu"] == cpu_name() and cpu_name() in res["title"]  # wall-clock figures name their CPU
     t = res["targets"]
     assert t["reference_final_psnr"] == ref[-1]["psnr"]
     assert t["half_the_time"] == (t["time_ratio"] is not None and t["time_ratio"] <= 0.5)

@@ -76,6 +76,8 @@ def build_model(cfg: Config):
             mid_block_attention=m.mid_block_attention, sample_size=cfg.data.resolution)
 
     if not m.init_from:
+        if not m.preset and (why := m.instance_norm_warning()):
+            logging.getLogger("aetk.train").warning(why)
         return KLVAE(recipe_model(), sample_posterior=m.sample_posterior)
     path = Path(m.init_from)
     if path.is_file() and path.suffix == ".safetensors":

@@ -8,6 +8,7 @@ Hooks import their parts when called (see `train/families/base.py`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -55,6 +56,8 @@ def build_model(cfg: Config):
     from tokenizers_ae.models.vq_vae import VQVAE, build_vq_backbone
 
     m: VQVAEModel = cfg.model
+    if why := m.instance_norm_warning():
+        logging.getLogger("aetk.train").warning(why)
     backbone = build_vq_backbone(
         in_channels=m.in_channels, block_out_channels=m.block_out_channels, layers_per_block=m.layers_per_block,
         latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups,

@@ -2,11 +2,15 @@
 and explains why FSQ/LFQ cannot be a VQModel."""
 
 import json
+import logging
 
 import pytest
 import torch
 from diffusers import VQModel
+from helpers import tiny_overrides
 
+from train.families import vq_vae
+from train.recipe import config_from_dict
 from train.run import train
 
 VQ = ["model.kind=vq_vae", "model.latent_channels=4", "model.quantizer.codebook_size=64",
@@ -17,10 +21,6 @@ VQ = ["model.kind=vq_vae", "model.latent_channels=4", "model.quantizer.codebook_
 
 @pytest.fixture(scope="module")
 def vq_run(tmp_path_factory):
-    from helpers import tiny_overrides
-
-    from train.recipe import config_from_dict
-
     out = tmp_path_factory.mktemp("vq")
     trainer = train(config_from_dict({}, tiny_overrides(out / "run", *VQ)))
     yield out, trainer
@@ -131,3 +131,17 @@ def test_export_cli_for_vq_and_fsq(vq_run, tmp_path, tiny_config):
     back = VQVAE.from_pretrained(tmp_path / "fsq")
     with torch.no_grad():
         torch.testing.assert_close(back(x).recon, fsq(x).recon)
+
+
+def test_one_channel_per_norm_group_is_warned_when_the_vq_backbone_is_built(tmp_path, caplog):
+    def build(groups: int) -> str:
+        caplog.clear()
+        cfg = config_from_dict({}, tiny_overrides(tmp_path / "run", *VQ, "model.block_out_channels=[16,32]",
+                                                  f"model.norm_num_groups={groups}"))
+        with caplog.at_level(logging.WARNING, logger="aetk.train"):
+            vq_vae.build_model(cfg)
+        return caplog.text
+
+    assert "model.norm_num_groups=16 gives the 16-channel level one channel per group" in build(16)
+    assert "model.norm_num_groups=4 keeps 4 or more" in build(16)
+    assert "norm_num_groups" not in build(4)
