@@ -43,10 +43,19 @@ def _one_line(e: BaseException) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _setup_logging() -> None:
+    """INFO and up from the first process; under torchrun or `accelerate launch` the others log errors only,
+    marked with their rank, so a 2-process run prints each line once, as a 1-process run does."""
+    rank = int(os.environ.get("RANK", "0") or 0)
+    prefix = f"[rank {rank}] " if rank else ""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.ERROR,
+                        format=f"{prefix}%(levelname)s %(name)s: %(message)s")
     for noisy in ("accelerate", "diffusers", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.WARNING if rank == 0 else logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `aetk train CONFIG --flag X key=value`: argparse stops filling `overrides` at the first option, so
