@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import piq
@@ -14,7 +13,7 @@ from torchmetrics.functional.image import (
 )
 from torchvision.utils import make_grid, save_image
 
-MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
+from tokenizers_ae.losses.perceptual import ms_ssim_betas
 
 WEIGHT_FREE = {
     # name: (piq function, smallest image side piq accepts, what it measures)
@@ -58,12 +57,10 @@ def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, lpips=None) -> 
         "ssim": float(structural_similarity_index_measure(a, b, data_range=1.0)),
     }
     # MS-SSIM needs side > 10 * 2^(scales-1): small images get fewer scales (renormalised weights).
-    scales = max(1, min(5, int(math.log2(min(a.shape[-2:]) / 10)) + 1))
-    if scales >= 2:
-        betas = MS_SSIM_BETAS[:scales]
-        betas = tuple(bt / sum(betas) for bt in betas)
+    betas = ms_ssim_betas(min(a.shape[-2:]))
+    if betas:
         out["ms_ssim"] = float(multiscale_structural_similarity_index_measure(a, b, data_range=1.0, betas=betas))
-        out["ms_ssim_scales"] = scales
+        out["ms_ssim_scales"] = len(betas)
     side = min(a.shape[-2:])
     finite = bool(torch.isfinite(a).all())  # piq asserts on NaN: a diverged model's metrics are NaN, not a crash
     for name, (fn, smallest, _) in WEIGHT_FREE.items():

@@ -14,7 +14,7 @@ if ! command -v nvidia-smi >/dev/null && ! grep -qE 'amx_bf16|avx512_bf16' /proc
 fi
 if [[ -d $photos/train && -d $photos/val ]]; then
   echo "quickstart: training on the photo corpus in $photos"
-  # 800 steps of the photo recipe: about 5 minutes on 2 AVX-512 CPU cores, 8 on 2 AVX2 ones.
+  # 800 steps of the photo recipe: about 5 minutes on 2 AVX-512 CPU cores, 9 on 2 AVX2 ones.
   .venv/bin/aetk train configs/photo-kl-f4-64.yaml output_dir=runs/quickstart train.max_steps=800 \
     train.checkpoint_every=400 "${precision[@]}" "$@"
   eval_args=(--data "$photos/val" --fit-data "$photos/train" --resolution 64)

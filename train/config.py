@@ -252,11 +252,12 @@ class ImageGANLoss(GANLoss):
     rec_loss: Literal["l1", "l2"] = "l1"
     """Pixel reconstruction loss, mean over values."""
     perceptual_weight: float = 1.0
-    """Weight of LPIPS (0 disables it and skips the network)."""
-    perceptual_backbone: Literal["vgg", "random", "haarpsi"] = "vgg"
+    """Weight of the perceptual term, LPIPS or the distance `perceptual_backbone` names (0 disables it)."""
+    perceptual_backbone: Literal["vgg", "random", "haarpsi", "ms_ssim"] = "vgg"
     """`vgg`: LPIPS with ImageNet VGG16 weights from `perceptual_weights` or torchvision's cache;
     `random`: an untrained backbone (tests, smoke runs: the loss then means little); `haarpsi`: no
-    network, 1 - HaarPSI (piq), a weight-free perceptual term (images of at least 16 pixels)."""
+    network, 1 - HaarPSI (piq), a weight-free perceptual term (images of at least 16 pixels);
+    `ms_ssim`: no network, 1 - MS-SSIM with the scales `aetk eval` uses (images of at least 20 pixels)."""
     perceptual_weights: str | None = None
     """Path to torchvision's `vgg16-397923af.pth` (or any VGG16 state dict) for `vgg`."""
     learn_logvar: bool = False
@@ -370,6 +371,12 @@ class Config:
             raise ConfigError("train.trainable=encoder with a GAN: the adaptive weight reads the gradient at the "
                               "decoder's last layer, which is frozen; set loss.adaptive_weight=false or "
                               "loss.disc_start >= train.max_steps")
+        backbone = getattr(self.loss, "perceptual_backbone", None)
+        need = {"haarpsi": 16, "ms_ssim": 20}.get(backbone, 0)  # the smallest image side each distance accepts
+        side = getattr(self.data, "resolution", None)
+        if need and getattr(self.loss, "perceptual_weight", 0) > 0 and side is not None and side < need:
+            raise ConfigError(f"loss.perceptual_backbone={backbone} needs images of at least {need} pixels, but "
+                              f"data.resolution is {side}; raise data.resolution or set loss.perceptual_weight=0")
 
     @property
     def kind(self) -> str:

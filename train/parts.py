@@ -12,7 +12,7 @@ from torch import nn
 from eval.image import reconstruction_metrics, save_reconstruction_grid
 from eval.report import Rate, evaluate_on_data
 from tokenizers_ae.discriminators.patchgan import NLayerDiscriminator
-from tokenizers_ae.losses.perceptual import LPIPS, HaarPSIDistance
+from tokenizers_ae.losses.perceptual import LPIPS, HaarPSIDistance, MSSSIMDistance
 from tokenizers_ae.losses.reconstruction import ReconstructionLoss
 from train.config import Config, ConfigError, GANLoss, ImageGANLoss
 from train.families.base import EvalContext, ReportRequest
@@ -41,6 +41,8 @@ def image_losses(cfg: Config) -> tuple[ReconstructionLoss, NLayerDiscriminator]:
     perceptual = None
     if loss.perceptual_weight > 0 and loss.perceptual_backbone == "haarpsi":
         perceptual = HaarPSIDistance()
+    elif loss.perceptual_weight > 0 and loss.perceptual_backbone == "ms_ssim":
+        perceptual = MSSSIMDistance()
     elif loss.perceptual_weight > 0:
         try:
             perceptual = LPIPS(backbone=loss.perceptual_backbone, weights_path=loss.perceptual_weights)

@@ -1,8 +1,10 @@
 """`aetk bench quality`: held-out quality per second of training, aetk's recipe against the common
 practice, on the same photos, the same architecture and the same wall-clock budget.
 
-- aetk: `Trainer.step` (the code path of `aetk train`) on the recipe, evaluated with its EMA weights;
-  it stops early at the recipe's `train.max_steps` (the end of its learning-rate schedule).
+- aetk: `Trainer.step` (the code path of `aetk train`) on the recipe, evaluated with its EMA weights.
+  A constant learning rate runs until the budget ends. A decaying one (wsd, cosine, linear) is fitted to
+  the budget first: a short timed probe sets `train.max_steps` so that the decay ends with the budget, on
+  whatever CPU runs the race (`fit_schedule`); the probe's weights are thrown away.
 - reference: the latent-diffusion loop shipped in `eval/bench/reference_taming.py` (diffusers
   `AutoencoderKL` + `LPIPSWithDiscriminator`, two Adam optimizers, fp32) with latent-diffusion's kl-f4
   hyper-parameters: lr 4.5e-6 x batch size (its `scale_lr`), betas (0.5, 0.9), LPIPS weight 1,
@@ -24,6 +26,7 @@ concurrent job on the same cores changes the wall-clock, which is what is measur
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import tempfile
@@ -41,7 +44,8 @@ from eval.bench.reference_taming import LPIPSWithDiscriminator, ReferenceTrainer
 from eval.bench.reference_vqgan import TAMING_VQGAN, VQLPIPSWithDiscriminator, VQReferenceTrainer, vqgan_forward
 from eval.image import reconstruction_metrics
 from tokenizers_ae.data.sources import build_image_dataset
-from train.config import Config
+from tokenizers_ae.files import atomic_write
+from train.config import Config, ConfigError
 from train.families import family
 from train.loop import Trainer, cpu_has_fast_bf16
 
@@ -105,6 +109,45 @@ def _race(step: Callable[[], int], evaluate: Callable[[], dict], budget_s: float
             while nxt <= clock:
                 nxt += budget_s / evals
     return points
+
+
+PROBE_STEPS = 24
+"""Steps timed to fit a decaying learning-rate schedule to the budget (after 3 untimed ones, which pay
+one-off costs: weight packing, data-loader start-up)."""
+FIT_MARGIN = 0.97
+"""The fitted schedule ends at this fraction of the budget: step times jitter by a percent or two, and a
+decay cut off by the clock would leave the rate high at the final evaluation."""
+
+
+def fit_schedule(cfg: Config, budget_s: float, probe_steps: int = PROBE_STEPS) -> tuple[Config, dict | None]:
+    """A recipe whose learning rate decays (wsd, cosine, linear) is raced with its decay ending as the
+    budget does, on whatever CPU runs it: time `probe_steps` steps of a throwaway trainer (its weights are
+    discarded: the race starts from step 0) and set `train.max_steps` to FIT_MARGIN x budget / seconds
+    per step. Returns (the recipe to race, {"s_per_step", "max_steps"}); a constant schedule comes back
+    unchanged with None."""
+    t = cfg.train
+    if t.lr_schedule == "constant":
+        return cfg, None
+    trainer = Trainer(cfg)
+    try:
+        for _ in range(3):
+            trainer.step(trainer.next_micro_batches())
+        start = time.perf_counter()
+        for _ in range(probe_steps):
+            trainer.step(trainer.next_micro_batches())
+        s_per_step = (time.perf_counter() - start) / probe_steps
+    finally:
+        trainer.close()
+    steps = int(FIT_MARGIN * budget_s / s_per_step)
+    try:
+        fitted = dataclasses.replace(t, max_steps=steps)
+    except ConfigError as e:  # e.g. a wsd warm-up that would run into the decay
+        raise ValueError(f"a {budget_s:g} s budget fits only {steps} steps at {s_per_step:.3f} s a step, too few for "
+                         f"the recipe's {t.lr_schedule} schedule ({e}); give more minutes") from None
+    log.info("fitting the %s schedule to the budget: %.3f s a step over %d probe steps, so train.max_steps=%d",
+             t.lr_schedule, s_per_step, probe_steps, steps)
+    return dataclasses.replace(cfg, train=fitted), {
+        "s_per_step": s_per_step, "max_steps": steps}
 
 
 def _aetk_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -> list[dict]:
@@ -256,18 +299,24 @@ def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_
         run = dataclasses.replace(cfg, output_dir=tmp, resume="never", train=dataclasses.replace(
             cfg.train, mixed_precision=precision, progress=False, eval_every=10**9,
             checkpoint_every=10**9))
-        curves = {}
+        curves, fitted = {}, None
+        partial = out / "quality.partial.json"  # a finished side survives an interrupted race
         if "aetk" in only:
+            run, fitted = fit_schedule(run, budget_s)
             curves["aetk"] = _aetk_curve(run, x_val, budget_s, evals)
+            atomic_write(partial, lambda p: p.write_text(json.dumps({"pca": pca_m, "schedule_fitted": fitted,
+                                                                     "curves": curves}, indent=1)))
         if "reference" in only:
             curves["reference"] = _reference_curve(run, x_val, budget_s, evals)
+        partial.unlink(missing_ok=True)
     result = {
         "setting": {"data": d.path, "val": d.val_path, "val_n": int(x_val.shape[0]), "fit_n": int(fit.shape[0]),
                     "resolution": d.resolution, "factor": factor, "latent_channels": cfg.model.latent_channels,
                     "block_out_channels": list(cfg.model.block_out_channels), "batch_size": cfg.train.batch_size,
                     "budget_s": budget_s, "aetk_precision": precision, "aetk_lr": cfg.train.lr,
                     "reference_lr": _reference_base_lr(cfg) * cfg.train.batch_size, "threads": torch.get_num_threads(),
-                    "cpu": cpu_name(), "torch": torch.__version__},
+                    "cpu": cpu_name(), "torch": torch.__version__, "aetk_lr_schedule": cfg.train.lr_schedule,
+                    "aetk_schedule_fitted": fitted},
         "pca": {k: float(pca_m[k]) for k in METRICS},
         "curves": curves,
     }

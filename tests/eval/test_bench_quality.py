@@ -1,6 +1,7 @@
 """`aetk bench quality`: a fair race (same initial weights, same held-out scoring, the clock paused for
 evaluations) between aetk's trainer and latent-diffusion's loop, with patch PCA as the floor."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -180,3 +181,45 @@ def test_bench_quality_races_a_vq_recipe_and_reports_codebook_usage(tmp_path, ti
     assert "taming VQGAN" in res["labels"]["reference"] and "codes used" in res["labels"]["aetk"]
     assert res["setting"]["reference_lr"] == pytest.approx(4.5e-6 * cfg.train.batch_size)
     assert (tmp_path / "out" / "quality.png").stat().st_size > 10_000
+
+
+def test_a_decaying_schedule_is_fitted_to_the_budget(tmp_path, tiny_config, photo_folders):
+    """A wsd recipe's decay ends as the budget does, whatever the CPU's speed: the race stops at the fitted
+    last step, just inside the budget, not at the recipe's 100,000 steps after the clock ran out."""
+    cfg = tiny_config(tmp_path / "run", f"data.path={photo_folders / 'train'}",
+                      f"data.val_path={photo_folders / 'val'}", "data.resolution=32", "train.lr=2e-3",
+                      "train.mixed_precision=no", "train.max_steps=100000", "train.lr_schedule=wsd",
+                      "train.warmup_steps=2")
+    res = bench_quality(cfg, budget_s=6.0, evals=2, val_n=12, fit_n=30, out_dir=tmp_path / "out", only=("aetk",))
+    fitted, aetk = res["setting"]["aetk_schedule_fitted"], res["curves"]["aetk"]
+    assert res["setting"]["aetk_lr_schedule"] == "wsd"
+    assert fitted["max_steps"] == int(0.97 * 6.0 / fitted["s_per_step"]) < 100000
+    # The race ran (nearly) the whole decay: it stops at the fitted step or, when these tiny steps' times
+    # jitter by more than the 3% margin, at the budget a few steps short (the recipe's 0.6 s steps do not).
+    assert aetk[-1]["step"] == fitted["max_steps"] or aetk[-1]["train_s"] >= 6.0
+    assert aetk[-1]["step"] >= 0.85 * fitted["max_steps"]
+    assert not (tmp_path / "out" / "quality.partial.json").exists()  # a finished race leaves no partial file
+    # A budget too short for the warm-up and the decay is refused before the race, naming both.
+    with pytest.raises(ValueError, match="budget fits only .* steps .* too few for the recipe's wsd schedule"):
+        bench_quality(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, warmup_steps=10**6 // 2,
+                                                                          max_steps=10**6)),
+                      budget_s=1.0, evals=1, val_n=12, fit_n=30, out_dir=tmp_path / "out2", only=("aetk",))
+
+
+def test_an_interrupted_race_keeps_the_finished_side(tmp_path, tiny_config, photo_folders, monkeypatch):
+    import json
+
+    from eval.bench import quality
+
+    cfg = tiny_config(tmp_path / "run", f"data.path={photo_folders / 'train'}",
+                      f"data.val_path={photo_folders / 'val'}", "data.resolution=32", "train.mixed_precision=no")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C half-way through the reference's side
+
+    monkeypatch.setattr(quality, "_reference_curve", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench_quality(cfg, budget_s=2.0, evals=1, val_n=12, fit_n=30, out_dir=tmp_path / "out")
+    kept = json.loads((tmp_path / "out" / "quality.partial.json").read_text())
+    assert list(kept["curves"]) == ["aetk"] and kept["curves"]["aetk"][-1]["step"] == cfg.train.max_steps
+    assert kept["pca"]["psnr"] > 0

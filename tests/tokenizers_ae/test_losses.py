@@ -136,3 +136,28 @@ def test_temporal_reconstruction_penalises_flicker_not_a_steady_error():
     loss(r, x)[0].backward()
     assert r.grad is not None and torch.isfinite(r.grad).all()
 
+
+
+def test_ms_ssim_distance_is_the_reported_metric_and_trains():
+    from eval.image import reconstruction_metrics
+    from tokenizers_ae.losses.perceptual import MSSSIMDistance, ms_ssim_betas
+    from tokenizers_ae.losses.reconstruction import ReconstructionLoss
+
+    assert len(ms_ssim_betas(64)) == 3 and len(ms_ssim_betas(256)) == 5 and ms_ssim_betas(16) == ()
+    assert abs(sum(ms_ssim_betas(64)) - 1) < 1e-9
+    torch.manual_seed(0)
+    # A smooth image (random fields are uncorrelated noise, whose MS-SSIM the relu clamp zeroes).
+    x = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8), size=64, mode="bicubic").clamp(0, 1) * 2 - 1
+    d = MSSSIMDistance()
+    assert list(d.parameters()) == []
+    assert d(x, x).abs().max() < 1e-5
+    slight, heavy = (x + 0.05 * torch.randn_like(x)).clamp(-1, 1), (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    assert (d(slight, x) < d(heavy, x)).all()
+    # The loss is 1 - the MS-SSIM `aetk eval` reports (same scales, same weights).
+    assert abs(float(1 - d(heavy, x).mean()) - reconstruction_metrics(x, heavy)["ms_ssim"]) < 1e-5
+    y = heavy.clone().requires_grad_(True)
+    nll, logs = ReconstructionLoss(kind="l2", perceptual=d, perceptual_weight=0.5)(y, x)
+    nll.backward()
+    assert y.grad.abs().sum() > 0 and "rec/ms_ssim" in logs and "rec/lpips" not in logs
+    with pytest.raises(ValueError, match="at least 20x20"):
+        d(x[..., :16, :16], x[..., :16, :16])

@@ -54,6 +54,12 @@ def test_semantic_checks():
     # a wsd warm-up that runs into the final decay is refused, naming both numbers
     with pytest.raises(ConfigError, match=r"train.warmup_steps: .*100 - 20"):
         config_from_dict({"train": {"lr_schedule": "wsd", "max_steps": 100, "warmup_steps": 90}})
+    # a weight-free distance on images smaller than it accepts is refused at load, not mid-step
+    with pytest.raises(ConfigError, match="ms_ssim needs images of at least 20 pixels, but data.resolution is 16"):
+        config_from_dict({"data": {"resolution": 16}, "model": {"block_out_channels": [32, 64]},
+                          "loss": {"perceptual_backbone": "ms_ssim", "perceptual_weight": 0.1}})
+    config_from_dict({"data": {"resolution": 16}, "model": {"block_out_channels": [32, 64]},
+                      "loss": {"perceptual_backbone": "ms_ssim", "perceptual_weight": 0.0}})
 
 
 def test_codec_dead_code_threshold_must_be_below_the_mean_cluster_size():

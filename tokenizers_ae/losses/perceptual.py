@@ -1,4 +1,5 @@
-"""LPIPS perceptual distance (Zhang et al. 2018) through the `lpips` package, with offline weights.
+"""LPIPS perceptual distance (Zhang et al. 2018) through the `lpips` package, with offline weights; and the
+weight-free distances 1 - HaarPSI and 1 - MS-SSIM.
 
 The package ships its learned linear heads; the VGG16 backbone is ImageNet-trained and must come
 from a local file (no downloads here). `backbone="random"` builds an untrained VGG for tests and
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import warnings
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import lpips
 import torch
 from torch import nn
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's file name for IMAGENET1K_V1
 
@@ -108,3 +111,40 @@ class HaarPSIDistance(nn.Module):
             raise ValueError(f"HaarPSI needs images of at least 16x16 pixels, got {tuple(x.shape[-2:])}")
         unit = lambda t: ((t.float() + 1) / 2).clamp(0, 1)  # noqa: E731
         return 1 - piq.haarpsi(unit(x), unit(target).detach(), reduction="none", data_range=1.0)
+
+
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+"""Wang et al. 2003's weights of the five MS-SSIM scales, finest first."""
+
+
+def ms_ssim_betas(side: int) -> tuple[float, ...]:
+    """The MS-SSIM scale weights an image of `side` pixels allows, renormalised to sum to 1: each scale
+    halves the image and the 11-tap Gaussian window needs side > 10 * 2^(scales-1) (64 px: 3 scales).
+    Empty below 20 pixels (one scale is plain SSIM). Shared by the loss and `aetk eval`, so that
+    training optimises the number that is reported."""
+    scales = max(1, min(5, int(math.log2(side / 10)) + 1)) if side >= 10 else 1
+    if scales < 2:
+        return ()
+    betas = MS_SSIM_BETAS[:scales]
+    return tuple(b / sum(betas) for b in betas)
+
+
+class MSSSIMDistance(nn.Module):
+    """1 - MS-SSIM (Wang et al. 2003; torchmetrics' implementation, scales as `ms_ssim_betas`) per
+    image: the structural term of Zhao et al. 2017's "mix" loss, with no learned weights. Pixel L2
+    alone reaches a good PSNR but leaves MS-SSIM behind patch PCA on photos. forward(x, target) ->
+    (B,) in [0, 1]; inputs (B, C, H, W) in [-1, 1], sides of at least 20 pixels."""
+
+    pretrained = False
+    """Not LPIPS: the trainer's validation does not report it as `lpips`."""
+    log_name = "ms_ssim"
+    """The training log's key: `rec/ms_ssim` (1 - MS-SSIM)."""
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        betas = ms_ssim_betas(min(x.shape[-2:]))
+        if not betas:
+            raise ValueError(f"MS-SSIM needs images of at least 20x20 pixels, got {tuple(x.shape[-2:])}")
+        unit = lambda t: ((t.float() + 1) / 2).clamp(0, 1)  # noqa: E731
+        # "relu" clamps a negative contrast-structure term to 0 instead of raising it to a fractional power (NaN).
+        return 1 - multiscale_structural_similarity_index_measure(
+            unit(x), unit(target).detach(), data_range=1.0, betas=betas, reduction="none", normalize="relu")
