@@ -372,11 +372,17 @@ class Config:
                               "decoder's last layer, which is frozen; set loss.adaptive_weight=false or "
                               "loss.disc_start >= train.max_steps")
         backbone = getattr(self.loss, "perceptual_backbone", None)
-        need = {"haarpsi": 16, "ms_ssim": 20}.get(backbone, 0)  # the smallest image side each distance accepts
         side = getattr(self.data, "resolution", None)
-        if need and getattr(self.loss, "perceptual_weight", 0) > 0 and side is not None and side < need:
-            raise ConfigError(f"loss.perceptual_backbone={backbone} needs images of at least {need} pixels, but "
-                              f"data.resolution is {side}; raise data.resolution or set loss.perceptual_weight=0")
+        if backbone in ("haarpsi", "ms_ssim") and getattr(self.loss, "perceptual_weight", 0) > 0 and side:
+            # Here, not at the top: the loss module pulls in lpips and torchmetrics, which loading a config needs
+            # only for these two terms.
+            from tokenizers_ae.losses.perceptual import HaarPSIDistance, MSSSIMDistance
+
+            need = (HaarPSIDistance if backbone == "haarpsi" else MSSSIMDistance).min_side
+            if side < need:
+                raise ConfigError(f"loss.perceptual_backbone={backbone} needs images of at least {need} pixels, "
+                                  f"but data.resolution is {side}; raise data.resolution or set "
+                                  "loss.perceptual_weight=0")
 
     @property
     def kind(self) -> str:

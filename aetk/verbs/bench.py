@@ -145,7 +145,10 @@ def add(sub, name: str) -> None:
                                     "recipe against taming's VQGAN loop (eval/bench/reference_vqgan.py), on the "
                                     "same data, architecture, initial weights and wall-clock budget; evaluates "
                                     "both on the recipe's data.val_path as training goes (the clock stops "
-                                    "meanwhile) and writes quality.png and quality.json to --out. Run it alone.",
+                                    "meanwhile) and writes quality.png and quality.json to --out. A decaying "
+                                    "learning-rate schedule (wsd, cosine, linear) is first fitted to the budget "
+                                    "by a short timed probe; an interrupted race keeps its finished side in "
+                                    "quality.partial.json. Run it alone.",
                         epilog="example: aetk bench quality configs/photo-kl-f4-64.yaml --minutes 30")
     add_config_args(p)
     p.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget of each side (default 30)")

@@ -137,7 +137,6 @@ def test_temporal_reconstruction_penalises_flicker_not_a_steady_error():
     assert r.grad is not None and torch.isfinite(r.grad).all()
 
 
-
 def test_ms_ssim_distance_is_the_reported_metric_and_trains():
     from eval.image import reconstruction_metrics
     from tokenizers_ae.losses.perceptual import MSSSIMDistance, ms_ssim_betas

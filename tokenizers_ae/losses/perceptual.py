@@ -103,12 +103,15 @@ class HaarPSIDistance(nn.Module):
     """Not LPIPS: the trainer's validation does not report it as `lpips`."""
     log_name = "haarpsi"
     """The training log's key: `rec/haarpsi` (1 - HaarPSI)."""
+    min_side = 16
+    """piq.haarpsi's largest kernel, 2 ** (scales + 1) at its default 3 scales."""
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         import piq  # the weight-free metrics: only this loss needs them
 
-        if min(x.shape[-2:]) < 16:
-            raise ValueError(f"HaarPSI needs images of at least 16x16 pixels, got {tuple(x.shape[-2:])}")
+        if min(x.shape[-2:]) < self.min_side:
+            raise ValueError(f"HaarPSI needs images of at least {self.min_side}x{self.min_side} pixels, "
+                             f"got {tuple(x.shape[-2:])}")
         unit = lambda t: ((t.float() + 1) / 2).clamp(0, 1)  # noqa: E731
         return 1 - piq.haarpsi(unit(x), unit(target).detach(), reduction="none", data_range=1.0)
 
@@ -122,10 +125,9 @@ def ms_ssim_betas(side: int) -> tuple[float, ...]:
     halves the image and the 11-tap Gaussian window needs side > 10 * 2^(scales-1) (64 px: 3 scales).
     Empty below 20 pixels (one scale is plain SSIM). Shared by the loss and `aetk eval`, so that
     training optimises the number that is reported."""
-    scales = max(1, min(5, int(math.log2(side / 10)) + 1)) if side >= 10 else 1
-    if scales < 2:
+    if side < MSSSIMDistance.min_side:
         return ()
-    betas = MS_SSIM_BETAS[:scales]
+    betas = MS_SSIM_BETAS[:min(5, int(math.log2(side / 10)) + 1)]
     return tuple(b / sum(betas) for b in betas)
 
 
@@ -139,11 +141,14 @@ class MSSSIMDistance(nn.Module):
     """Not LPIPS: the trainer's validation does not report it as `lpips`."""
     log_name = "ms_ssim"
     """The training log's key: `rec/ms_ssim` (1 - MS-SSIM)."""
+    min_side = 20
+    """Two scales: the 11-tap window needs a side above 10 at the coarser one."""
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         betas = ms_ssim_betas(min(x.shape[-2:]))
         if not betas:
-            raise ValueError(f"MS-SSIM needs images of at least 20x20 pixels, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"MS-SSIM needs images of at least {self.min_side}x{self.min_side} pixels, "
+                             f"got {tuple(x.shape[-2:])}")
         unit = lambda t: ((t.float() + 1) / 2).clamp(0, 1)  # noqa: E731
         # "relu" clamps a negative contrast-structure term to 0 instead of raising it to a fractional power (NaN).
         return 1 - multiscale_structural_similarity_index_measure(
