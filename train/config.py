@@ -374,9 +374,8 @@ class Config:
         backbone = getattr(self.loss, "perceptual_backbone", None)
         side = getattr(self.data, "resolution", None)
         if backbone in ("haarpsi", "ms_ssim") and getattr(self.loss, "perceptual_weight", 0) > 0 and side:
-            # Here, not at the top: the loss module pulls in lpips and torchmetrics, which loading a config needs
-            # only for these two terms.
-            from tokenizers_ae.losses.perceptual import HaarPSIDistance, MSSSIMDistance
+            # Not at the top: the loss module pulls in lpips and torchmetrics, needed only for these two terms.
+            from tokenizers_ae.losses.perceptual import HaarPSIDistance, MSSSIMDistance  # lazy: see above
 
             need = (HaarPSIDistance if backbone == "haarpsi" else MSSSIMDistance).min_side
             if side < need:
