@@ -13,6 +13,7 @@ bit-for-bit, and N processes with batch B/N compute the same step as one process
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -34,7 +35,7 @@ from tokenizers_ae.pretrained import (
     latest_checkpoint,
 )
 from train.checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
-from train.config import Config, ConfigError, RunError
+from train.config import Config, ConfigError, RunError, TrainConfig
 from train.data.loader import build_loaders
 from train.families import family
 from train.families.base import EvalContext
@@ -75,6 +76,16 @@ def _step_noise(seed: int, step: int, global_batch: int, start: int, stop: int, 
         return fn((global_batch, *shape[1:]), generator=g)[start:stop]
 
     return draw
+
+
+def _schedule(opt: torch.optim.Optimizer, t: TrainConfig, last_epoch: int = -1) -> torch.optim.lr_scheduler.LRScheduler:
+    """`t.lr_schedule` over `t.max_steps` optimizer steps; `last_epoch` = steps already taken - 1."""
+    if t.lr_schedule == "wsd":  # not in diffusers' list
+        return get_wsd_schedule(opt, num_warmup_steps=t.warmup_steps, num_decay_steps=t.decay_steps,
+                                num_training_steps=t.max_steps, decay_type="1-sqrt", last_epoch=last_epoch)
+    # diffusers' "constant" ignores num_warmup_steps; a recipe's warm-up must not vanish silently.
+    name = "constant_with_warmup" if t.lr_schedule == "constant" and t.warmup_steps else t.lr_schedule
+    return get_scheduler(name, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
 
 
 class Trainer:
@@ -123,14 +134,7 @@ class Trainer:
         for ph in self.phases:
             params = [p for p in ph.module.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=ph.lr, betas=ph.betas, weight_decay=ph.weight_decay)
-            # diffusers' "constant" ignores num_warmup_steps; a recipe's warm-up must not vanish silently.
-            name = "constant_with_warmup" if t.lr_schedule == "constant" and t.warmup_steps else t.lr_schedule
-            if t.lr_schedule == "wsd":  # not in diffusers' list
-                sched = get_wsd_schedule(opt, num_warmup_steps=t.warmup_steps, num_decay_steps=t.decay_steps,
-                                         num_training_steps=t.max_steps, decay_type="1-sqrt")
-            else:
-                sched = get_scheduler(name, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
-            prepared = acc.prepare(ph.module, opt, sched)
+            prepared = acc.prepare(ph.module, opt, _schedule(opt, t))
             self.models[ph.name], self.optimizers[ph.name], self.schedulers[ph.name] = prepared
         self.ema = None
         if t.ema_decay:
@@ -304,6 +308,23 @@ class Trainer:
             self.ema.load_state_dict({k.removeprefix("ema."): v for k, v in extra.items()}, strict=True)
         self.data_iter = None
         return path
+
+    def replan(self, max_steps: int) -> bool:
+        """Give a wsd schedule a new `train.max_steps` while the rate is still on its plateau (warm-up or
+        stable phase) under both plans, so the cool-down moves with no jump in the rate: `aetk bench quality`
+        re-fits its budget as it measures the step time. False, with nothing changed, once either plan's
+        cool-down has begun; ConfigError when `max_steps` cannot hold the warm-up and the cool-down."""
+        t = self.cfg.train
+        if t.lr_schedule != "wsd":
+            raise ValueError(f"replan moves a wsd cool-down; train.lr_schedule={t.lr_schedule} would jump")
+        new = dataclasses.replace(t, max_steps=max_steps)  # validates, as a recipe would be
+        if self.step_idx >= min(t.max_steps - t.decay_steps, new.max_steps - new.decay_steps):
+            return False
+        for sched in self.schedulers.values():
+            # The new LambdaLR resumes at step_idx from the optimizer's stored initial_lr.
+            sched.scheduler = _schedule(sched.scheduler.optimizer, new, last_epoch=self.step_idx - 1)
+        self.cfg = dataclasses.replace(self.cfg, train=new)
+        return True
 
     def averaged_model(self) -> torch.nn.Module:
         """The EMA weights when kept, else the raw ones (bare module)."""

@@ -147,7 +147,8 @@ def add(sub, name: str) -> None:
                                     "both on the recipe's data.val_path as training goes (the clock stops "
                                     "meanwhile) and writes quality.png and quality.json to --out. A decaying "
                                     "learning-rate schedule (wsd, cosine, linear) is first fitted to the budget "
-                                    "by a short timed probe; an interrupted race keeps its finished side in "
+                                    "by a short timed probe (a wsd race re-fits it every 100 steps of its "
+                                    "plateau); an interrupted race keeps its finished side in "
                                     "quality.partial.json. Run it alone.",
                         epilog="example: aetk bench quality configs/photo-kl-f4-64.yaml --minutes 30")
     add_config_args(p)

@@ -4,7 +4,9 @@ practice, on the same photos, the same architecture and the same wall-clock budg
 - aetk: `Trainer.step` (the code path of `aetk train`) on the recipe, evaluated with its EMA weights.
   A constant learning rate runs until the budget ends. A decaying one (wsd, cosine, linear) is fitted to
   the budget first: a short timed probe sets `train.max_steps` so that the decay ends with the budget, on
-  whatever CPU runs the race (`fit_schedule`); the probe's weights are thrown away.
+  whatever CPU runs the race (`fit_schedule`); the probe's weights are thrown away. A wsd race then re-fits
+  that step count every REFIT_EVERY steps of its plateau from their measured time (`Refit`), so a slow
+  spell during the probe, or after it, neither leaves budget unused nor cuts the cool-down off.
 - reference: the latent-diffusion loop shipped in `eval/bench/reference_taming.py` (diffusers
   `AutoencoderKL` + `LPIPSWithDiscriminator`, two Adam optimizers, fp32) with latent-diffusion's kl-f4
   hyper-parameters: lr 4.5e-6 x batch size (its `scale_lr`), betas (0.5, 0.9), LPIPS weight 1,
@@ -93,17 +95,19 @@ def score(model: torch.nn.Module, x: torch.Tensor, batch: int = 32, codebook_siz
 
 
 def _race(step: Callable[[], int], evaluate: Callable[[], dict], budget_s: float, evals: int,
-          name: str, max_steps: int | None = None) -> list[dict]:
+          name: str, max_steps: Callable[[], int | None] = lambda: None,
+          after_step: Callable[[int, float], None] = lambda steps, clock: None) -> list[dict]:
     """Run `step` (one optimizer step; returns the step count) until `budget_s` seconds of it have
-    passed (or `max_steps` steps, a recipe whose schedule ends sooner), evaluating at 0 and after every
-    budget_s / evals seconds; the clock stops during evals."""
+    passed (or `max_steps()` steps, a recipe whose schedule ends sooner), evaluating at 0 and after every
+    budget_s / evals seconds; the clock stops during evals. `after_step(steps, clock)` sees the clock."""
     points = [{"train_s": 0.0, "step": 0, **evaluate()}]
     clock, steps, nxt = 0.0, 0, budget_s / evals
-    while clock < budget_s and (max_steps is None or steps < max_steps):
+    while clock < budget_s and (max_steps() is None or steps < max_steps()):
         t = time.perf_counter()
         steps = step()
         clock += time.perf_counter() - t
-        if clock >= nxt or clock >= budget_s or steps == max_steps:
+        after_step(steps, clock)
+        if clock >= nxt or clock >= budget_s or steps == max_steps():
             points.append({"train_s": clock, "step": steps, **evaluate()})
             log.info("%s: %.0f s, step %d, PSNR %.2f dB", name, clock, steps, points[-1]["psnr"])
             while nxt <= clock:
@@ -150,8 +154,41 @@ def fit_schedule(cfg: Config, budget_s: float, probe_steps: int = PROBE_STEPS) -
         "s_per_step": s_per_step, "max_steps": steps}
 
 
-def _aetk_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -> list[dict]:
+REFIT_EVERY = 100
+"""A wsd race re-fits its step count to the budget every this many steps, from their measured time."""
+
+
+class Refit:
+    """Keeps a wsd race's cool-down ending with the budget while the machine's speed drifts: every
+    REFIT_EVERY steps on the plateau, `train.max_steps` becomes the steps so far plus what the rest of
+    FIT_MARGIN x budget holds at the last REFIT_EVERY steps' pace (`Trainer.replan`). The one-off probe
+    alone left budget unused after a slow spell during it, and a slowdown after it cut the cool-down off.
+    Once the cool-down has begun the plan stands."""
+
+    def __init__(self, trainer: Trainer, budget_s: float) -> None:
+        self.trainer, self.budget_s = trainer, budget_s
+        self.mark = (0, 0.0)  # (steps, clock) at the last re-fit
+        self.fits: list[int] = []  # max_steps after each re-fit that changed the plan
+
+    def __call__(self, steps: int, clock: float) -> None:
+        s0, c0 = self.mark
+        if steps - s0 < REFIT_EVERY:
+            return
+        self.mark = (steps, clock)
+        s_per_step = (clock - c0) / (steps - s0)
+        target = steps + int((FIT_MARGIN * self.budget_s - clock) / s_per_step)
+        try:
+            changed = self.trainer.replan(target)
+        except ConfigError:  # too little budget left for the cool-down at this pace: keep the plan
+            changed = False
+        if changed and target != (self.fits or [None])[-1]:
+            self.fits.append(target)
+
+
+def _aetk_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -> tuple[list[dict], list[int]]:
+    """(held-out scores along the race, the max_steps of each re-fit that changed it)."""
     trainer = Trainer(cfg)
+    refit = Refit(trainer, budget_s) if cfg.train.lr_schedule == "wsd" else None
     try:
         def step() -> int:
             trainer.step(trainer.next_micro_batches())
@@ -161,7 +198,12 @@ def _aetk_curve(cfg: Config, x_val: torch.Tensor, budget_s: float, evals: int) -
             m = trainer.averaged_model()
             return score(m.vae if cfg.kind == "kl_vae" else m, x_val, codebook_size=_codebook_size(cfg))
 
-        return _race(step, evaluate, budget_s, evals, "aetk", max_steps=cfg.train.max_steps)
+        curve = _race(step, evaluate, budget_s, evals, "aetk", max_steps=lambda: trainer.cfg.train.max_steps,
+                      after_step=refit or (lambda steps, clock: None))
+        if refit and refit.fits:
+            log.info("re-fitted the wsd schedule %d times as the step time drifted: max_steps %d",
+                     len(refit.fits), refit.fits[-1])
+        return curve, refit.fits if refit else []
     finally:
         trainer.close()
 
@@ -303,7 +345,9 @@ def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_
         partial = out / "quality.partial.json"  # a finished side survives an interrupted race
         if "aetk" in only:
             run, fitted = fit_schedule(run, budget_s)
-            curves["aetk"] = _aetk_curve(run, x_val, budget_s, evals)
+            curves["aetk"], refits = _aetk_curve(run, x_val, budget_s, evals)
+            if fitted is not None:
+                fitted |= {"refits": refits, "ran_steps": curves["aetk"][-1]["step"]}
             atomic_write(partial, lambda p: p.write_text(json.dumps({"pca": pca_m, "schedule_fitted": fitted,
                                                                      "curves": curves}, indent=1)))
         if "reference" in only:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from train.config import ConfigError
 from train.loop import NonFiniteLossError, Trainer
 from train.run import train
 
@@ -183,3 +184,33 @@ def test_wsd_schedule_holds_then_cools_down_to_zero(tmp_path, tiny_config):
         trainer.close()
     want = [0.5, 1, 1, 1, 1, 1, 1 - 0.25**0.5, 1 - 0.5**0.5, 1 - 0.75**0.5, 0]
     assert lrs == pytest.approx([1e-3 * w for w in want], abs=1e-9)
+
+
+def test_replan_moves_a_wsd_cool_down_only_while_the_rate_is_on_its_plateau(tmp_path, tiny_config):
+    """`aetk bench quality` re-fits max_steps mid-race: after replan the rates are exactly those of a run
+    planned for the new length from the start; once a cool-down has begun the plan stands."""
+    cfg = tiny_config(tmp_path, "train.lr_schedule=wsd", "train.warmup_steps=2", "train.decay_fraction=0.4",
+                      "train.max_steps=10", "train.lr=1e-3")
+    trainer = Trainer(cfg)
+    try:
+        lrs = [trainer.step(trainer.next_micro_batches())["lr"] for _ in range(3)]
+        assert trainer.replan(15)  # decay now starts at step 9, not 6
+        lrs += [trainer.step(trainer.next_micro_batches())["lr"] for _ in range(7)]
+        assert not trainer.replan(12)  # step 10 is in the new plan's cool-down (from 9): no jump
+        assert not trainer.replan(30)  # nor may a longer plan lift a rate that has begun to fall
+        lrs += [trainer.step(trainer.next_micro_batches())["lr"] for _ in range(5)]
+        assert trainer.cfg.train.max_steps == 15
+        with pytest.raises(ConfigError):
+            trainer.replan(2)  # cannot hold the 2 warm-up steps and a cool-down
+    finally:
+        trainer.close()
+    f = [1 - (k / 6) ** 0.5 for k in range(1, 7)]  # 1-sqrt over the last 6 of 15 steps
+    want = [0.5, 1, 1, 1, 1, 1, 1, 1, 1, *f]
+    assert lrs == pytest.approx([1e-3 * w for w in want], abs=1e-9)
+    constant = tiny_config(tmp_path / "c", "train.max_steps=10")
+    trainer = Trainer(constant)
+    try:
+        with pytest.raises(ValueError, match="wsd"):
+            trainer.replan(20)
+    finally:
+        trainer.close()
