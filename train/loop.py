@@ -85,7 +85,8 @@ def _schedule(opt: torch.optim.Optimizer, t: TrainConfig, last_epoch: int = -1) 
                                 num_training_steps=t.max_steps, decay_type="1-sqrt", last_epoch=last_epoch)
     # diffusers' "constant" ignores num_warmup_steps; a recipe's warm-up must not vanish silently.
     name = "constant_with_warmup" if t.lr_schedule == "constant" and t.warmup_steps else t.lr_schedule
-    return get_scheduler(name, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
+    return get_scheduler(name, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps,
+                         last_epoch=last_epoch)
 
 
 class Trainer:

@@ -181,7 +181,7 @@ class Refit:
             changed = self.trainer.replan(target)
         except ConfigError:  # too little budget left for the cool-down at this pace: keep the plan
             changed = False
-        if changed and target != (self.fits or [None])[-1]:
+        if changed and (not self.fits or self.fits[-1] != target):
             self.fits.append(target)
 
 
