@@ -208,14 +208,29 @@ def _rd_plot(result: dict, curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def spread_items(start: int, stop: int, count: int) -> list[int]:
+    """`count` indices evenly spaced over range(start, stop) (all of them when there are fewer), first
+    included: a folder sorted by name is often sorted by source or kind (`digits-*` before `photo-*`),
+    so its first items are not a sample of it."""
+    total = max(stop - start, 0)
+    if count >= total:
+        return list(range(start, stop))
+    return [start + (i * total) // count for i in range(count)]
+
+
+PCA_FIT_RULE = "fit_n items evenly spaced over the source: items start + i * (len - start) // fit_n"
+"""How `pca_fit_set` picks its items, as the protocol card states it."""
+
+
 def pca_fit_set(load: Callable, data: str, n: int, fit_n: int, fit_data: str | None,
                 protocol: dict | None) -> torch.Tensor | None:
-    """The items a PCA baseline is fitted on: the first `fit_n` of `fit_data`'s train split, else of a
-    built-in `data`'s train split, else those of `data` after the `n` evaluated. `load(split, start,
-    count, source, flag)` reads them. Warns when they are too few; checked against a followed card."""
+    """The items a PCA baseline is fitted on: `fit_n` evenly spaced over `fit_data`'s train split, else
+    over a built-in `data`'s train split, else over the items of `data` after the `n` evaluated.
+    `load(split, start, count, source, flag, spread=True)` reads them. Warns when they are too few;
+    checked against a followed card."""
     builtin = data.startswith("builtin:")
-    fit = (load("train", 0, fit_n, fit_data, "--fit-data") if fit_data else
-           load("train", 0 if builtin else n, fit_n, data, "--data"))
+    fit = (load("train", 0, fit_n, fit_data, "--fit-data", spread=True) if fit_data else
+           load("train", 0 if builtin else n, fit_n, data, "--data", spread=True))
     warn_small_fit(fit, fit_n, data, fit_data)
     protocol_mod.check_fit(protocol, fit)
     return fit
@@ -246,12 +261,13 @@ def evaluate_on_data(model: KLVAE | VQVAE, data: str | None, *, rate: Callable[.
         raise ValueError(f"--resolution {resolution}: must be at least 8 pixels")
     builtin = data.startswith("builtin:")
 
-    def images(split: str, start: int, count: int, source: str = data, flag: str = "--data") -> torch.Tensor | None:
+    def images(split: str, start: int, count: int, source: str = data, flag: str = "--data",
+               spread: bool = False) -> torch.Tensor | None:
         try:
             ds = build_image_dataset(source, resolution=resolution, random_crop=False, random_flip=False, split=split)
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"{flag}: {e}") from None
-        idx = range(start, min(start + count, len(ds)))
+        idx = spread_items(start, len(ds), count) if spread else range(start, min(start + count, len(ds)))
         return torch.stack([ds[i]["x"] for i in idx]) if len(idx) else None
 
     # Hashed once (a VGG16 file is half a gigabyte): checked against the card, then written into it.
@@ -269,8 +285,9 @@ def evaluate_on_data(model: KLVAE | VQVAE, data: str | None, *, rate: Callable[.
                 "baselines": list(kwargs.get("baselines", ())), "latent_bits": kwargs.get("latent_bits", 16),
                 "tile": kwargs.get("tile"), "precision": kwargs.get("compute", "no"),
                 "fit_data": fit_data, "fit_sha256": protocol_mod.content_sha256(fit) if fit is not None else None,
-                "pca_fit": (f"{fit_data} (train split), items 0.." if fit_data else
-                            f"{data} (train split), items {0 if builtin else n}.. (other images of the source)")}
+                "pca_fit": (f"{fit_data} (train split), " if fit_data else
+                            f"{data} (train split) from item {0 if builtin else n} (other images of the source), ")
+                + PCA_FIT_RULE}
     result["protocol"] = protocol_mod.card(kind="image", data=data, split=split, x=x, settings=settings,
                                            weights=weights)
     if precision:

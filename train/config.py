@@ -46,7 +46,7 @@ class DataBase:
     val_path: str | None = None
     """Validation data; default: the built-in data's `val` split, else the first training items."""
     val_size: int = 8
-    """Items used for validation metrics and the grids or clips."""
+    """Items used for validation metrics and the grids or clips, evenly spaced over the validation set."""
     num_workers: int = 0
     """DataLoader worker processes per training process."""
 
@@ -260,6 +260,10 @@ class ImageGANLoss(GANLoss):
     `ms_ssim`: no network, 1 - MS-SSIM with the scales `aetk eval` uses (images of at least 20 pixels)."""
     perceptual_weights: str | None = None
     """Path to torchvision's `vgg16-397923af.pth` (or any VGG16 state dict) for `vgg`."""
+    chroma_weight: float = 0.0
+    """Extra weight on the colour part of the pixel error (the error minus its mean over RGB), in the
+    `rec_loss` norm. From scratch an autoencoder otherwise sits in a colour-blind saddle (sepia outputs)
+    for thousands of steps; 0 leaves the loss plain."""
     learn_logvar: bool = False
     """Learned scalar log-variance on the reconstruction term (latent-diffusion's `logvar`)."""
     disc_layers: int = 3
@@ -273,6 +277,7 @@ class ImageGANLoss(GANLoss):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.perceptual_weight >= 0, "loss.perceptual_weight", ">= 0")
+        check(self.chroma_weight >= 0, "loss.chroma_weight", ">= 0")
         check(self.disc_layers >= 1 and self.disc_channels >= 1, "loss.disc_layers", ">= 1 (and disc_channels)")
 
 
@@ -371,6 +376,10 @@ class Config:
             raise ConfigError("train.trainable=encoder with a GAN: the adaptive weight reads the gradient at the "
                               "decoder's last layer, which is frozen; set loss.adaptive_weight=false or "
                               "loss.disc_start >= train.max_steps")
+        channels = getattr(self.model, "in_channels", 3)
+        if getattr(self.loss, "chroma_weight", 0) > 0 and channels != 3:
+            raise ConfigError(f"loss.chroma_weight weighs the colour part of an RGB error, but model.in_channels is "
+                              f"{channels}; set loss.chroma_weight=0")
         backbone = getattr(self.loss, "perceptual_backbone", None)
         side = getattr(self.data, "resolution", None)
         if backbone in ("haarpsi", "ms_ssim") and getattr(self.loss, "perceptual_weight", 0) > 0 and side:

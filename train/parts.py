@@ -48,7 +48,8 @@ def image_losses(cfg: Config) -> tuple[ReconstructionLoss, NLayerDiscriminator]:
             perceptual = LPIPS(backbone=loss.perceptual_backbone, weights_path=loss.perceptual_weights)
         except FileNotFoundError as e:
             raise ConfigError(f"loss.perceptual_weights: {e}") from None
-    rec = ReconstructionLoss(kind=loss.rec_loss, perceptual=perceptual, perceptual_weight=loss.perceptual_weight)
+    rec = ReconstructionLoss(kind=loss.rec_loss, perceptual=perceptual, perceptual_weight=loss.perceptual_weight,
+                             chroma_weight=loss.chroma_weight)
     disc = NLayerDiscriminator(in_channels=cfg.model.in_channels, channels=loss.disc_channels,
                                n_layers=loss.disc_layers, norm=loss.disc_norm)
     return rec, disc

@@ -102,3 +102,19 @@ def test_pca_fit_data_is_explicit_and_a_starved_fit_is_called_out(vae, folder, t
     s = fair["protocol"]["settings"]
     assert s["fit_data"] == "builtin:skimage" and len(s["fit_sha256"]) == 64
     assert fair["model"]["psnr"] == starved["model"]["psnr"] and fair["pca"]["psnr"] != starved["pca"]["psnr"]
+
+
+def test_pca_is_fitted_on_items_spread_over_the_fit_folder_not_its_first_ones(vae, folder, tmp_path):
+    from eval.report import spread_items
+
+    assert spread_items(0, 12, 4) == [0, 3, 6, 9] and spread_items(8, 12, 8) == [8, 9, 10, 11]
+    assert spread_items(2, 12, 5) == [2, 4, 6, 8, 10] and spread_items(5, 3, 4) == []
+    code, res = evaluate(vae, tmp_path, "spread", "--data", str(folder), "--resolution", "32", "--n", "4",
+                         "--baseline", "pca", "--fit-data", str(folder), "--fit-n", "4")
+    assert code == 0 and res["pca"]["fit_items"] == 4
+    ds = build_image_dataset(str(folder), resolution=32, random_crop=False, random_flip=False, split="train")
+    spread = torch.stack([ds[i]["x"] for i in (0, 3, 6, 9)])
+    first = torch.stack([ds[i]["x"] for i in range(4)])
+    s = res["protocol"]["settings"]
+    assert s["fit_sha256"] == content_sha256(spread) != content_sha256(first)
+    assert "evenly spaced" in s["pca_fit"]

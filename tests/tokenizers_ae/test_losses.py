@@ -61,6 +61,28 @@ def test_lpips_rejects_a_file_that_is_not_vgg(tmp_path):
         LPIPS(backbone="vgg", weights_path=str(path))
 
 
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_chroma_weight_adds_only_the_colour_part_of_the_error(kind):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 6, 6) * 2 - 1
+    plain, weighted = ReconstructionLoss(kind=kind), ReconstructionLoss(kind=kind, chroma_weight=4.0)
+    grey = x + 0.2  # the same error on R, G and B: no colour part
+    assert weighted(grey, x)[0].item() == pytest.approx(plain(grey, x)[0].item(), rel=1e-6)
+    assert weighted(grey, x)[1]["rec/chroma"].item() == pytest.approx(0.0, abs=1e-7)
+    tint = (x + torch.tensor([0.3, 0.0, -0.3]).view(1, 3, 1, 1)).requires_grad_()  # pure colour error
+    loss, logs = weighted(tint, x)
+    colour = (0.3 if kind == "l1" else 0.09) * 2 / 3  # |(+0.3, 0, -0.3)| per channel, mean over RGB
+    assert logs["rec/chroma"].item() == pytest.approx(colour, rel=1e-5)
+    assert loss.item() == pytest.approx(plain(tint, x)[0].item() + 4.0 * colour, rel=1e-5)
+    loss.backward()
+    assert tint.grad.abs().sum() > 0
+    # frames folded by PerFrame are images too; audio (B, 1, T) is not RGB
+    with pytest.raises(ValueError, match="chroma_weight needs RGB images"):
+        weighted(torch.zeros(2, 1, 100), torch.zeros(2, 1, 100))
+    with pytest.raises(ValueError, match="chroma_weight must be >= 0"):
+        ReconstructionLoss(chroma_weight=-1.0)
+
+
 def test_reconstruction_loss_with_logvar():
     x = torch.zeros(2, 3, 4, 4)
     recon = torch.full_like(x, 0.5)

@@ -166,3 +166,36 @@ def test_streaming_encode_under_bf16_autocast_gives_fp32_moments_near_fp32():
     assert mean.dtype == logvar.dtype == torch.float32
     assert torch.isfinite(mean).all() and torch.isfinite(logvar).all()
     assert (mean - ref_mean).norm() / ref_mean.norm() < 0.05
+
+
+# Wan 2.2's residual blocks (`model.residual`) at a tiny width: 4x in time and space, as configs/video-tiny.yaml;
+# the last level keeps its width (AvgDown3D's shortcut needs in * factor divisible by out).
+RESIDUAL = dict(base_dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1, temporal_downsample=(True, True),
+                residual=True)
+
+
+def test_residual_blocks_chunk_stream_and_export_exactly(tmp_path):
+    m = tiny(**RESIDUAL)
+    assert m.vae.config.is_residual and (m.temporal_factor, m.spatial_factor) == (4, 4)
+    shortcuts = [b.avg_shortcut for b in m.vae.encoder.down_blocks]
+    assert shortcuts and all(s is not None for s in shortcuts)  # the parameter-free shortcuts are there
+    x = clip(17)
+    with torch.no_grad():
+        whole, _ = m.encode_moments(x)
+        assert whole.shape == (2, 4, 5, 8, 8)
+        torch.testing.assert_close(m.encode_moments(x, chunk=4)[0], whole, rtol=0, atol=1e-5)
+        dec = m.decode(whole)
+        torch.testing.assert_close(m.decode(whole, chunk=1), dec, rtol=0, atol=1e-5)
+        enc = VideoEncoderStream(m)
+        pieces = [enc.push(x[:, :, s:s + 3]) for s in range(0, 17, 3)]
+        enc.flush()
+        torch.testing.assert_close(torch.cat(pieces, dim=2), whole, rtol=0, atol=1e-5)
+        stream = VideoDecoderStream(m)
+        frames = torch.cat([stream.push(whole[:, :, s:s + 2]) for s in range(0, 5, 2)], dim=2)
+        torch.testing.assert_close(frames, dec, rtol=0, atol=1e-5)
+        # diffusers' own loop, and the export it loads
+        torch.testing.assert_close(m.vae.encode(x).latent_dist.mode(), whole, rtol=0, atol=1e-5)
+        vae = AutoencoderKLWan.from_pretrained(m.save_pretrained(tmp_path / "wan22")).eval()
+        assert vae.config.is_residual
+        torch.testing.assert_close(vae.decode(vae.encode(x).latent_dist.mode()).sample, m.reconstruct(x),
+                                   rtol=0, atol=1e-5)

@@ -60,6 +60,12 @@ def test_semantic_checks():
                           "loss": {"perceptual_backbone": "ms_ssim", "perceptual_weight": 0.1}})
     config_from_dict({"data": {"resolution": 16}, "model": {"block_out_channels": [32, 64]},
                       "loss": {"perceptual_backbone": "ms_ssim", "perceptual_weight": 0.0}})
+    # the colour term needs colour
+    with pytest.raises(ConfigError, match="loss.chroma_weight: must be >= 0"):
+        config_from_dict({"loss": {"chroma_weight": -1.0}})
+    with pytest.raises(ConfigError, match="loss.chroma_weight weighs the colour part .* model.in_channels is 1"):
+        config_from_dict({"model": {"in_channels": 1}, "loss": {"chroma_weight": 4.0}})
+    assert config_from_dict({"loss": {"chroma_weight": 4.0}}).loss.chroma_weight == 4.0
 
 
 def test_codec_dead_code_threshold_must_be_below_the_mean_cluster_size():

@@ -61,16 +61,19 @@ NOT_TILEABLE = ("spatial tiling cannot be exact for a Wan video VAE (its mid-blo
 
 def build_autoencoder_kl_wan(*, in_channels: int = 3, base_dim: int = 32, z_dim: int = 4,
                              dim_mult: Sequence[int] = (1, 2, 4, 4), num_res_blocks: int = 1,
-                             temporal_downsample: Sequence[bool] = (False, True, True)) -> AutoencoderKLWan:
+                             temporal_downsample: Sequence[bool] = (False, True, True),
+                             residual: bool = False) -> AutoencoderKLWan:
     """A diffusers AutoencoderKLWan compressing space by 2**(len(dim_mult)-1) and time by
-    2**sum(temporal_downsample); latents_mean/std start as 0/1 (training measures them)."""
+    2**sum(temporal_downsample); latents_mean/std start as 0/1 (training measures them). `residual`:
+    Wan 2.2's blocks with parameter-free down/up shortcuts (`is_residual`)."""
     dim_mult, temporal_downsample = list(dim_mult), list(temporal_downsample)
     if len(temporal_downsample) != len(dim_mult) - 1:
         raise ValueError(f"temporal_downsample needs one entry per downsampling level ({len(dim_mult) - 1}), "
                          f"got {temporal_downsample}")
     return AutoencoderKLWan(
         base_dim=base_dim, z_dim=z_dim, dim_mult=dim_mult, num_res_blocks=num_res_blocks, attn_scales=[],
-        temperal_downsample=temporal_downsample, in_channels=in_channels, out_channels=in_channels,
+        temperal_downsample=temporal_downsample, is_residual=residual, in_channels=in_channels,
+        out_channels=in_channels,
         latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
         scale_factor_temporal=2 ** sum(temporal_downsample), scale_factor_spatial=2 ** (len(dim_mult) - 1))
 

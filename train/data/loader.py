@@ -83,8 +83,9 @@ class Loaders:
         return iter(loader)
 
     def val_batch(self) -> dict:
-        n = min(self.cfg.data.val_size, len(self.val_dataset))
-        return collate_images([self.val_dataset[i] for i in range(n)])  # stacks "x" of any shape
+        # Spread over the set: a folder sorted by name is often sorted by kind, and its first items are one kind.
+        n, total = min(self.cfg.data.val_size, len(self.val_dataset)), len(self.val_dataset)
+        return collate_images([self.val_dataset[i * total // n] for i in range(n)])  # stacks "x" of any shape
 
 
 def build_loaders(cfg: Config, datasets: tuple[Dataset, Dataset], *, rank: int, world: int,

@@ -68,6 +68,10 @@ class VideoVAEModel:
     temporal_downsample: list[bool] = field(default_factory=lambda: [False, True, True])
     """Which downsampling levels also halve time; the temporal factor is 2**(number true) (Wan 2.1:
     [false, true, true], 4x)."""
+    residual: bool = False
+    """Wan 2.2's residual blocks (diffusers `is_residual`): every down and up block gets a parameter-free
+    shortcut (space-to-channel then channel averaging, and its inverse), as DC-AE's, beside Wan 2.1's
+    convolutions."""
     quantizer: QuantizerConfig | None = None
     """null: KL latents; `{type: fsq, fsq_levels: [...]}`: discrete video tokens (FSQ only)."""
     init_from: str | None = None
@@ -83,6 +87,9 @@ class VideoVAEModel:
         check(self.num_res_blocks >= 1, "model.num_res_blocks", ">= 1")
         check(len(self.temporal_downsample) == len(self.dim_mult) - 1, "model.temporal_downsample",
               f"one true/false per downsampling level ({len(self.dim_mult) - 1} for dim_mult {self.dim_mult})")
+        why = _shortcut_mismatch(self.base_dim, self.dim_mult, self.temporal_downsample) if self.residual else ""
+        check(not why, "model.dim_mult", f"widths Wan 2.2's shortcuts can join with model.residual ({why}; "
+              "the last level keeps its width: e.g. [1, 2, 2] or [1, 2, 4, 4])")
         check(self.quantizer is None or self.quantizer.type == "fsq", "model.quantizer.type",
               "fsq (a video VAE's tokens are FSQ codes) or no quantizer")
 
@@ -93,6 +100,23 @@ class VideoVAEModel:
     @property
     def spatial_factor(self) -> int:
         return 2 ** (len(self.dim_mult) - 1)
+
+
+def _shortcut_mismatch(base: int, dim_mult: list[int], temporal: list[bool]) -> str:
+    """Why Wan 2.2's parameter-free shortcuts cannot join these widths ('' when they can): each encoder
+    level averages in * factor channels into out (in * factor % out == 0; the last level, factor 1, cannot
+    widen), each decoder level repeats in into out * factor (out * factor % in == 0)."""
+    enc = [base * u for u in [1, *dim_mult]]
+    dec = [base * u for u in [dim_mult[-1], *dim_mult[::-1]]]
+    last = len(dim_mult) - 1
+    for i in range(len(dim_mult)):
+        f = (2 if i < last and temporal[i] else 1) * (4 if i < last else 1)
+        if enc[i] * f % enc[i + 1]:
+            return f"encoder level {i} cannot average {enc[i]} x {f} channels into {enc[i + 1]}"
+        g = (2 if i < last and temporal[::-1][i] else 1) * 4
+        if i < last and dec[i + 1] * g % dec[i]:
+            return f"decoder level {i} cannot repeat {dec[i]} channels into {dec[i + 1]} x {g}"
+    return ""
 
 
 @dataclass
@@ -138,7 +162,7 @@ def build_model(cfg: Config):
     else:
         vae = build_autoencoder_kl_wan(in_channels=m.in_channels, base_dim=m.base_dim, z_dim=m.latent_channels,
                                        dim_mult=m.dim_mult, num_res_blocks=m.num_res_blocks,
-                                       temporal_downsample=m.temporal_downsample)
+                                       temporal_downsample=m.temporal_downsample, residual=m.residual)
     quantizer = FSQ(levels=m.quantizer.fsq_levels, dim=vae.config.z_dim) if m.quantizer is not None else None
     model = VideoVAE(vae, quantizer=quantizer, sample_posterior=m.sample_posterior)
     try:
@@ -238,7 +262,7 @@ def report(model, req: ReportRequest) -> dict:
     import torch
 
     from eval import protocol
-    from eval.report import pca_fit_set
+    from eval.report import PCA_FIT_RULE, pca_fit_set, spread_items
     from eval.video import evaluate_videos
     from tokenizers_ae.data.video import build_video_dataset
     from tokenizers_ae.models.video_vae import NOT_TILEABLE
@@ -250,13 +274,13 @@ def report(model, req: ReportRequest) -> dict:
     model.latent_frames(req.frames)
     builtin = req.data.startswith("builtin:")
 
-    def clips(split: str, start: int, count: int, source: str = req.data, flag: str = "--data"):
+    def clips(split: str, start: int, count: int, source: str = req.data, flag: str = "--data", spread: bool = False):
         try:
             ds = build_video_dataset(source, frames=req.frames, frame_stride=req.frame_stride,
                                      resolution=req.resolution, random_crop=False, random_flip=False, split=split)
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"{flag}: {e}") from None
-        idx = range(start, min(start + count, len(ds)))
+        idx = spread_items(start, len(ds), count) if spread else range(start, min(start + count, len(ds)))
         return torch.stack([ds[i]["x"] for i in idx]) if len(idx) else None
 
     n = req.n or 16
@@ -272,7 +296,7 @@ def report(model, req: ReportRequest) -> dict:
                              channels=model.latent_channels, out_dir=out_dir)
     settings = {"resolution": req.resolution, "frames": req.frames, "frame_stride": req.frame_stride,
                 "crop": "first frames, centre, shorter side resized to it", "n": n, "fit_n": req.fit_n,
-                "fit_data": req.fit_data,
+                "fit_data": req.fit_data, "pca_fit": PCA_FIT_RULE,
                 "fit_sha256": protocol.content_sha256(fit) if fit is not None else None}
     result = {"model": req.name, "data": req.data, **result,
               "protocol": protocol.card(kind="video", data=req.data, split=split, x=x, settings=settings)}
