@@ -25,6 +25,7 @@ from eval.image import (
 from eval.latents import latent_statistics
 from eval.precision import precision_audit
 from tokenizers_ae.data.sources import build_image_dataset
+from tokenizers_ae.data.spread import spread_items
 from tokenizers_ae.losses.perceptual import LPIPS
 from tokenizers_ae.models.kl_vae import KLVAE
 from tokenizers_ae.models.vq_vae import VQVAE
@@ -206,16 +207,6 @@ def _rd_plot(result: dict, curves: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def spread_items(start: int, stop: int, count: int) -> list[int]:
-    """`count` indices evenly spaced over range(start, stop) (all of them when there are fewer), first
-    included: a folder sorted by name is often sorted by source or kind (`digits-*` before `photo-*`),
-    so its first items are not a sample of it."""
-    total = max(stop - start, 0)
-    if count >= total:
-        return list(range(start, stop))
-    return [start + (i * total) // count for i in range(count)]
 
 
 PCA_FIT_RULE = "fit_n items evenly spaced over the source: items start + i * (len - start) // fit_n"

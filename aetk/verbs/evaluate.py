@@ -32,7 +32,8 @@ def add(sub, name: str) -> None:
     p.add_argument("--resolution", type=positive_int, default=256, help="images: centre crop size (default 256)")
     p.add_argument("--n", type=positive_int, default=None, help="evaluation items (default: 64 images, 16 clips, "
                                                                 "up to 512 examples for classic models)")
-    p.add_argument("--fit-n", type=positive_int, default=256, help="images PCA is fitted on (default 256)")
+    p.add_argument("--fit-n", type=positive_int, default=256,
+                   help="items PCA is fitted on, evenly spaced over the fit source (default 256)")
     p.add_argument("--fit-data", help="where the PCA baseline is fitted: e.g. the training folder (default: the train "
                                       "split of a built-in --data, else the items of --data after the first --n)")
     p.add_argument("--baseline", action="append", choices=["jpeg", "pca"], default=[],

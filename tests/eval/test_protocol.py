@@ -105,7 +105,7 @@ def test_pca_fit_data_is_explicit_and_a_starved_fit_is_called_out(vae, folder, t
 
 
 def test_pca_is_fitted_on_items_spread_over_the_fit_folder_not_its_first_ones(vae, folder, tmp_path):
-    from eval.report import spread_items
+    from tokenizers_ae.data.spread import spread_items
 
     assert spread_items(0, 12, 4) == [0, 3, 6, 9] and spread_items(8, 12, 8) == [8, 9, 10, 11]
     assert spread_items(2, 12, 5) == [2, 4, 6, 8, 10] and spread_items(5, 3, 4) == []

@@ -214,3 +214,17 @@ def test_replan_moves_a_wsd_cool_down_only_while_the_rate_is_on_its_plateau(tmp_
             trainer.replan(20)
     finally:
         trainer.close()
+
+
+def test_the_validation_batch_is_spread_over_the_validation_set():
+    """data.val_size items evenly spaced over the set, not its first ones (a folder sorted by name is
+    often sorted by kind: the video clip set's first 40 held-out clips are all digits)."""
+    from tokenizers_ae.data.sources import build_image_dataset
+    from train.data.loader import build_loaders
+    from train.recipe import config_from_dict
+
+    cfg = config_from_dict({"data": {"path": "builtin:digits", "resolution": 16, "val_size": 4}})
+    val = build_image_dataset("builtin:digits", resolution=16, random_crop=False, random_flip=False, split="val")
+    loaders = build_loaders(cfg, (val, val), rank=0, world=1, micro_batch=4)
+    n = len(val)
+    assert n > 8 and loaders.val_batch()["index"].tolist() == [0, n // 4, n // 2, 3 * n // 4]

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tokenizers_ae.data.images import collate_images
+from tokenizers_ae.data.spread import spread_items
 from train.config import Config
 
 
@@ -83,9 +84,8 @@ class Loaders:
         return iter(loader)
 
     def val_batch(self) -> dict:
-        # Spread over the set: a folder sorted by name is often sorted by kind, and its first items are one kind.
-        n, total = min(self.cfg.data.val_size, len(self.val_dataset)), len(self.val_dataset)
-        return collate_images([self.val_dataset[i * total // n] for i in range(n)])  # stacks "x" of any shape
+        idx = spread_items(0, len(self.val_dataset), self.cfg.data.val_size)  # not the first items: one kind, often
+        return collate_images([self.val_dataset[i] for i in idx])  # stacks "x" of any shape
 
 
 def build_loaders(cfg: Config, datasets: tuple[Dataset, Dataset], *, rank: int, world: int,

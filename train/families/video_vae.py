@@ -262,8 +262,9 @@ def report(model, req: ReportRequest) -> dict:
     import torch
 
     from eval import protocol
-    from eval.report import PCA_FIT_RULE, pca_fit_set, spread_items
+    from eval.report import PCA_FIT_RULE, pca_fit_set
     from eval.video import evaluate_videos
+    from tokenizers_ae.data.spread import spread_items
     from tokenizers_ae.data.video import build_video_dataset
     from tokenizers_ae.models.video_vae import NOT_TILEABLE
 
