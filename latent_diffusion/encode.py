@@ -106,6 +106,8 @@ class EncodeOptions:
     """Videos: take every n-th frame."""
     builtin_size: int = 512
     """Items a built-in source makes (builtin:skimage crops, builtin:moving-digits clips)."""
+    builtin_digits: int = 2
+    """Videos: digits per clip of a built-in moving-digits source."""
 
 
 class ImageItems(torch.utils.data.Dataset):
@@ -476,13 +478,13 @@ def _image_items(data: str, opts: EncodeOptions) -> ImageItems:
     return ImageItems(ds, opts.flip)
 
 
-VIDEO_OPTIONS = ("frames", "frame_stride")
+VIDEO_OPTIONS = ("frames", "frame_stride", "builtin_digits")
 
 
 def _image_job(digest: str, data: str, items: ImageItems, opts: EncodeOptions, *, video: bool = False) -> dict:
     """What an encode directory holds: the model, the data and every option that changes the shards.
     Options added later are left out at their defaults, so older encode directories still resume."""
-    later_defaults = {"split": "train", "builtin_size": 512}
+    later_defaults = {"split": "train", "builtin_size": 512, "builtin_digits": 2}
     return {"model_hash": digest, "data": data, "items": len(items),
             **{k: v for k, v in vars(opts).items() if k not in ("num_workers", "progress", "batch_size")
                and (video or k not in VIDEO_OPTIONS) and later_defaults.get(k, object()) != v}}
@@ -577,7 +579,8 @@ def encode_video(model: VideoVAE, data: str, out: str | Path, opts: EncodeOption
     try:
         ds = build_video_dataset(data, frames=opts.frames, frame_stride=opts.frame_stride,
                                  resolution=opts.resolution, seed=opts.seed, random_crop=False, random_flip=False,
-                                 split=opts.split, builtin_size=opts.builtin_size)
+                                 split=opts.split, builtin_size=opts.builtin_size,
+                                 builtin_digits=opts.builtin_digits)
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"--data: {e}") from None
     items = VideoItems(ds, opts.flip)

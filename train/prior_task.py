@@ -4,6 +4,7 @@ AR: next-token cross-entropy over token shards."""
 from __future__ import annotations
 
 import torch
+from diffusers.training_utils import compute_snr
 from torch import nn
 
 from latent_diffusion.ar_prior import ARPrior
@@ -46,9 +47,18 @@ class DiffusionPriorTask(PriorTask):
     multi-process runs are exact like the autoencoder's."""
 
     def __init__(self, *, prior: DiffusionPrior, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0,
-                 cond_dropout: float = 0.1) -> None:
+                 cond_dropout: float = 0.1, snr_gamma: float | None = None) -> None:
         super().__init__(prior=prior, lr=lr, betas=betas, weight_decay=weight_decay)
-        self.cond_dropout = cond_dropout
+        self.cond_dropout, self.snr_gamma = cond_dropout, snr_gamma
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor | None:
+        """(B,) Min-SNR-gamma weights for timesteps t (B,), as diffusers' training scripts compute them;
+        None without snr_gamma."""
+        if self.snr_gamma is None:
+            return None
+        snr = compute_snr(self.prior.scheduler, t)
+        weight = snr.clamp(max=self.snr_gamma)
+        return weight / snr if self.prior.scheduler.config.prediction_type == "epsilon" else weight / (snr + 1)
 
     def forward(self, models, batch: dict, ctx: StepContext) -> torch.Tensor:
         x0 = batch["x"]  # (B, c, h, w), scaled
@@ -61,7 +71,9 @@ class DiffusionPriorTask(PriorTask):
                 raise ValueError("a class-conditional prior needs labelled items (the batch has no \"y\")")
             # Classifier-free guidance: a fraction of items learn the null class's (unconditional) score.
             labels = torch.where(u[:, 1] < self.cond_dropout, self.prior.null_label, batch["y"].to(x0.device))
-        return models["prior"](x0, ctx.noise(x0.shape).to(x0), t, labels).mean()
+        loss = models["prior"](x0, ctx.noise(x0.shape).to(x0), t, labels)  # (B,)
+        weights = self.loss_weights(t)
+        return loss.mean() if weights is None else (loss * weights.to(loss)).mean()
 
     def diagnose_nonfinite(self, batch: dict, autocast_dtype) -> str:
         return "the input batch (check the latents)" if not torch.isfinite(batch["x"]).all() else "the denoiser"

@@ -89,6 +89,37 @@ def test_label_dropout_sends_the_drawn_fraction_to_the_null_class():
     assert seen["y"].tolist() == [3, 1, 3, 1]  # items drawing < 0.1 learn the null class (index 3)
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_gamma_weights_each_items_loss_by_its_timestep(prediction):
+    """model.snr_gamma: item losses weighted min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), SNR =
+    alpha_bar / (1 - alpha_bar) at the item's timestep; nearly clean timesteps count for little."""
+    from train.families.diffusion_prior import DiffusionPriorModel
+    from train.prior_task import DiffusionPriorTask
+    from train.tasks import StepContext
+
+    torch.manual_seed(0)
+    prior = DiffusionPrior(build_unet(latent_channels=2, sample_size=8, block_out_channels=(16, 32),
+                                      norm_num_groups=8), prediction_type=prediction)
+    x0, noise = torch.randn(4, 2, 8, 8), torch.randn(4, 2, 8, 8)
+    u = torch.tensor([[0.01, 0.0], [0.2, 0.0], [0.6, 0.0], [0.99, 0.0]])  # timesteps 10, 200, 600, 990
+    ctx = StepContext(step=0, noise=lambda s: noise, uniform=lambda s: u[:, :s[1]])
+    t = torch.tensor([10, 200, 600, 990])
+    with torch.no_grad():
+        per_item = prior(x0, noise, t).double()  # (4,)
+        plain = DiffusionPriorTask(prior=prior, lr=1e-3).forward({"prior": prior}, {"x": x0}, ctx)
+        weighted = DiffusionPriorTask(prior=prior, lr=1e-3, snr_gamma=5.0).forward({"prior": prior}, {"x": x0}, ctx)
+    alpha_bar = prior.scheduler.alphas_cumprod[t].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    w = snr.clamp(max=5.0) / (snr if prediction == "epsilon" else snr + 1)
+    assert float(plain) == pytest.approx(float(per_item.mean()), rel=1e-5)
+    assert float(weighted) == pytest.approx(float((per_item * w).mean()), rel=1e-5)
+    assert w[0] < 0.05 and float(weighted) < float(plain)  # step 10: SNR ~ 1,000
+    if prediction == "epsilon":
+        assert w[3] == 1.0  # noisy steps keep their full weight
+    with pytest.raises(ConfigError, match="model.snr_gamma"):
+        DiffusionPriorModel(snr_gamma=0.0)
+
+
 def test_guidance_one_is_conditional_sampling_and_labels_are_checked():
     torch.manual_seed(0)
     prior = DiffusionPrior(build_unet(latent_channels=2, sample_size=8, block_out_channels=(16, 32),

@@ -242,6 +242,24 @@ def test_moving_digits_items():
         ds[12]
 
 
+def test_moving_digits_builtin_digits_sets_the_digits_per_clip():
+    """builtin_digits=1: everything lit in a frame fits in one digit's box (R/2 px); with the default two
+    digits, frames spread wider."""
+    def extent(frame: torch.Tensor) -> int:  # (R, R) -> side of the box holding every lit pixel
+        rows, cols = torch.nonzero(frame > -0.99, as_tuple=True)
+        return int(max(rows.max() - rows.min(), cols.max() - cols.min())) + 1
+
+    kw = dict(frames=5, resolution=32, builtin_size=12, seed=0)
+    one = build_video_dataset("builtin:moving-mnist", builtin_digits=1, **kw)
+    two = build_video_dataset("builtin:moving-mnist", **kw)
+    assert one.digits == 1 and two.digits == 2 and one.digit_size == 16
+    for i in range(12):
+        x = one[i]["x"]
+        assert one[i]["y"] == one.label(i) and x.max() > 0.5
+        assert all(extent(x[0, t]) <= 16 for t in range(5)), i
+    assert any(extent(two[i]["x"][0, t]) > 16 for i in range(12) for t in range(5))
+
+
 def test_moving_digits_determinism():
     def clip(ds, i):
         return ds[i]["x"]

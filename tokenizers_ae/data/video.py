@@ -261,14 +261,14 @@ class MovingDigits(torch.utils.data.Dataset):
 
 def build_video_dataset(path: str, *, frames: int, resolution: int, frame_stride: int = 1, seed: int = 0,
                         random_crop: bool = True, random_flip: bool = True, split: str = "train",
-                        builtin_size: int = 512) -> torch.utils.data.Dataset:
-    """"builtin:moving-mnist" / "builtin:moving-digits" -> MovingDigits (`split`, `builtin_size` items); a
-    directory -> VideoFolder. Raises FileNotFoundError for a missing path, ValueError for a file or a folder
-    without videos."""
+                        builtin_size: int = 512, builtin_digits: int = 2) -> torch.utils.data.Dataset:
+    """"builtin:moving-mnist" / "builtin:moving-digits" -> MovingDigits (`split`, `builtin_size` items of
+    `builtin_digits` digits each); a directory -> VideoFolder. Raises FileNotFoundError for a missing path,
+    ValueError for a file or a folder without videos."""
     for source, name in MOVING_SOURCES.items():
         if path == name:
             return MovingDigits(split=split, frames=frames, resolution=resolution, size=builtin_size, seed=seed,
-                                source=source)
+                                digits=builtin_digits, source=source)
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"dataset path does not exist: {path}")

@@ -69,6 +69,8 @@ class EncodeRequest:
     frame_stride: int = 1
     builtin_size: int = 512
     """Items a built-in source makes."""
+    builtin_digits: int = 2
+    """Videos: digits per clip of builtin:moving-mnist / builtin:moving-digits."""
     processes: Any = None
     """accelerate's `PartialState` under a launcher (None: one process)."""
 

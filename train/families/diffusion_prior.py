@@ -78,6 +78,10 @@ class DiffusionPriorModel:
     cond_dropout: float = 0.1
     """Fraction of labels replaced by the null class in training, so one model also predicts
     unconditionally (classifier-free guidance)."""
+    snr_gamma: float | None = None
+    """Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' `--snr_gamma`, 5 in their scripts): each
+    timestep's loss is weighted min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), so the nearly clean
+    timesteps stop dominating the gradient and the noisy ones, where shapes form, learn sooner. null: off."""
     guidance_scale: float = 3.0
     """Classifier-free guidance for eval samples of a class-conditional prior."""
     first_stage: str | None = None
@@ -87,6 +91,7 @@ class DiffusionPriorModel:
     def __post_init__(self) -> None:
         check(0.0 <= self.cond_dropout < 1.0, "model.cond_dropout", "in [0, 1)")
         check(self.num_train_timesteps >= 2, "model.num_train_timesteps", ">= 2")
+        check(self.snr_gamma is None or self.snr_gamma > 0, "model.snr_gamma", "> 0, or null (off)")
 
 
 def build_model(cfg: Config):
@@ -145,7 +150,7 @@ def build_task(cfg: Config, model):
 
     t = cfg.train
     return DiffusionPriorTask(prior=model, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
-                              cond_dropout=cfg.model.cond_dropout)
+                              cond_dropout=cfg.model.cond_dropout, snr_gamma=cfg.model.snr_gamma)
 
 
 def datasets(cfg: Config):

@@ -42,6 +42,8 @@ class VideoData(DataBase):
     """Horizontal flips of whole clips with probability 1/2."""
     builtin_size: int = 512
     """Clips in a built-in source's training split."""
+    builtin_digits: int = 2
+    """Digits per clip of a built-in source (Moving MNIST: 2; the class label is the first digit's)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,6 +51,7 @@ class VideoData(DataBase):
         check(self.frame_stride >= 1, "data.frame_stride", ">= 1")
         check(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution", "a multiple of 8, >= 8")
         check(self.builtin_size >= 1, "data.builtin_size", ">= 1")
+        check(self.builtin_digits >= 1, "data.builtin_digits", ">= 1")
 
 
 @dataclass
@@ -190,7 +193,8 @@ def _dataset(cfg: Config, path: str, *, train: bool, key: str):
     try:
         return build_video_dataset(path, frames=d.frames, frame_stride=d.frame_stride, resolution=d.resolution,
                                    seed=cfg.seed, random_crop=d.random_crop and train,
-                                   random_flip=d.random_flip and train, split=split, builtin_size=d.builtin_size)
+                                   random_flip=d.random_flip and train, split=split, builtin_size=d.builtin_size,
+                                   builtin_digits=d.builtin_digits)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"{key}: {e}") from None
 
@@ -317,7 +321,7 @@ def encode(model, req: EncodeRequest) -> dict:
         resolution=req.resolution, batch_size=req.batch_size, shard_size=req.shard_size, sample=req.sample,
         flip=req.flip, dtype=req.dtype, seed=req.seed, precision=req.precision, num_workers=req.num_workers,
         split=req.split, frames=req.frames, frame_stride=req.frame_stride,
-        builtin_size=req.builtin_size), state=req.processes)
+        builtin_size=req.builtin_size, builtin_digits=req.builtin_digits), state=req.processes)
 
 
 def export_diffusers(model, req: ExportRequest) -> str:

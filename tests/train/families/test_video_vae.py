@@ -2,7 +2,9 @@
 AutoencoderKLWan with measured latents_mean/std that reconstructs like aetk, resumes exactly, and
 `aetk eval` reports it beside the space-time PCA baseline."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ from diffusers import AutoencoderKLWan
 
 from train.config import ConfigError
 from train.run import train
+
+REPO = Path(__file__).resolve().parents[3]
 
 VIDEO = ["model.kind=video_vae", "train.mixed_precision=no", "train.max_steps=4", "train.eval_every=4",
          "train.checkpoint_every=2",
@@ -176,6 +180,20 @@ def test_encode_writes_video_latent_shards_equal_to_the_model(video_run, tmp_pat
     assert main(args) == 0  # a finished encode is a no-op
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.glob("shard-*")) == before
 
+    one = tmp_path / "lat-one"  # --builtin-digits 1: one digit per clip, in the job record
+    assert main(args[:-8] + ["--out", str(one), "--precision", "no", "--builtin-size", "4",
+                             "--builtin-digits", "1"]) == 0
+    assert json.loads((one / "manifest.json").read_text())["count"] == 4
+    assert json.loads((one / "encode_job.json").read_text())["builtin_digits"] == 1
+    assert "builtin_digits" not in json.loads((out / "encode_job.json").read_text())  # the default: old jobs resume
+    it = LatentShardDataset(one)[0]
+    src1 = MovingDigits(frames=9, resolution=16, digits=1)
+    with torch.no_grad():
+        ref1, ref2 = model.encode(torch.stack([src1[it["index"]]["x"],
+                                               MovingDigits(frames=9, resolution=16)[it["index"]]["x"]]))
+    torch.testing.assert_close(it["latent"].float(), ref1, atol=2e-3, rtol=1e-3)
+    assert (it["latent"].float() - ref2).abs().max() > 0.1
+
 
 def test_a_video_prior_trains_on_encoded_latents_and_samples_clips(video_run, tmp_path):
     """The diffusion prior's DiT takes the (c, t, h, w) latents as spatio-temporal patches (Wan's
@@ -212,6 +230,16 @@ def test_a_video_prior_trains_on_encoded_latents_and_samples_clips(video_run, tm
     gif = Image.open(out.with_suffix(".gif"))
     assert gif.n_frames == 9
 
+    # scripts/digit_legibility.py reads this prior and its first stage: clips of 9 frames at 16 px
+    spec = importlib.util.spec_from_file_location("digit_legibility", REPO / "scripts/digit_legibility.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tmp_path / "prior/model"), "--n", "4", "--steps", "2", "--train-clips", "8",
+                        "--epochs", "1", "--json", str(tmp_path / "leg.json")]) == 0
+    r = json.loads((tmp_path / "leg.json").read_text())
+    assert (r["frames"], r["resolution"], r["n"]) == (9, 16, 4)
+    assert all(0 <= r[k] <= 1 for k in ("real_heldout", "first_stage_reconstructions", "prior_samples"))
+
 
 def test_export_verb_writes_a_loadable_wan_directory(video_run, tmp_path):
     from aetk.cli import main
@@ -236,6 +264,15 @@ def test_tile_is_refused_with_the_reason_not_ignored(video_run, tmp_path, capsys
         assert main(args) != 0
         assert "spatial tiling cannot be exact" in capsys.readouterr().err
     assert not (tmp_path / "lat").exists()
+
+
+def test_builtin_digits_reaches_the_training_clips(tmp_path, tiny_config):
+    from train.families.video_vae import datasets
+
+    train_ds, val_ds = datasets(tiny_config(tmp_path, "model.kind=video_vae", "data.builtin_digits=1"))
+    assert train_ds.digits == 1 and val_ds.digits == 1
+    with pytest.raises(ConfigError, match="data.builtin_digits"):
+        tiny_config(tmp_path, "model.kind=video_vae", "data.builtin_digits=0")
 
 
 def test_video_recipe_builds_the_temporal_term(tmp_path, tiny_config):
