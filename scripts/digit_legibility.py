@@ -29,9 +29,12 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aetk  # noqa: E402
+from latent_diffusion.diffusion_prior import DiffusionPrior  # noqa: E402
 from latent_diffusion.diffusion_prior import sample as sample_latents  # noqa: E402
 from latent_diffusion.sampling import decode_latents, sample_labels  # noqa: E402
 from tokenizers_ae.data.video import MovingDigits  # noqa: E402
+from train.config import ConfigError  # noqa: E402
+from train.families.diffusion_prior import load_first_stage  # noqa: E402
 
 
 class DigitCNN(nn.Module):
@@ -50,15 +53,17 @@ class DigitCNN(nn.Module):
         return self.head(self.features(x).amax(dim=(2, 3)))
 
 
-def clips(split: str, n: int, frames: int, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, 3, T, R, R) one-digit clips and their (n,) classes."""
-    ds = MovingDigits(split=split, frames=frames, resolution=resolution, size=n, digits=1, source="mnist")
+def clips(split: str, n: int, frames: int, resolution: int, source: str = "mnist") -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 3, T, R, R) one-digit clips of `source` (mnist: builtin:moving-mnist, digits: builtin:moving-digits)
+    and their (n,) classes."""
+    ds = MovingDigits(split=split, frames=frames, resolution=resolution, size=n, digits=1, source=source)
     items = [ds[i] for i in range(n)]
     return torch.stack([it["x"] for it in items]), torch.tensor([it["y"] for it in items])
 
 
-def train_classifier(frames: int, resolution: int, n_clips: int, epochs: int, seed: int) -> DigitCNN:
-    x, y = clips("train", n_clips, frames, resolution)
+def train_classifier(frames: int, resolution: int, n_clips: int, epochs: int, seed: int,
+                     source: str = "mnist") -> DigitCNN:
+    x, y = clips("train", n_clips, frames, resolution, source)
     x = x[:, 0].flatten(0, 1)[:, None]  # (n*T, 1, R, R): every frame, grey
     y = y.repeat_interleave(frames)
     torch.manual_seed(seed)
@@ -93,27 +98,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance (3, as aetk sample)")
     p.add_argument("--train-clips", type=int, default=4096, help="clips whose frames train the classifier (4096)")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--source", choices=["mnist", "digits"], default="mnist",
+                   help="the digits the prior's clips were made of: mnist (builtin:moving-mnist, the recipe's) or "
+                        "digits (builtin:moving-digits)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
 
-    prior = aetk.load(args.prior).eval()
+    try:
+        prior = aetk.load(args.prior).eval()
+    except ValueError as e:  # LoadError: a missing path, or not an aetk model
+        raise SystemExit(str(e)) from None
+    if not isinstance(prior, DiffusionPrior):
+        raise SystemExit(f"{args.prior} holds a {type(prior).__name__}, not a diffusion prior")
     if prior.space != "latent" or len(prior.latent_shape) != 4 or prior.num_classes != 10:
         raise SystemExit(f"{args.prior}: need a class-conditional (10 classes) video latent prior, got "
                          f"space {prior.space}, latent shape {prior.latent_shape}, {prior.num_classes} classes")
-    vae = aetk.load(prior.first_stage).eval()
+    try:
+        vae = load_first_stage(prior.first_stage, video=True).eval()
+    except ConfigError as e:
+        raise SystemExit(f"{args.prior}: {e}") from None
     frames = 1 + (prior.latent_shape[1] - 1) * vae.temporal_factor
     resolution = prior.latent_shape[2] * vae.spatial_factor
     t0 = time.perf_counter()
-    net = train_classifier(frames, resolution, args.train_clips, args.epochs, args.seed)
-    real, real_y = clips("val", args.n, frames, resolution)
+    net = train_classifier(frames, resolution, args.train_clips, args.epochs, args.seed, args.source)
+    real, real_y = clips("val", args.n, frames, resolution, args.source)
     with torch.no_grad():
         recon = torch.cat([vae.reconstruct(real[i:i + 16]) for i in range(0, len(real), 16)])
     labels = sample_labels(args.n, 10, None)
     z = sample_latents(prior, n=args.n, seed=args.seed, steps=args.steps, labels=labels, guidance=args.guidance,
                        progress=True)
     samples = decode_latents(vae, z, prior.scaling_factor, shift_factor=prior.shift_factor)
-    result = {"prior": args.prior, "n": args.n, "frames": frames, "resolution": resolution, "steps": args.steps,
+    result = {"prior": args.prior, "source": args.source, "n": args.n, "frames": frames, "resolution": resolution,
+              "steps": args.steps,
               "guidance": args.guidance, "chance": 0.1,
               "real_heldout": clip_accuracy(net, real, real_y),
               "first_stage_reconstructions": clip_accuracy(net, recon, real_y),

@@ -235,7 +235,7 @@ def test_a_video_prior_trains_on_encoded_latents_and_samples_clips(video_run, tm
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main([str(tmp_path / "prior/model"), "--n", "4", "--steps", "2", "--train-clips", "8",
-                        "--epochs", "1", "--json", str(tmp_path / "leg.json")]) == 0
+                        "--epochs", "1", "--source", "digits", "--json", str(tmp_path / "leg.json")]) == 0
     r = json.loads((tmp_path / "leg.json").read_text())
     assert (r["frames"], r["resolution"], r["n"]) == (9, 16, 4)
     assert all(0 <= r[k] <= 1 for k in ("real_heldout", "first_stage_reconstructions", "prior_samples"))
