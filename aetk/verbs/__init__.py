@@ -41,10 +41,12 @@ def add_json(p: argparse.ArgumentParser) -> None:
 
 
 def add_video_args(p: argparse.ArgumentParser) -> None:
-    """A video VAE's clip: `--frames` and `--frame-stride` (encode and eval)."""
+    """A video VAE's clip: `--frames`, `--frame-stride` and `--builtin-digits` (encode and eval)."""
     p.add_argument("--frames", type=positive_int, default=17,
                    help="video VAE: frames per clip, 1 + k * the temporal factor (default 17)")
     p.add_argument("--frame-stride", type=positive_int, default=1, help="video VAE: take every n-th frame (1)")
+    p.add_argument("--builtin-digits", type=positive_int, default=2,
+                   help="video VAE on builtin:moving-mnist / builtin:moving-digits: digits per clip (2)")
 
 
 def emit(result: dict, json_path: str | None) -> int:

@@ -48,8 +48,6 @@ def add(sub, name: str) -> None:
     p.add_argument("--kbps", type=positive_float, help="audio codec: levels for this bitrate (default: all levels)")
     p.add_argument("--builtin-size", type=positive_int, default=512,
                    help="built-in sources: items to make (builtin:skimage crops, builtin:moving-mnist clips; 512)")
-    p.add_argument("--builtin-digits", type=positive_int, default=2,
-                   help="builtin:moving-mnist / builtin:moving-digits: digits per clip (2)")
     add_video_args(p)
     p.add_argument("--tile", type=positive_int, help="encode in exact tiles of this many pixels: bounded memory "
                                                      "for large images, same result as untiled (to ~1e-5)")
@@ -76,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     import aetk
-    from train.families import family_of
+    from train.families import family_of, refuse_unread
     from train.families.base import EncodeRequest
 
     model = aetk.load(args.model)
@@ -90,5 +88,6 @@ def run(args: argparse.Namespace) -> int:
                         split=args.split, segment_seconds=args.segment_seconds, kbps=args.kbps,
                         frames=args.frames, frame_stride=args.frame_stride, builtin_size=args.builtin_size,
                         builtin_digits=args.builtin_digits, processes=PartialState(cpu=not torch.cuda.is_available()))
+    refuse_unread(fam, "encode", req, args.model)
     print(summary(fam.encode(model, req), args.out))
     return 0

@@ -86,6 +86,7 @@ def follow(args: argparse.Namespace) -> dict:
         args.tile, args.precision = s["tile"], s["precision"]
     elif card.get("kind") == "video":
         args.frames, args.frame_stride = s["frames"], s["frame_stride"]
+        args.builtin_digits = s.get("builtin_digits", 2)  # cards written before the option: two digits
     print(f"following the protocol in {args.protocol}: {card['data']['items']} items of {args.data} "
           f"({card['data']['split']} split), sha256 {card['data']['sha256'][:12]}...", file=sys.stderr)
     return card
@@ -93,7 +94,7 @@ def follow(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import aetk
-    from train.families import family_of
+    from train.families import family_of, refuse_unread
     from train.families.base import ReportRequest
 
     card = follow(args) if args.protocol else None
@@ -112,11 +113,13 @@ def run(args: argparse.Namespace) -> int:
                         precision=args.precision, tile=args.tile, out_dir=files_dir(args.out_dir, args.json),
                         kbps=tuple(args.kbps or ()),
                         segment_seconds=args.segment_seconds, opus=not args.no_opus,
-                        frames=args.frames, frame_stride=args.frame_stride, protocol=card)
+                        frames=args.frames, frame_stride=args.frame_stride, builtin_digits=args.builtin_digits,
+                        protocol=card)
     if card is not None and card.get("kind") not in (None, {"kl_vae": "image", "vq_vae": "image",
                                                            "video_vae": "video", "soundstream": "audio"}.get(fam.kind)):
         raise ConfigError(f"--protocol {args.protocol}: a {card.get('kind')} protocol, and {args.model} holds a "
                           f"{fam.kind} model")
+    refuse_unread(fam, "eval", req, args.model)
     report = fam.report(model, req)
     if args.compare:
         report["compare"] = compare(model, args)

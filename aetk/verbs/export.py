@@ -39,7 +39,7 @@ def add(sub, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import aetk
-    from train.families import family_of
+    from train.families import family_of, refuse_unread
     from train.families.base import ExportRequest
 
     if args.push_to_hub:
@@ -55,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
     if fmt not in fam.exports:
         raise ConfigError(f"--format {fmt} is not a format of a {fam.kind} model ({args.source}); use "
                           f"{' or '.join(fam.exports)}")
-    print(fam.exports[fmt](model, ExportRequest(out=args.out, data=args.data, resolution=args.resolution, n=args.n,
-                                                 scaling_factor=args.scaling_factor)))
+    req = ExportRequest(out=args.out, data=args.data, resolution=args.resolution, n=args.n,
+                        scaling_factor=args.scaling_factor)
+    refuse_unread(fam, "export", req, args.source)
+    print(fam.exports[fmt](model, req))
     out = Path(args.out)
     if (out / "config.json").is_file():  # a directory export: the card the Hub renders beside it
         from train.model_card import write_model_card

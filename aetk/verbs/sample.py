@@ -38,7 +38,7 @@ def add(sub, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import aetk
-    from train.families import family_of
+    from train.families import family_of, refuse_unread
     from train.families.base import SampleRequest
 
     model = aetk.load(args.run)
@@ -46,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
     if fam.sample is None:
         raise ConfigError(f"{args.run} holds a {fam.kind} model, not a prior: aetk sample samples a diffusion or AR "
                           "prior (model.kind: diffusion_prior or ar_prior)")
-    print(fam.sample(model, SampleRequest(
+    req = SampleRequest(
         out=args.out, n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
         label=args.label, first_stage=args.vae, tile=args.tile, top_k=args.top_k, top_p=args.top_p,
-        temperature=args.temperature)))
+        temperature=args.temperature)
+    refuse_unread(fam, "sample", req, args.run)
+    print(fam.sample(model, req))
     return 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from train.config import ConfigError
 from train.families import ar_prior, classic, diffusion_prior, kl_vae, soundstream, video_vae, vq_vae
-from train.families.base import Family
+from train.families.base import Family, unread_options
 
 FAMILIES: dict[str, Family] = {f.kind: f for f in (
     kl_vae.FAMILY, vq_vae.FAMILY, soundstream.FAMILY, diffusion_prior.FAMILY, ar_prior.FAMILY, classic.FAMILY,
@@ -39,3 +39,20 @@ def family_of(model) -> Family:
         if name in f.saved_names:
             return f
     raise ValueError(f"{type(model).__name__} belongs to no aetk family")
+
+
+# Request options whose flag is not `--` + the name with dashes.
+FLAG_OF = {"baselines": "--baseline", "opus": "--no-opus", "first_stage": "--vae"}
+
+
+def refuse_unread(fam: Family, verb: str, req, source: str) -> None:
+    """ConfigError when a user set an option of `req` that `fam`'s hook for `verb` does not read
+    (`Family.reads`), naming the flag and the kinds of model it is for."""
+    unread = unread_options(req, fam.reads.get(verb, frozenset()))
+    if not unread:
+        return
+    name = unread[0]
+    flag = FLAG_OF.get(name, "--" + name.replace("_", "-"))
+    users = [k for k, f in FAMILIES.items() if name in f.reads.get(verb, ())]
+    where = f"; it is for {' and '.join(users)} models" if users else ""
+    raise ConfigError(f"{flag} does nothing for {source}, which holds a {fam.kind} model{where}: drop it")

@@ -159,8 +159,14 @@ def sample(prior, req: SampleRequest) -> str:
     return f"wrote {req.n} samples ({what}) to {req.out}"
 
 
+# The request options each verb's hook reads: a flag outside them is refused (Family.reads).
+READS = {
+    "sample": frozenset({"out", "n", "seed", "temperature", "top_k", "top_p", "label", "first_stage", "tile"}),
+}
+
 FAMILY = Family(
     kind="ar_prior", summary="autoregressive prior (GPT-2 / Llama) over VQ tokens or codec streams",
     model=ARPriorModel, data=ShardData, loss=None, saved_names=("ARPrior",),
     build_model=build_model, build_task=build_task, datasets=datasets, evaluator=Evaluator, export=export,
-    sample=sample)
+    sample=sample,
+    reads=READS)

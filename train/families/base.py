@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,8 +102,16 @@ class ReportRequest:
     frames: int = 17
     """Videos: frames per evaluated clip."""
     frame_stride: int = 1
+    builtin_digits: int = 2
+    """Videos: digits per clip of builtin:moving-mnist / builtin:moving-digits."""
     protocol: dict | None = None
     """A protocol card to follow (`aetk eval --protocol`): the data and metric weights must match it."""
+
+
+IMAGE_REPORT_READS = frozenset({"name", "data", "resolution", "n", "fit_n", "fit_data", "baselines", "latent_bits",
+                                "lpips_weights", "inception_weights", "precision_audit", "precision", "tile",
+                                "out_dir", "protocol"})
+"""The `ReportRequest` options `train.parts.image_report` (both image tokenizers' `aetk eval`) reads."""
 
 
 @dataclass
@@ -178,3 +186,14 @@ class Family:
     """`aetk export --format F`: F -> writer; returns what was written."""
     sample: Callable[[nn.Module, SampleRequest], str] | None = None
     """`aetk sample`: samples -> files; returns what was written."""
+    reads: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Per verb ("encode", "eval", "export", "sample"): the options of its request that this family's
+    hooks read. The verb refuses any other option a user set (`unread_options`): a flag that does
+    nothing for this kind of model is a mistake to name, not to ignore."""
+
+
+def unread_options(req: Any, reads: frozenset[str] | set[str]) -> list[str]:
+    """The options of `req` (a request dataclass above) that differ from their defaults and are not
+    in `reads`, in declaration order."""
+    return [f.name for f in fields(req) if f.name not in reads and f.default is not MISSING
+            and getattr(req, f.name) != f.default]

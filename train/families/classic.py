@@ -201,8 +201,13 @@ def report(model, req: ReportRequest) -> dict:
     return {**result["metrics"], "files": files}
 
 
+# The request options each verb's hook reads: a flag outside them is refused (Family.reads).
+READS = {
+    "eval": frozenset({"name", "data", "n", "out_dir"}),
+}
+
 FAMILY = Family(
     kind="classic", summary="classic autoencoder baselines (18 variants, from linear to top-k SAE)",
     model=ClassicModel, data=ImageData, loss=None, saved_names=("classic",),
     build_model=build_model, build_task=build_task, datasets=datasets, evaluator=lambda: evaluate, export=export,
-    report=report)
+    report=report, reads=READS)

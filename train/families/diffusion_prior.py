@@ -268,8 +268,14 @@ def sample(prior, req: SampleRequest) -> str:
     return f"wrote {req.n} samples to {req.out}{gif}"
 
 
+# The request options each verb's hook reads: a flag outside them is refused (Family.reads).
+READS = {
+    "sample": frozenset({"out", "n", "seed", "steps", "sampler", "guidance", "label", "first_stage", "tile"}),
+}
+
 FAMILY = Family(
     kind="diffusion_prior", summary="diffusion prior (UNet or DiT) over encoded latents, or the pixel baseline",
     model=DiffusionPriorModel, data=ImageData, loss=None, saved_names=("DiffusionPrior",),
     build_model=build_model, build_task=build_task, datasets=datasets, evaluator=Evaluator, export=export,
-    sample=sample)
+    sample=sample,
+    reads=READS)

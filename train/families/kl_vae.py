@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from train.config import Config, ConfigError, ImageBackbone, ImageData, ImageGANLoss, check
-from train.families.base import EncodeRequest, EvalContext, ExportRequest, Family, ReportRequest
+from train.families.base import IMAGE_REPORT_READS, EncodeRequest, EvalContext, ExportRequest, Family, ReportRequest
 
 log = logging.getLogger("aetk.export")
 
@@ -219,8 +219,18 @@ def export_single_file(model, req: ExportRequest) -> str:
     return f"{note}wrote an SD single file to {out} (scaling_factor {model.scaling_factor:.5f})"
 
 
+# The request options each verb's hook reads: a flag outside them is refused (Family.reads).
+READS = {
+    "encode": frozenset({
+        "data", "out", "processes", "resolution", "batch_size", "shard_size", "flip", "seed", "precision",
+        "num_workers", "tile", "split", "builtin_size", "sample", "dtype"}),
+    "eval": IMAGE_REPORT_READS,
+    "export": frozenset({"out", "data", "resolution", "n", "scaling_factor"}),
+}
+
 FAMILY = Family(
     kind="kl_vae", summary="KL-VAE on diffusers AutoencoderKL (continuous latents for latent diffusion)",
     model=KLVAEModel, data=ImageData, loss=KLVAELoss, saved_names=("KLVAE",),
     build_model=build_model, build_task=build_task, datasets=datasets, evaluator=lambda: evaluate, export=export,
-    encode=encode, report=report, exports={"diffusers": export_diffusers, "sd-single-file": export_single_file})
+    encode=encode, report=report, exports={"diffusers": export_diffusers, "sd-single-file": export_single_file},
+    reads=READS)

@@ -205,8 +205,17 @@ def export_native(model, req: ExportRequest) -> str:
     return f"wrote aetk's native format to {model.save_pretrained(req.out)}"
 
 
+# The request options each verb's hook reads: a flag outside them is refused (Family.reads).
+READS = {
+    "encode": frozenset({
+        "data", "out", "processes", "batch_size", "shard_size", "num_workers", "segment_seconds", "kbps"}),
+    "eval": frozenset({"name", "data", "n", "kbps", "segment_seconds", "opus", "out_dir", "protocol"}),
+    "export": frozenset({"out"}),
+}
+
 FAMILY = Family(
     kind="soundstream", summary="SoundStream-style neural audio codec (causal SEANet + residual VQ, streaming)",
     model=SoundStreamModel, data=AudioData, loss=AudioLoss, saved_names=("SoundStream",), check=check_recipe,
     build_model=build_model, build_task=build_task, datasets=datasets, evaluator=lambda: evaluate, export=export,
-    encode=encode, report=report, exports={"encodec": export_encodec, "aetk": export_native})
+    encode=encode, report=report, exports={"encodec": export_encodec, "aetk": export_native},
+    reads=READS)

@@ -258,6 +258,15 @@ def export(cfg: Config, model, train_dataset, out: Path) -> None:
     (out / "latent_stats.json").write_text(json.dumps(stats, indent=1))
 
 
+def _check_digits(digits: int, *sources: str | None) -> None:
+    """`--builtin-digits` other than 2 needs a built-in moving-digits source to act on."""
+    from tokenizers_ae.data.video import MOVING_SOURCES
+
+    if digits != 2 and not any(s in MOVING_SOURCES.values() for s in sources):
+        raise ValueError(f"--builtin-digits {digits}: for {' or '.join(MOVING_SOURCES.values())} only; "
+                         f"{' and '.join(s for s in sources if s)} holds video files")
+
+
 def report(model, req: ReportRequest) -> dict:
     """`aetk eval` of a video VAE: metrics on held-out clips beside the space-time PCA baseline with
     the same number of latent values, and a strip of frames."""
@@ -274,6 +283,10 @@ def report(model, req: ReportRequest) -> dict:
 
     if req.tile:
         raise ValueError(f"--tile: {NOT_TILEABLE}")
+    _check_digits(req.builtin_digits, req.data, req.fit_data)
+    if "jpeg" in req.baselines:
+        raise ValueError("--baseline jpeg: images only; a video VAE is compared with space-time PCA, which is always "
+                         "reported")
     if not req.data:
         raise ValueError("--data is required: a folder of videos, builtin:moving-mnist or builtin:moving-digits")
     model.latent_frames(req.frames)
@@ -282,7 +295,8 @@ def report(model, req: ReportRequest) -> dict:
     def clips(split: str, start: int, count: int, source: str = req.data, flag: str = "--data", spread: bool = False):
         try:
             ds = build_video_dataset(source, frames=req.frames, frame_stride=req.frame_stride,
-                                     resolution=req.resolution, random_crop=False, random_flip=False, split=split)
+                                     resolution=req.resolution, random_crop=False, random_flip=False, split=split,
+                                     builtin_digits=req.builtin_digits)
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"{flag}: {e}") from None
         idx = spread_items(start, len(ds), count) if spread else range(start, min(start + count, len(ds)))
@@ -300,6 +314,7 @@ def report(model, req: ReportRequest) -> dict:
     result = evaluate_videos(model, x, fit_x=fit, factor_t=model.temporal_factor, factor_s=model.spatial_factor,
                              channels=model.latent_channels, out_dir=out_dir)
     settings = {"resolution": req.resolution, "frames": req.frames, "frame_stride": req.frame_stride,
+                "builtin_digits": req.builtin_digits,
                 "crop": "first frames, centre, shorter side resized to it", "n": n, "fit_n": req.fit_n,
                 "fit_data": req.fit_data, "pca_fit": PCA_FIT_RULE,
                 "fit_sha256": protocol.content_sha256(fit) if fit is not None else None}
@@ -316,7 +331,7 @@ def encode(model, req: EncodeRequest) -> dict:
 
     if req.tile:
         raise ValueError(f"--tile: {NOT_TILEABLE}")
-
+    _check_digits(req.builtin_digits, req.data)
     return encode_video(model, req.data, req.out, EncodeOptions(
         resolution=req.resolution, batch_size=req.batch_size, shard_size=req.shard_size, sample=req.sample,
         flip=req.flip, dtype=req.dtype, seed=req.seed, precision=req.precision, num_workers=req.num_workers,
@@ -339,8 +354,20 @@ def export_native(model, req: ExportRequest) -> str:
     return f"wrote an aetk VideoVAE to {out}"
 
 
+# The request options each verb's hook reads: a flag outside them is refused (Family.reads).
+READS = {
+    "encode": frozenset({
+        "data", "out", "processes", "resolution", "batch_size", "shard_size", "flip", "seed", "precision",
+        "num_workers", "tile", "split", "builtin_size", "sample", "dtype", "frames", "frame_stride", "builtin_digits"}),
+    "eval": frozenset({
+        "name", "data", "resolution", "n", "fit_n", "fit_data", "baselines", "tile", "out_dir", "frames",
+        "frame_stride", "builtin_digits", "protocol"}),
+    "export": frozenset({"out"}),
+}
+
 FAMILY = Family(
     kind="video_vae", summary="causal 3D video VAE on diffusers AutoencoderKLWan (KL latents or FSQ tokens)",
     model=VideoVAEModel, data=VideoData, loss=VideoVAELoss, saved_names=("VideoVAE",), check=check_recipe,
     build_model=build_model, build_task=build_task, datasets=datasets, evaluator=lambda: evaluate, export=export,
-    encode=encode, report=report, exports={"diffusers": export_diffusers, "aetk": export_native})
+    encode=encode, report=report, exports={"diffusers": export_diffusers, "aetk": export_native},
+    reads=READS)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from train.config import Config, ImageBackbone, ImageData, ImageGANLoss, QuantizerConfig, check
-from train.families.base import EncodeRequest, EvalContext, ExportRequest, Family, ReportRequest
+from train.families.base import IMAGE_REPORT_READS, EncodeRequest, EvalContext, ExportRequest, Family, ReportRequest
 
 
 @dataclass
@@ -118,8 +118,18 @@ def export_diffusers(model, req: ExportRequest) -> str:
     return f"wrote {what} to {out}"
 
 
+# The request options each verb's hook reads: a flag outside them is refused (Family.reads).
+READS = {
+    "encode": frozenset({
+        "data", "out", "processes", "resolution", "batch_size", "shard_size", "flip", "seed", "precision",
+        "num_workers", "tile", "split", "builtin_size"}),
+    "eval": IMAGE_REPORT_READS,
+    "export": frozenset({"out"}),
+}
+
 FAMILY = Family(
     kind="vq_vae", summary="VQ-VAE / VQ-GAN image tokenizer (VQ, residual VQ, FSQ or LFQ tokens)",
     model=VQVAEModel, data=ImageData, loss=VQVAELoss, saved_names=("VQVAE",),
     build_model=build_model, build_task=build_task, datasets=datasets, evaluator=lambda: evaluate, export=export,
-    encode=encode, report=report, exports={"diffusers": export_diffusers})
+    encode=encode, report=report, exports={"diffusers": export_diffusers},
+    reads=READS)

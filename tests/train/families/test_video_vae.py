@@ -84,6 +84,42 @@ def test_load_run_and_eval_beside_pca(video_run, tmp_path):
     assert rerun["protocol"]["data"] == card["data"] and rerun["model"]["psnr"] == report["model"]["psnr"]
 
 
+def test_eval_on_one_digit_clips_records_and_repeats_the_digit_count(video_run, tmp_path):
+    from aetk.cli import main
+
+    run, _ = video_run
+    common = ["eval", str(run / "model"), "--data", "builtin:moving-digits", "--resolution", "16", "--frames", "5",
+              "--n", "3", "--fit-n", "8"]
+    two, one, again = (tmp_path / f"{name}.json" for name in ("two", "one", "again"))
+    assert main([*common, "--json", str(two)]) == 0
+    assert main([*common, "--builtin-digits", "1", "--json", str(one)]) == 0
+    cards = [json.loads(p.read_text())["protocol"] for p in (two, one)]
+    assert [c["settings"]["builtin_digits"] for c in cards] == [2, 1]
+    assert cards[0]["data"]["sha256"] != cards[1]["data"]["sha256"]  # other clips were evaluated
+    assert cards[0]["settings"]["fit_sha256"] != cards[1]["settings"]["fit_sha256"]  # and PCA fitted on others
+    assert main(["eval", str(run / "model"), "--protocol", str(one), "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["protocol"]["data"] == cards[1]["data"]
+
+
+def test_flags_a_video_eval_cannot_honour_are_refused(video_run, tmp_path, capsys):
+    from aetk.cli import main
+
+    run, _ = video_run
+    common = ["--resolution", "16", "--frames", "5", "--n", "2"]
+    for args, text in (
+            (["eval", "--data", "builtin:moving-digits", "--baseline", "jpeg"], "--baseline jpeg: images only"),
+            (["eval", "--data", str(tmp_path / "videos"), "--builtin-digits", "1"], "--builtin-digits 1: for"),
+            (["encode", "--data", str(tmp_path / "videos"), "--out", str(tmp_path / "lat"), "--builtin-digits", "3"],
+             "--builtin-digits 3: for"),
+            (["eval", "--data", "builtin:moving-digits", "--latent-bits", "8"], "--latent-bits does nothing for"),
+            (["encode", "--data", "builtin:moving-digits", "--out", str(tmp_path / "lat"), "--kbps", "6"],
+             "--kbps does nothing for")):
+        assert main([args[0], str(run / "model"), *args[1:], *common]) != 0
+        err = capsys.readouterr().err
+        assert text in err, (args, err)
+    assert not (tmp_path / "lat").exists()
+
+
 def test_recipe_checks_clip_length_and_fsq(tmp_path):
     from helpers import tiny_overrides
 
