@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Literal
 
 from train.config import Config, ConfigError, ImageBackbone, ImageData, ImageGANLoss, check
-from train.families.base import IMAGE_REPORT_READS, EncodeRequest, EvalContext, ExportRequest, Family, ReportRequest
+from train.families.base import (
+    IMAGE_REPORT_READS,
+    EncodeRequest,
+    EvalContext,
+    ExportRequest,
+    Family,
+    ReportRequest,
+    unread_options,
+)
 
 log = logging.getLogger("aetk.export")
 
@@ -186,6 +194,11 @@ def _set_scaling(model, req: ExportRequest) -> str:
     """Measure (--data) or set (--scaling-factor) the latent scaling factor; say which, or warn."""
     from eval.latents import measure_on_data, set_latent_norm, set_scaling_factor
 
+    # --resolution and --n shape what --data measures; --scaling-factor replaces the measurement.
+    if req.scaling_factor is not None and req.data:
+        raise ValueError("--scaling-factor and --data: give one (--data measures the factor, --scaling-factor sets it)")
+    if not req.data and (stray := unread_options(req, {"out", "scaling_factor"})):
+        raise ValueError(f"--{stray[0]} sets the images --data measures the scaling factor on; give --data too")
     if req.scaling_factor is not None:
         set_scaling_factor(model.vae, req.scaling_factor)
         return ""

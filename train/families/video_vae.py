@@ -283,12 +283,12 @@ def report(model, req: ReportRequest) -> dict:
 
     if req.tile:
         raise ValueError(f"--tile: {NOT_TILEABLE}")
+    if not req.data:
+        raise ValueError("--data is required: a folder of videos, builtin:moving-mnist or builtin:moving-digits")
     _check_digits(req.builtin_digits, req.data, req.fit_data)
     if "jpeg" in req.baselines:
         raise ValueError("--baseline jpeg: images only; a video VAE is compared with space-time PCA, which is always "
                          "reported")
-    if not req.data:
-        raise ValueError("--data is required: a folder of videos, builtin:moving-mnist or builtin:moving-digits")
     model.latent_frames(req.frames)
     builtin = req.data.startswith("builtin:")
 

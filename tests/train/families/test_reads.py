@@ -9,7 +9,14 @@ import pytest
 
 from train.config import ConfigError
 from train.families import FAMILIES, refuse_unread
-from train.families.base import IMAGE_REPORT_READS, EncodeRequest, ReportRequest, SampleRequest, unread_options
+from train.families.base import (
+    IMAGE_REPORT_READS,
+    EncodeRequest,
+    ExportRequest,
+    ReportRequest,
+    SampleRequest,
+    unread_options,
+)
 
 
 def req_reads(fn) -> set[str]:
@@ -37,7 +44,7 @@ def test_every_option_a_hook_reads_is_declared(kind):
     for verb, fn in hooks(fam):
         assert verb in fam.reads, f"{kind}: {verb} has a hook and no declared reads"
         read = req_reads(fn)
-        if fn.__name__ == "export_diffusers" and kind == "kl_vae" or fn.__name__ == "export_single_file":
+        if "_set_scaling(" in inspect.getsource(fn):  # the KL exports measure or set the scaling factor there
             read |= req_reads(inspect.getmodule(fn)._set_scaling)
         assert read <= fam.reads[verb], f"{kind} {verb}: reads {read - fam.reads[verb]} without declaring it"
     # Declared and never read would let a flag through unused. (The image report is checked below; the
@@ -83,3 +90,15 @@ def test_defaults_and_read_flags_pass():
     refuse_unread(FAMILIES["soundstream"], "encode", EncodeRequest(data="d", out="o", kbps=6.0), "r")
     refuse_unread(FAMILIES["video_vae"], "eval", ReportRequest(name="m", frames=9, builtin_digits=1), "r")
     refuse_unread(FAMILIES["kl_vae"], "eval", ReportRequest(name="m"), "r")
+
+
+@pytest.mark.parametrize("req, text", [
+    (ExportRequest(out="x", data="d", scaling_factor=0.2), "--scaling-factor and --data: give one"),
+    (ExportRequest(out="x", n=64), "--n sets the images --data measures"),
+    (ExportRequest(out="x", resolution=128), "--resolution sets the images --data measures"),
+])
+def test_a_kl_export_refuses_measurement_flags_it_would_not_use(req, text):
+    from train.families.kl_vae import _set_scaling
+
+    with pytest.raises(ValueError, match=text):
+        _set_scaling(None, req)  # refused before the model is touched
