@@ -182,3 +182,20 @@ def test_ms_ssim_distance_is_the_reported_metric_and_trains():
     assert y.grad.abs().sum() > 0 and "rec/ms_ssim" in logs and "rec/lpips" not in logs
     with pytest.raises(ValueError, match="at least 20x20"):
         d(x[..., :16, :16], x[..., :16, :16])
+
+
+@pytest.mark.parametrize("name", ["MSSSIMDistance", "HaarPSIDistance"])
+def test_weight_free_distances_run_in_fp32_under_a_bf16_autocast(name):
+    """The trainer computes losses under the run's autocast. In bf16 the metrics' filters gave variances
+    that cancel to noise (negative distances), and a bf16 photo race stalled a dB below fp32."""
+    from tokenizers_ae.losses import perceptual
+
+    torch.manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8), size=64, mode="bicubic").clamp(0, 1) * 2 - 1
+    recon = (x + 0.05 * torch.randn_like(x)).clamp(-1, 1).bfloat16().float()  # what a bf16 decoder hands over
+    d = getattr(perceptual, name)()
+    want = d(recon, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = d(recon, x)
+    assert got.dtype == torch.float32 and (got >= 0).all()
+    assert torch.allclose(got, want, atol=1e-6), (got, want)
