@@ -21,7 +21,8 @@ def test_classifier_reads_held_out_moving_digits():
     reports for samples means what it says."""
     torch.set_num_threads(1)
     s = load_script()
-    net = s.train_classifier(frames=3, resolution=32, n_clips=800, epochs=2, seed=0)
+    # 800 clips read held-out clips at 0.70, on the line: too few to learn from
+    net = s.train_classifier(frames=3, resolution=32, n_clips=1600, epochs=2, seed=0)
     x, y = s.clips("val", 200, 3, 32)
     assert x.shape == (200, 3, 3, 32, 32)
     right = s.clip_accuracy(net, x, y)
