@@ -16,6 +16,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -159,6 +160,21 @@ PLAN_KEY = "_aetk_precision_plan"
 model, and keeps them in `model.config`."""
 
 PRECISIONS = ("no", "bf16", "fp16", "auto", "auto-fp16", "auto-bf16")
+
+
+def cpuinfo() -> str | None:
+    """The text of /proc/cpuinfo; None where it cannot be read (not Linux). The one place the project reads it."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16); without, oneDNN emulates it and
+    bf16 autocast is slower than fp32. True where the CPU flags cannot be read."""
+    text = cpuinfo()
+    return text is None or any(f in text for f in ("amx_bf16", "avx512_bf16"))
 
 
 def auto_dtype(precision: str, device_type: str) -> str:

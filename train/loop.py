@@ -27,6 +27,7 @@ from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel
 from transformers.optimization import get_wsd_schedule
 
+from tokenizers_ae.precision import cpu_has_fast_bf16
 from tokenizers_ae.pretrained import (
     check_finite,
     checkpoint_dirs,
@@ -46,16 +47,6 @@ from train.tasks import StepContext
 from train.trainable import ema_of_trained, freeze, require_source, share_frozen
 
 log = logging.getLogger("aetk.train")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16); without, oneDNN emulates it and
-    bf16 autocast is slower than fp32. True where the CPU flags cannot be read."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
 
 
 class NonFiniteLossError(RunError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aetk.verbs import add_video_args, positive_float, positive_int
+from aetk.verbs import add_video_args, bf16_is_emulated, note_emulated_bf16, positive_float, positive_int
 from train.config import ConfigError
 
 
@@ -35,8 +35,9 @@ def add(sub, name: str) -> None:
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                    help="KL-VAE: storage dtype of latents (default float16)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["bf16", "fp16", "auto", "auto-fp16", "auto-bf16", "no"], default="bf16",
-                   help="encoder compute: bf16 autocast (default), fp16 autocast, auto-fp16 / auto-bf16 (that dtype "
+    p.add_argument("--precision", choices=["bf16", "fp16", "auto", "auto-fp16", "auto-bf16", "no"],
+                   help="encoder compute (default: bf16 on a GPU or a CPU with AMX / AVX512-BF16, else fp32, as bf16 "
+                        "emulated is about 8x slower): bf16 autocast, fp16 autocast, auto-fp16 / auto-bf16 (that dtype "
                         "with the modules that overflow it kept in fp32, as the export recorded or found on the fly; "
                         "in the manifest), auto (auto-fp16 on a GPU, auto-bf16 on a CPU, where fp16 is hundreds of "
                         "times slower) or exact fp32 (no). Non-finite latents are an error naming the module")
@@ -82,9 +83,15 @@ def run(args: argparse.Namespace) -> int:
     if fam.encode is None:
         raise ConfigError(f"{args.model} holds a {fam.kind} model; aetk encode runs image and video tokenizers and "
                           "audio codecs")
+    precision = args.precision
+    if precision is None:  # bf16 where it is fast; a hook that does not read it keeps the request's default
+        reads = "precision" in fam.reads.get("encode", ())
+        precision = "no" if reads and bf16_is_emulated() else EncodeRequest.precision
+    else:
+        note_emulated_bf16(precision)
     req = EncodeRequest(data=args.data, out=args.out, resolution=args.resolution, batch_size=args.batch_size,
                         shard_size=args.shard_size, sample=args.sample, flip=args.flip, dtype=args.dtype,
-                        seed=args.seed, precision=args.precision, num_workers=args.num_workers, tile=args.tile,
+                        seed=args.seed, precision=precision, num_workers=args.num_workers, tile=args.tile,
                         split=args.split, segment_seconds=args.segment_seconds, kbps=args.kbps,
                         frames=args.frames, frame_stride=args.frame_stride, builtin_size=args.builtin_size,
                         builtin_digits=args.builtin_digits, processes=PartialState(cpu=not torch.cuda.is_available()))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from aetk.verbs import add_json, add_video_args, emit, files_dir, positive_float, positive_int
+from aetk.verbs import add_json, add_video_args, emit, files_dir, note_emulated_bf16, positive_float, positive_int
 from train.config import ConfigError
 
 
@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.precision != "no" and fam.kind not in ("kl_vae", "vq_vae"):
         raise ConfigError(f"--precision {args.precision}: image tokenizers only ({args.model} holds a {fam.kind} "
                           "model, evaluated in fp32)")
+    note_emulated_bf16(args.precision)
     req = ReportRequest(name=str(args.model), data=args.data, resolution=args.resolution, n=args.n, fit_n=args.fit_n,
                         fit_data=args.fit_data,
                         baselines=tuple(args.baseline), latent_bits=args.latent_bits, lpips_weights=args.lpips_weights,

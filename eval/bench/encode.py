@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
+from eval.bench.machine import cpu_name
 from eval.image import to_unit
 from latent_diffusion.encode import EncodeOptions, encode_latents
 from latent_diffusion.shards import LatentShardDataset
@@ -89,7 +90,7 @@ def bench_encode(model: str, folder: str | None = None, *, resolution: int = 256
         return float((a - b).norm() / b.norm())
 
     return {
-        "images": files, "resolution": resolution, "threads": torch.get_num_threads(),
+        "images": files, "resolution": resolution, "threads": torch.get_num_threads(), "cpu": cpu_name(),
         "images_per_s": {"reference_fp32": files / t_ref, "aetk_fp32": files / t_32, "aetk_bf16": files / t_bf},
         "speedup_vs_reference": {"aetk_fp32": t_ref / t_32, "aetk_bf16": t_ref / t_bf},
         "latent_rel_error_vs_fp32": {"aetk_fp32": rel(z_32, z_ref), "aetk_bf16": rel(z_bf, z_ref)},

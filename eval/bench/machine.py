@@ -4,7 +4,8 @@ by 1.5x or more, so every benchmark JSON names the CPU and its widest vector uni
 from __future__ import annotations
 
 import platform
-from pathlib import Path
+
+from tokenizers_ae.precision import cpuinfo
 
 # Widest first: the widest unit decides how fast fp32 and bf16 convolutions run.
 _VECTOR_UNITS = (("amx_bf16", "amx-bf16"), ("avx512_bf16", "avx512-bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
@@ -22,7 +23,5 @@ def describe_cpu(cpuinfo: str) -> str:
 def cpu_name() -> str:
     """E.g. "AMD EPYC (avx2)" or "Intel(R) Xeon(R) Platinum 8480+ (amx-bf16)"; the platform's machine name
     ("x86_64", "arm64") where /proc/cpuinfo cannot be read."""
-    try:
-        return describe_cpu(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return platform.processor() or platform.machine()
+    text = cpuinfo()
+    return describe_cpu(text) if text is not None else platform.processor() or platform.machine()

@@ -47,9 +47,10 @@ from eval.bench.reference_vqgan import TAMING_VQGAN, VQLPIPSWithDiscriminator, V
 from eval.image import reconstruction_metrics
 from tokenizers_ae.data.sources import build_image_dataset
 from tokenizers_ae.files import atomic_write
+from tokenizers_ae.precision import cpu_has_fast_bf16
 from train.config import Config, ConfigError
 from train.families import family
-from train.loop import Trainer, cpu_has_fast_bf16
+from train.loop import Trainer
 
 log = logging.getLogger("aetk.bench")
 METRICS = ("psnr", "ms_ssim", "haarpsi")

@@ -189,7 +189,13 @@ def test_stream_gives_the_offline_codes_and_audio(env, capsys, tmp_path):
     assert sr == SR and torch.allclose(torch.from_numpy(y), ref, atol=1e-3, rtol=0)
 
 
-def test_encode_writes_one_token_sequence_per_segment(env, capsys, tmp_path):
+@pytest.mark.parametrize("flags", ["avx2", "amx_bf16"])
+def test_encode_writes_one_token_sequence_per_segment(env, capsys, tmp_path, monkeypatch, flags):
+    """On either CPU: where bf16 is emulated `aetk encode` picks fp32 for the hooks that read --precision, and
+    the codec's hook, which does not, is not refused for a flag the user never set."""
+    from tokenizers_ae import precision
+
+    monkeypatch.setattr(precision, "cpuinfo", lambda: f"model name\t: CPU\nflags\t\t: fpu {flags}\n")
     data, out = tmp_path / "audio", tmp_path / "tokens"
     data.mkdir()
     seg = 800  # 0.1 s

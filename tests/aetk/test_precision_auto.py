@@ -94,6 +94,27 @@ def test_plain_auto_is_bf16_on_a_cpu(saved, tmp_path, capsys):
     assert code == 0 and r["precision"]["dtype"] == "bf16" and r["precision"]["fp32_modules"] == []
 
 
+@pytest.mark.parametrize("flags, default", [("avx2", "no"), ("avx512f amx_bf16", "bf16")])
+def test_encode_defaults_to_bf16_only_where_the_cpu_has_it(saved, tmp_path, capsys, monkeypatch, flags, default):
+    """Emulated bf16 (an AVX2 CPU) encodes about 8x slower than fp32: the default is fp32 there, and asking
+    for bf16 anyway says so in one line."""
+    from tokenizers_ae import precision
+
+    monkeypatch.setattr(precision, "cpuinfo", lambda: f"model name\t: CPU\nflags\t\t: fpu {flags}\n")
+    bare, _, _ = saved
+    args = ["encode", str(bare), "--data", "builtin:skimage", "--split", "val", "--resolution", "32",
+            "--builtin-size", "4"]
+    assert main([*args, "--out", str(tmp_path / "default")]) == 0
+    assert json.loads((tmp_path / "default" / "manifest.json").read_text())["precision"] == default
+    assert "emulates" not in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "bf16"), "--precision", "bf16"]) == 0
+    assert json.loads((tmp_path / "bf16" / "manifest.json").read_text())["precision"] == "bf16"
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "emulates" in ln]
+    assert len(notes) == (default == "no")
+    if notes:
+        assert "--precision no" in notes[0]
+
+
 def test_training_export_records_the_plan_of_a_model_that_overflows(tmp_path, tiny_config):
     from train.families.kl_vae import export
 

@@ -15,7 +15,6 @@ quantizer state must then be bit-identical after k-means, EMA updates and restar
 """
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +22,8 @@ import soundfile as sf
 import torch
 from helpers import REPO, run_cli, tiny_overrides
 from safetensors.torch import load_file
+
+from tokenizers_ae.precision import cpuinfo
 
 # fp32 so the comparison measures the algorithm, not bf16 rounding; group norm in the PatchGAN so
 # its statistics do not depend on the split (batch norm is per process, as in taming).
@@ -63,7 +64,7 @@ def audio(tmp_path_factory):
 # On an AVX2-only CPU (no AVX-512) the codec encoder's training-mode GEMM (conv1d_as_matmul through F.linear,
 # M = batch x frames) rounds differently for a batch of 8 and two of 4 (up to 3e-7), so k-means and the EMA see
 # other latents and the quantizer state splits at step 1; on AVX-512 CPUs the outputs are bit-equal and it passes.
-_AVX512 = "avx512f" in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else "avx512f")
+_AVX512 = "avx512f" in (cpuinfo() or "avx512f")
 CODEC_XFAIL = pytest.mark.xfail(not _AVX512, strict=False, reason="AVX2-only CPU: the codec encoder's GEMM is not "
                                 "batch-invariant there, so 2 processes' latents differ from 1's in the last bit")
 
