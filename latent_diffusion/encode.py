@@ -432,9 +432,10 @@ def _claim(out: Path, job: dict, state) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
         if old != job:
-            diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
-            raise ValueError(f"{out} holds an encode of a different job (differs in: {', '.join(diff)}); "
-                             "use another --out or delete it")
+            diff = [f"{k}: {old.get(k)!r} there, {job.get(k)!r} now" for k in sorted(set(old) | set(job))
+                    if old.get(k) != job.get(k)]
+            raise ValueError(f"{out} holds an encode of a different job ({'; '.join(diff)}); pass its options "
+                             "to resume it, or use another --out")
     state.wait_for_everyone()
     if state.is_main_process and not path.is_file():
         path.write_text(json.dumps(job, indent=1))

@@ -51,8 +51,8 @@ def add_video_args(p: argparse.ArgumentParser) -> None:
 
 
 def bf16_is_emulated() -> bool:
-    """No GPU, and a CPU without AMX or AVX512-BF16: oneDNN emulates bf16 there, about 8x slower than fp32
-    (an SD-size VAE encoding 4 images of 256 px on a 2-core AVX2 EPYC: 96-105 s in bf16, 11-13 s in fp32)."""
+    """No GPU, and a CPU without AMX or AVX512-BF16: oneDNN emulates bf16 there, about 6.5x slower than fp32
+    (`aetk bench encode` on a 2-core AVX2 EPYC: benchmarks/encode-klf8-128-avx2.json)."""
     import torch
 
     from tokenizers_ae.precision import cpu_has_fast_bf16
@@ -64,7 +64,7 @@ def note_emulated_bf16(precision: str) -> None:
     """One line on stderr when `--precision` asks for bf16 compute on a CPU that emulates it."""
     if precision in ("bf16", "auto", "auto-bf16") and bf16_is_emulated():
         print(f"note: --precision {precision} computes in bf16, which this CPU emulates (no AMX or AVX512-BF16): "
-              "about 8x slower than --precision no (fp32) here", file=sys.stderr)
+              "about 6.5x slower than --precision no (fp32) here", file=sys.stderr)
 
 
 def emit(result: dict, json_path: str | None) -> int:

@@ -36,9 +36,10 @@ def add(sub, name: str) -> None:
                    help="KL-VAE: storage dtype of latents (default float16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["bf16", "fp16", "auto", "auto-fp16", "auto-bf16", "no"],
-                   help="encoder compute (default: bf16 on a GPU or a CPU with AMX / AVX512-BF16, else fp32, as bf16 "
-                        "emulated is about 8x slower): bf16 autocast, fp16 autocast, auto-fp16 / auto-bf16 (that dtype "
-                        "with the modules that overflow it kept in fp32, as the export recorded or found on the fly; "
+                   help="encoder compute (default: bf16 on a GPU or a CPU with AMX / AVX512-BF16, else fp32, as "
+                        "emulated bf16 is about 6.5x slower): bf16 autocast, fp16 autocast, auto-fp16 / auto-bf16 "
+                        "(that dtype with the modules that overflow it kept in fp32, as the export recorded or found "
+                        "on the fly; "
                         "in the manifest), auto (auto-fp16 on a GPU, auto-bf16 on a CPU, where fp16 is hundreds of "
                         "times slower) or exact fp32 (no). Non-finite latents are an error naming the module")
     p.add_argument("--num-workers", type=int, default=None,

@@ -96,7 +96,7 @@ def test_plain_auto_is_bf16_on_a_cpu(saved, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, default", [("avx2", "no"), ("avx512f amx_bf16", "bf16")])
 def test_encode_defaults_to_bf16_only_where_the_cpu_has_it(saved, tmp_path, capsys, monkeypatch, flags, default):
-    """Emulated bf16 (an AVX2 CPU) encodes about 8x slower than fp32: the default is fp32 there, and asking
+    """Emulated bf16 (an AVX2 CPU) encodes about 6.5x slower than fp32: the default is fp32 there, and asking
     for bf16 anyway says so in one line."""
     from tokenizers_ae import precision
 
@@ -113,6 +113,18 @@ def test_encode_defaults_to_bf16_only_where_the_cpu_has_it(saved, tmp_path, caps
     assert len(notes) == (default == "no")
     if notes:
         assert "--precision no" in notes[0]
+
+
+def test_eval_says_when_bf16_is_emulated(saved, tmp_path, capsys, monkeypatch):
+    """`aetk eval --precision auto` (bf16 on a CPU) on a CPU without AMX or AVX512-BF16: one line saying so."""
+    from tokenizers_ae import precision
+
+    monkeypatch.setattr(precision, "cpuinfo", lambda: "model name\t: CPU\nflags\t\t: fpu avx2\n")
+    bare, _, _ = saved
+    capsys.readouterr()
+    code, _ = run_eval(bare, tmp_path, "auto", capsys)
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "emulates" in ln]
+    assert code == 0 and len(notes) == 1 and "--precision auto" in notes[0] and "--precision no" in notes[0]
 
 
 def test_training_export_records_the_plan_of_a_model_that_overflows(tmp_path, tiny_config):

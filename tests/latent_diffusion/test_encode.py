@@ -173,3 +173,15 @@ def test_a_resolution_the_model_cannot_cover_is_refused(vae_dir, folder, tmp_pat
     assert proc.stderr.strip().splitlines()[-1].startswith("aetk: error: --resolution 15: must be a multiple of "
                                                            "the model's downsampling factor 2")
     assert "Traceback" not in proc.stderr and not (tmp_path / "lat").exists()
+
+
+def test_another_job_is_refused_naming_the_values_that_resume_it(tmp_path):
+    """An encode begun with other options (say bf16, the old CPU default) says which, so the user can resume
+    it with them instead of deleting finished shards."""
+    from latent_diffusion.encode import OneProcess, _claim
+
+    _claim(tmp_path, {"model_hash": "abc", "precision": "bf16", "items": 9}, OneProcess())
+    with pytest.raises(ValueError) as err:
+        _claim(tmp_path, {"model_hash": "abc", "precision": "no", "items": 9}, OneProcess())
+    assert "precision: 'bf16' there, 'no' now" in str(err.value) and "model_hash" not in str(err.value)
+    _claim(tmp_path, {"model_hash": "abc", "precision": "bf16", "items": 9}, OneProcess())  # the same job resumes

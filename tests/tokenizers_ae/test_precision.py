@@ -101,8 +101,8 @@ def test_overflow_between_modules_escalates_to_the_parent():
 @pytest.mark.parametrize("flags, fast", [("fpu avx2 avx512f amx_bf16", True), ("fpu avx512f avx512_bf16", True),
                                          ("fpu avx avx2 fma", False), (None, True)])
 def test_fast_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, fast):
-    """The trainer and `aetk bench quality` fall back to fp32 where bf16 is emulated (slower than fp32);
-    where the flags cannot be read they trust the recipe."""
+    """Where bf16 is emulated (slower than fp32) `aetk bench quality` and `aetk encode` fall back to fp32 and
+    the trainer warns; where the flags cannot be read they trust the recipe."""
     from tokenizers_ae import precision
 
     text = None if flags is None else f"processor\t: 0\nmodel name\t: CPU\nflags\t\t: {flags}\n"
