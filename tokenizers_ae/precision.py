@@ -177,6 +177,18 @@ def cpu_has_fast_bf16() -> bool:
     return text is None or any(f in text for f in ("amx_bf16", "avx512_bf16"))
 
 
+def training_precision(requested: str, *, cuda: bool | None = None) -> str:
+    """What `train.mixed_precision` runs as: `auto` is bf16 where the hardware computes it natively (a
+    GPU with bf16, a CPU with AMX or AVX512-BF16) and fp32 ("no") elsewhere; other values are kept.
+    Emulated bf16 trained 4x slower than fp32 on an AVX-512 Xeon without those flags, and encoded 6.5x
+    slower on an AVX2 EPYC (benchmarks/encode-klf8-128-avx2.json), so a recipe must not ask for it blindly."""
+    if requested != "auto":
+        return requested
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    native = torch.cuda.is_bf16_supported() if cuda else cpu_has_fast_bf16()
+    return "bf16" if native else "no"
+
+
 def auto_dtype(precision: str, device_type: str) -> str:
     """The reduced dtype of an `auto` precision: fp16 on GPUs, bf16 elsewhere. fp16 convolutions on a
     CPU without native fp16 run hundreds of times slower than fp32 (measured: `aetk bench upcast`), and

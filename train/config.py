@@ -306,8 +306,10 @@ class TrainConfig:
     """`wsd` only: the fraction of `max_steps` the final decay takes."""
     max_grad_norm: float | None = 1.0
     """Clip each phase's gradient norm (null: no clipping)."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
-    """Autocast precision; weights and optimizer state stay fp32."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision; weights and optimizer state stay fp32. `auto`: bf16 where the GPU or CPU computes
+    it natively (AMX, AVX512-BF16), fp32 elsewhere (tokenizers_ae.precision.training_precision); an explicit
+    `bf16` runs emulated bf16 on other CPUs too, slower than fp32, with a warning."""
     ema_decay: float | None = 0.999
     """EMA of the generator weights, used for eval and export (null: off)."""
     trainable: Literal["all", "decoder", "encoder"] = "all"

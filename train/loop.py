@@ -27,7 +27,7 @@ from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel
 from transformers.optimization import get_wsd_schedule
 
-from tokenizers_ae.precision import cpu_has_fast_bf16
+from tokenizers_ae.precision import cpu_has_fast_bf16, training_precision
 from tokenizers_ae.pretrained import (
     check_finite,
     checkpoint_dirs,
@@ -90,9 +90,15 @@ class Trainer:
                               "on CPU); use bf16, which CPUs with AVX-512/AMX run fast")
         if t.mixed_precision == "bf16" and not torch.cuda.is_available() and not cpu_has_fast_bf16():
             log.warning("this CPU has no native bf16 (AMX or AVX512-BF16), so bf16 autocast runs slower than "
-                        "fp32 here (about 4x on a 2-core AVX-512 Xeon); train.mixed_precision=no is faster")
+                        "fp32 here (about 4x on a 2-core AVX-512 Xeon); train.mixed_precision=no or auto is faster")
+        self.precision = training_precision(t.mixed_precision)  # "no" | "bf16" | "fp16"
+        if t.mixed_precision == "auto":
+            log.info("train.mixed_precision=auto runs %s here (%s)",
+                     "bf16" if self.precision == "bf16" else "fp32",
+                     "native bf16" if self.precision == "bf16" else
+                     "no native bf16 on this " + ("GPU" if torch.cuda.is_available() else "CPU"))
         self.accelerator = Accelerator(
-            mixed_precision=t.mixed_precision,
+            mixed_precision=self.precision,
             cpu=not torch.cuda.is_available(),
             log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
@@ -204,7 +210,7 @@ class Trainer:
             self.nonfinite_in_row = 0
         else:
             self.nonfinite_in_row += 1
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision)
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
             batch0 = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in micro_batches[0].items()}
             self.last_nonfinite = self.task.diagnose_nonfinite(batch0, dtype)
             log.warning("step %d: non-finite loss (%s), first non-finite value in %s; step skipped (%d in a row)",

@@ -47,7 +47,7 @@ from eval.bench.reference_vqgan import TAMING_VQGAN, VQLPIPSWithDiscriminator, V
 from eval.image import reconstruction_metrics
 from tokenizers_ae.data.sources import build_image_dataset
 from tokenizers_ae.files import atomic_write
-from tokenizers_ae.precision import cpu_has_fast_bf16
+from tokenizers_ae.precision import cpu_has_fast_bf16, training_precision
 from train.config import Config, ConfigError
 from train.families import family
 from train.loop import Trainer
@@ -334,7 +334,7 @@ def bench_quality(cfg: Config, *, budget_s: float = 1800.0, evals: int = 6, val_
     factor = 2 ** (len(cfg.model.block_out_channels) - 1)
     pca = PatchPCA(factor=factor, channels=cfg.model.latent_channels).fit(fit)
     pca_m = reconstruction_metrics(x_val, pca.reconstruct(x_val))
-    precision = cfg.train.mixed_precision
+    precision = training_precision(cfg.train.mixed_precision)
     if precision == "bf16" and not torch.cuda.is_available() and not cpu_has_fast_bf16():
         log.info("this CPU has no native bf16: aetk runs fp32, as the reference does")
         precision = "no"

@@ -20,6 +20,7 @@ import torch
 
 from eval.bench.machine import cpu_name
 from eval.bench.reference_taming import LPIPSWithDiscriminator, ReferenceTrainer, reference_gradients
+from tokenizers_ae.precision import training_precision
 from train.config import Config
 from train.families import family
 from train.loop import Trainer
@@ -115,7 +116,8 @@ def bench_train_step(cfg: Config, *, steps: int = 10, warmup: int = 2, reference
     with tempfile.TemporaryDirectory() as tmp:
         base = dataclasses.replace(cfg, output_dir=tmp, resume="never",
                                    train=dataclasses.replace(cfg.train, progress=False))
-        precisions = [cfg.train.mixed_precision] + (["no"] if cfg.train.mixed_precision != "no" else [])
+        first = training_precision(cfg.train.mixed_precision)  # what the recipe trains in here
+        precisions = [first] + (["no"] if first != "no" else [])
         result = {
             "setting": {"resolution": cfg.data.resolution, "batch_size": cfg.train.batch_size,
                         "block_out_channels": cfg.model.block_out_channels,

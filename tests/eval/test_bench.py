@@ -8,7 +8,7 @@ from aetk.cli import build_parser
 def test_train_step_bench_reports_both_phases_and_equal_gradients(tmp_path, tiny_config):
     from eval.bench.train_step import bench_train_step
 
-    cfg = tiny_config(tmp_path / "run", "data.resolution=32", "loss.disc_start=3")
+    cfg = tiny_config(tmp_path / "run", "data.resolution=32", "loss.disc_start=3", "train.mixed_precision=bf16")
     res = bench_train_step(cfg, steps=1, warmup=0, reference=True)
     assert set(res["aetk_images_per_s"]) == {"bf16", "no"}
     assert set(res["reference_fp32_images_per_s"]) == {"pre_disc", "gan"}

@@ -108,3 +108,16 @@ def test_fast_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, fast):
     text = None if flags is None else f"processor\t: 0\nmodel name\t: CPU\nflags\t\t: {flags}\n"
     monkeypatch.setattr(precision, "cpuinfo", lambda: text)
     assert precision.cpu_has_fast_bf16() is fast
+
+
+@pytest.mark.parametrize("flags, auto", [("fpu avx2 avx512f amx_bf16", "bf16"), ("fpu avx512f avx512_bf16", "bf16"),
+                                         ("fpu avx avx2 fma", "no")])
+def test_training_precision_auto_is_bf16_only_where_the_cpu_computes_it(monkeypatch, flags, auto):
+    """`train.mixed_precision: auto` (the recipes' setting) trains fp32 where bf16 would be emulated; an
+    explicit precision is kept whatever the CPU."""
+    from tokenizers_ae import precision
+
+    monkeypatch.setattr(precision, "cpuinfo", lambda: f"model name\t: CPU\nflags\t\t: {flags}\n")
+    assert precision.training_precision("auto", cuda=False) == auto
+    for explicit in ("no", "bf16", "fp16"):
+        assert precision.training_precision(explicit, cuda=False) == explicit

@@ -142,6 +142,24 @@ def test_init_from_a_missing_directory_names_the_key(tmp_path, tiny_config):
         Trainer(tiny_config(tmp_path / "run", f"model.init_from={tmp_path / 'nope'}"))
 
 
+@pytest.mark.parametrize("flags, runs", [("avx2 fma", "no"), ("avx512f amx_bf16", "bf16")])
+def test_auto_precision_trains_bf16_only_where_the_cpu_has_it(tmp_path, tiny_config, monkeypatch, caplog, flags, runs):
+    """The default (and the recipes') `auto`: emulated bf16 trained 4x slower than fp32, so a CPU without
+    AMX or AVX512-BF16 trains fp32, and the log says which ran and why."""
+    from tokenizers_ae import precision
+
+    monkeypatch.setattr(precision, "cpuinfo", lambda: f"model name\t: CPU\nflags\t\t: fpu {flags}\n")
+    with caplog.at_level(logging.INFO, logger="aetk.train"):
+        trainer = Trainer(tiny_config(tmp_path / "run"))
+    assert trainer.cfg.train.mixed_precision == "auto"  # the recipe as written; what ran is below
+    assert trainer.accelerator.mixed_precision == trainer.precision == runs
+    said = [r.getMessage() for r in caplog.records if "mixed_precision=auto" in r.getMessage()]
+    assert said == [f"train.mixed_precision=auto runs {'fp32' if runs == 'no' else 'bf16'} here "
+                    f"({'no native bf16 on this CPU' if runs == 'no' else 'native bf16'})"]
+    assert not any("slower than fp32" in r.getMessage() for r in caplog.records)  # no warning for auto
+    trainer.close()
+
+
 def test_a_run_that_fails_frees_accelerate_for_the_next_one(tmp_path, tiny_config, monkeypatch):
     """An error inside `train` (here in the periodic eval) must not leave accelerate's process-wide
     state behind: the next run in the same process (a notebook, the test session) may pick another
