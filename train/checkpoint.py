@@ -31,6 +31,7 @@ import yaml
 from safetensors.torch import save_file
 
 from tokenizers_ae.files import fault_point
+from tokenizers_ae.precision import training_precision
 from tokenizers_ae.pretrained import (
     CHECKPOINT_MODEL,
     COMPLETE,
@@ -184,8 +185,14 @@ def check_resumable(cfg, path: Path) -> None:
         log.warning("not comparing the recipe with %s's (written by an older aetk: %s)", path, e)
         return
     old, new = (_flat(yaml.safe_load(config_yaml(c))) for c in (before, cfg))
+    # What ran, not how it was asked for: a run begun with `bf16` resumes under `auto` where auto is bf16.
+    key, ran = "train.mixed_precision", {id(c): training_precision(c.train.mixed_precision) for c in (before, cfg)}
+    old[key], new[key] = ran[id(before)], ran[id(cfg)]
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE)
     if changed:
-        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+        asked = {key: (before.train.mixed_precision, cfg.train.mixed_precision)}
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                           + (f" (asked: {asked[k][0]!r} -> {asked[k][1]!r})" if k in asked else "")
+                           for k in changed[:6])
         raise ConfigError(f"cannot resume {path} with a different recipe ({detail}); use resume=never or a new "
                           f"output_dir (only {', '.join(RESUMABLE[2:])} may change when resuming)")

@@ -50,6 +50,26 @@ def test_a_recipe_edited_in_a_fixed_key_is_refused_and_config_yaml_stays_what_ra
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]  # nothing trained
 
 
+@pytest.mark.parametrize("flags, resumes", [("avx512f avx512_bf16", True), ("avx2 fma", False)])
+def test_a_bf16_run_resumes_under_auto_where_auto_is_bf16(tmp_path, monkeypatch, flags, resumes):
+    """The recipes moved from `bf16` to `auto`: a run begun with the old recipe resumes where auto means
+    bf16 (nothing that ran changes), and is refused, naming what ran and what was asked, where it means fp32."""
+    from tokenizers_ae import precision
+
+    monkeypatch.setattr(precision, "cpuinfo", lambda: f"model name\t: CPU\nflags\t\t: fpu {flags}\n")
+    out = tmp_path / "run"
+    first = ["train.checkpoint_every=1", "train.max_steps=1"]
+    train(config_from_dict({}, tiny_overrides(out, *first, "train.mixed_precision=bf16"))).close()
+    again = config_from_dict({}, tiny_overrides(out, *first, "train.max_steps=2", "train.mixed_precision=auto"))
+    if resumes:
+        trainer = train(again)
+        assert trainer.step_idx == 2 and trainer.accelerator.mixed_precision == "bf16"
+        trainer.close()
+    else:
+        with pytest.raises(ConfigError, match=r"train.mixed_precision: 'bf16' -> 'no' \(asked: 'bf16' -> 'auto'\)"):
+            train(again)
+
+
 def test_max_steps_may_change_and_config_yaml_records_it(run, tmp_path):
     out = copy(run, tmp_path)
     train(cfg(out, "train.max_steps=6")).close()
