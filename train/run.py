@@ -93,6 +93,8 @@ def train(cfg: Config) -> Trainer:
         if acc.is_main_process:
             trainer.export(run_dir / "model")
             summary = {"steps": trainer.step_idx, "bad_items": len(trainer.bad_items),
+                       # config.yaml keeps the recipe as written (`auto`); this is what it ran as here
+                       "precision": {"asked": t.mixed_precision, "ran": trainer.precision},
                        "bad_paths": [trainer.loaders.train_dataset.describe(i) for i in sorted(trainer.bad_items)]}
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         acc.wait_for_everyone()

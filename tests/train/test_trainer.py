@@ -37,6 +37,7 @@ def test_corrupt_files_are_skipped_warned_once_and_counted(dirty_folder, tmp_pat
     bad = {"truncated.jpg", "garbage.png", "empty.jpg"}
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     assert summary["bad_items"] == 3 and {p.split("/")[-1] for p in summary["bad_paths"]} == bad
+    assert summary["precision"] == {"asked": "auto", "ran": trainer.accelerator.mixed_precision}
     skip_msgs = [r.getMessage() for r in caplog.records if "skipping unreadable item" in r.getMessage()]
     assert len(skip_msgs) == 3  # once per file, though each was met on every pass over the data
     rows = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
