@@ -17,20 +17,16 @@ train() {
     exit 1
   fi
 }
-precision=()
-if ! command -v nvidia-smi >/dev/null && ! grep -qE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null; then
-  precision=(train.mixed_precision=no)  # this CPU emulates bf16, which is slower than fp32 (the trainer warns)
-fi
 if [[ -d $photos/train && -d $photos/val ]]; then
   echo "quickstart: training on the photo corpus in $photos"
   # 800 steps of the photo recipe: about 5 minutes on 2 AVX-512 CPU cores, 9 on 2 AVX2 ones.
   train configs/photo-kl-f4-64.yaml output_dir=runs/quickstart train.max_steps=800 \
-    train.checkpoint_every=400 "${precision[@]}" "$@"
+    train.checkpoint_every=400 "$@"
   eval_args=(--data "$photos/val" --fit-data "$photos/train" --resolution 64)
 else
   echo "quickstart: no photo corpus in $photos (build one with: .venv/bin/python scripts/make_photos.py --sizes 64);" \
        "training on the built-in photos"
-  train configs/kl-f4-tiny.yaml output_dir=runs/quickstart "${precision[@]}" "$@"
+  train configs/kl-f4-tiny.yaml output_dir=runs/quickstart "$@"
   eval_args=(--data builtin:skimage --resolution 32)
 fi
 .venv/bin/aetk eval runs/quickstart "${eval_args[@]}" --n 64 --baseline jpeg --baseline pca \

@@ -186,13 +186,11 @@ def check_resumable(cfg, path: Path) -> None:
         return
     old, new = (_flat(yaml.safe_load(config_yaml(c))) for c in (before, cfg))
     # What ran, not how it was asked for: a run begun with `bf16` resumes under `auto` where auto is bf16.
-    key, ran = "train.mixed_precision", {id(c): training_precision(c.train.mixed_precision) for c in (before, cfg)}
-    old[key], new[key] = ran[id(before)], ran[id(cfg)]
+    key, asked = "train.mixed_precision", (before.train.mixed_precision, cfg.train.mixed_precision)
+    old[key], new[key] = (training_precision(a) for a in asked)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE)
     if changed:
-        asked = {key: (before.train.mixed_precision, cfg.train.mixed_precision)}
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
-                           + (f" (asked: {asked[k][0]!r} -> {asked[k][1]!r})" if k in asked else "")
-                           for k in changed[:6])
+                           + (f" (asked: {asked[0]!r} -> {asked[1]!r})" if k == key else "") for k in changed[:6])
         raise ConfigError(f"cannot resume {path} with a different recipe ({detail}); use resume=never or a new "
                           f"output_dir (only {', '.join(RESUMABLE[2:])} may change when resuming)")

@@ -93,10 +93,9 @@ class Trainer:
                         "fp32 here (about 4x on a 2-core AVX-512 Xeon); train.mixed_precision=no or auto is faster")
         self.precision = training_precision(t.mixed_precision)  # "no" | "bf16" | "fp16"
         if t.mixed_precision == "auto":
-            log.info("train.mixed_precision=auto runs %s here (%s)",
-                     "bf16" if self.precision == "bf16" else "fp32",
-                     "native bf16" if self.precision == "bf16" else
-                     "no native bf16 on this " + ("GPU" if torch.cuda.is_available() else "CPU"))
+            why = "native bf16" if self.precision == "bf16" else \
+                f"no native bf16 on this {'GPU' if torch.cuda.is_available() else 'CPU'}"
+            log.info("train.mixed_precision=auto runs %s here (%s)", self.precision.replace("no", "fp32"), why)
         self.accelerator = Accelerator(
             mixed_precision=self.precision,
             cpu=not torch.cuda.is_available(),
