@@ -158,8 +158,8 @@ class MultiScaleMelLoss(_MultiWindow):
 class MultiScaleSTFTLoss(_MultiWindow):
     """sum over scales of  log_weight * L1(log10 |X_hat|, log10 |X|) + sc_weight * spectral convergence.
 
-    Spectral convergence is ||  |X| - |X_hat|  ||_F / ||X||_F per item, averaged over the batch
-    (Arik et al. 2018; Parallel WaveGAN). Hann windows, hop = window // 4. Returns a scalar.
+    Spectral convergence is ||  |X| - |X_hat|  ||_F / ||X||_F over the batch (Arik et al. 2018; pooled
+    as Parallel WaveGAN does), silent references left out (`spectral_convergence`). Hann windows, hop = window // 4. Returns a scalar.
     """
 
     def __init__(self, *, window_lengths: Sequence[int] = (2048, 1024, 512), log_weight: float = 1.0,
@@ -178,10 +178,22 @@ class MultiScaleSTFTLoss(_MultiWindow):
                     loss = loss + self.log_weight * F.l1_loss(s_est.clamp(min=self.clamp_eps).log10(),
                                                               s_ref.clamp(min=self.clamp_eps).log10())
                 if self.sc_weight:
-                    num = (s_ref - s_est).flatten(1).norm(dim=1)  # (B,)
-                    den = s_ref.flatten(1).norm(dim=1).clamp(min=self.clamp_eps)  # (B,)
-                    loss = loss + self.sc_weight * (num / den).mean()
+                    loss = loss + self.sc_weight * spectral_convergence(s_est, s_ref, eps=self.clamp_eps)
             return loss
+
+
+def spectral_convergence(s_est: torch.Tensor, s_ref: torch.Tensor, *, eps: float = 1e-5) -> torch.Tensor:
+    """|| |X| - |X_hat| ||_F / || X ||_F over the batch's (B, F, frames) magnitudes, as Parallel WaveGAN
+    pools it, leaving out items whose reference is silent (norm <= eps): their ratio is unbounded (a
+    digitally silent crop made one 0.5 s batch's loss 1e5), and the log term already scores them. 0 when
+    every reference is silent."""
+    num = (s_ref - s_est).flatten(1).pow(2).sum(1)  # (B,)
+    den = s_ref.flatten(1).pow(2).sum(1)  # (B,)
+    keep = den > eps**2
+    if not keep.any():
+        return num.sum() * 0  # keeps the graph (and DDP's gradient buckets) intact
+    ratio = num[keep].sum() / den[keep].sum()
+    return torch.where(ratio > 0, ratio.clamp(min=1e-24).sqrt(), ratio)  # exactly 0 at 0, finite gradient
 
 
 def waveform_l1(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -135,6 +135,22 @@ def test_spectral_convergence_is_relative_error():
     assert float(loss(1.25 * x, x)) == pytest.approx(0.25, rel=1e-4)
 
 
+def test_spectral_convergence_leaves_out_silent_references():
+    # A digitally silent crop (a short file's zero padding) once made spectral convergence 1e5 for its
+    # whole batch: |X - X_hat| / max(|X|, eps) with |X| = 0. It is left out; the log term scores it.
+    x = speechlike(b=2)
+    loss = MultiScaleSTFTLoss(window_lengths=(128,), log_weight=0.0, sc_weight=1.0)
+    ref = torch.cat([x[:1], torch.zeros_like(x[:1])])
+    est = (1.25 * ref + 0.01 * x[1:]).requires_grad_(True)  # noise where the reference is silent
+    value = loss(est, ref)
+    value.backward()
+    alone = loss(est[:1].detach(), ref[:1])
+    assert float(value) == pytest.approx(float(alone), rel=1e-5) and float(alone) < 1.0
+    assert torch.isfinite(est.grad).all() and est.grad[0].abs().sum() > 0
+    silent = loss(0.01 * x, torch.zeros_like(x))
+    assert float(silent) == 0.0
+
+
 def test_waveform_l1():
     x = speechlike()
     assert float(waveform_l1(x + 0.5, x)) == pytest.approx(0.5, abs=1e-6)
