@@ -38,6 +38,7 @@ from audio_codec.container import state_dict_hash
 from audio_codec.data import AudioFolder, AudioSegments
 from audio_codec.model import SoundStream
 from latent_diffusion.shards import FORMAT_VERSION, shard_meta, shard_path, shard_problem, write_shard
+from tokenizers_ae.data import BUILTIN_DIGITS
 from tokenizers_ae.data.sources import build_image_dataset
 from tokenizers_ae.data.video import build_video_dataset
 from tokenizers_ae.files import atomic_write, fault_point
@@ -106,7 +107,7 @@ class EncodeOptions:
     """Videos: take every n-th frame."""
     builtin_size: int = 512
     """Items a built-in source makes (builtin:skimage crops, builtin:moving-digits clips)."""
-    builtin_digits: int = 2
+    builtin_digits: int = BUILTIN_DIGITS
     """Videos: digits per clip of a built-in moving-digits source."""
 
 
@@ -485,7 +486,7 @@ VIDEO_OPTIONS = ("frames", "frame_stride", "builtin_digits")
 def _image_job(digest: str, data: str, items: ImageItems, opts: EncodeOptions, *, video: bool = False) -> dict:
     """What an encode directory holds: the model, the data and every option that changes the shards.
     Options added later are left out at their defaults, so older encode directories still resume."""
-    later_defaults = {"split": "train", "builtin_size": 512, "builtin_digits": 2}
+    later_defaults = {"split": "train", "builtin_size": 512, "builtin_digits": BUILTIN_DIGITS}
     return {"model_hash": digest, "data": data, "items": len(items),
             **{k: v for k, v in vars(opts).items() if k not in ("num_workers", "progress", "batch_size")
                and (video or k not in VIDEO_OPTIONS) and later_defaults.get(k, object()) != v}}

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from tokenizers_ae.data import BUILTIN_DIGITS
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
@@ -46,8 +48,8 @@ def add_video_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=positive_int, default=17,
                    help="video VAE: frames per clip, 1 + k * the temporal factor (default 17)")
     p.add_argument("--frame-stride", type=positive_int, default=1, help="video VAE: take every n-th frame (1)")
-    p.add_argument("--builtin-digits", type=positive_int, default=2,
-                   help="video VAE on builtin:moving-mnist / builtin:moving-digits: digits per clip (2)")
+    p.add_argument("--builtin-digits", type=positive_int, default=BUILTIN_DIGITS,
+                   help=f"video VAE on builtin:moving-mnist / builtin:moving-digits: digits per clip ({BUILTIN_DIGITS})")
 
 
 def bf16_is_emulated() -> bool:

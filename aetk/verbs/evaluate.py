@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from aetk.verbs import add_json, add_video_args, emit, files_dir, note_emulated_bf16, positive_float, positive_int
+from tokenizers_ae.data import BUILTIN_DIGITS
 from train.config import ConfigError
 
 
@@ -86,7 +87,7 @@ def follow(args: argparse.Namespace) -> dict:
         args.tile, args.precision = s["tile"], s["precision"]
     elif card.get("kind") == "video":
         args.frames, args.frame_stride = s["frames"], s["frame_stride"]
-        args.builtin_digits = s.get("builtin_digits", 2)  # cards written before the option: two digits
+        args.builtin_digits = s.get("builtin_digits", BUILTIN_DIGITS)  # cards written before the option
     print(f"following the protocol in {args.protocol}: {card['data']['items']} items of {args.data} "
           f"({card['data']['split']} split), sha256 {card['data']['sha256'][:12]}...", file=sys.stderr)
     return card

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tokenizers_ae.data import BUILTIN_DIGITS
 from tokenizers_ae.data.digits import digits_split, mnist_split
 from tokenizers_ae.data.skipping import SkippingDataset
 from tokenizers_ae.files import atomic_write, file_stat
@@ -194,7 +195,7 @@ class MovingDigits(torch.utils.data.Dataset):
     class_names = [str(d) for d in range(10)]
 
     def __init__(self, *, split: str = "train", frames: int, resolution: int, size: int = 512, seed: int = 0,
-                 digits: int = 2, source: str = "digits") -> None:
+                 digits: int = BUILTIN_DIGITS, source: str = "digits") -> None:
         if source not in MOVING_SOURCES:
             raise ValueError(f"source must be one of {sorted(MOVING_SOURCES)}, got {source!r}")
         if split not in ("train", "val"):
@@ -261,7 +262,7 @@ class MovingDigits(torch.utils.data.Dataset):
 
 def build_video_dataset(path: str, *, frames: int, resolution: int, frame_stride: int = 1, seed: int = 0,
                         random_crop: bool = True, random_flip: bool = True, split: str = "train",
-                        builtin_size: int = 512, builtin_digits: int = 2) -> torch.utils.data.Dataset:
+                        builtin_size: int = 512, builtin_digits: int = BUILTIN_DIGITS) -> torch.utils.data.Dataset:
     """"builtin:moving-mnist" / "builtin:moving-digits" -> MovingDigits (`split`, `builtin_size` items of
     `builtin_digits` digits each); a directory -> VideoFolder. Raises FileNotFoundError for a missing path,
     ValueError for a file or a folder without videos."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from train.config import Config
+from tokenizers_ae.data import BUILTIN_DIGITS
 
 if TYPE_CHECKING:  # annotations only
     import torch
@@ -69,7 +70,7 @@ class EncodeRequest:
     frame_stride: int = 1
     builtin_size: int = 512
     """Items a built-in source makes."""
-    builtin_digits: int = 2
+    builtin_digits: int = BUILTIN_DIGITS
     """Videos: digits per clip of builtin:moving-mnist / builtin:moving-digits."""
     processes: Any = None
     """accelerate's `PartialState` under a launcher (None: one process)."""
@@ -102,7 +103,7 @@ class ReportRequest:
     frames: int = 17
     """Videos: frames per evaluated clip."""
     frame_stride: int = 1
-    builtin_digits: int = 2
+    builtin_digits: int = BUILTIN_DIGITS
     """Videos: digits per clip of builtin:moving-mnist / builtin:moving-digits."""
     protocol: dict | None = None
     """A protocol card to follow (`aetk eval --protocol`): the data and metric weights must match it."""

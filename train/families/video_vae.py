@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tokenizers_ae.data import BUILTIN_DIGITS
 from train.config import Config, ConfigError, DataBase, ImageGANLoss, QuantizerConfig, check
 from train.families.base import EncodeRequest, EvalContext, ExportRequest, Family, ReportRequest
 
@@ -42,7 +43,7 @@ class VideoData(DataBase):
     """Horizontal flips of whole clips with probability 1/2."""
     builtin_size: int = 512
     """Clips in a built-in source's training split."""
-    builtin_digits: int = 2
+    builtin_digits: int = BUILTIN_DIGITS
     """Digits per clip of a built-in source (Moving MNIST: 2; the class label is the first digit's)."""
 
     def __post_init__(self) -> None:
@@ -259,10 +260,10 @@ def export(cfg: Config, model, train_dataset, out: Path) -> None:
 
 
 def _check_digits(digits: int, *sources: str | None) -> None:
-    """`--builtin-digits` other than 2 needs a built-in moving-digits source to act on."""
+    """`--builtin-digits` other than the default needs a built-in moving-digits source to act on."""
     from tokenizers_ae.data.video import MOVING_SOURCES
 
-    if digits != 2 and not any(s in MOVING_SOURCES.values() for s in sources):
+    if digits != BUILTIN_DIGITS and not any(s in MOVING_SOURCES.values() for s in sources):
         raise ValueError(f"--builtin-digits {digits}: for {' or '.join(MOVING_SOURCES.values())} only; "
                          f"{' and '.join(s for s in sources if s)} holds video files")
 
