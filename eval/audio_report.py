@@ -86,20 +86,7 @@ def evaluate_audio(model: SoundStream, data_dir: str | Path, *, n: int = 16, seg
     model = model.eval()
     sr = model.sample_rate
     segment = max(1, round(segment_seconds * sr))
-    folder = AudioFolder(str(data_dir), sample_rate=sr, segment_samples=segment, random_crop=False)
-    clips, lengths, unreadable = [], [], []
-    for i in range(len(folder)):
-        if len(clips) == n:
-            break
-        try:
-            raw = folder.load(i)
-            clips.append(folder.crop(raw, np.random.default_rng(0)))  # zero-padded to the segment if short
-            lengths.append(min(raw.shape[0], segment))
-        except Exception as e:  # noqa: BLE001 - a bad file is reported, not fatal
-            unreadable.append({"source": folder.describe(i), "error": f"{type(e).__name__}: {e}"})
-    if not clips:
-        raise ValueError(f"no readable audio in {data_dir}")
-    x = torch.from_numpy(np.stack(clips))[:, None]  # (B, 1, S); causal codec: padding never changes a clip
+    x, lengths, unreadable = heldout_clips(data_dir, sample_rate=sr, n=n, segment=segment)
     # The scored lengths are part of what was evaluated: a zero-padded clip is not the same set.
     protocol_mod.check_data(protocol, x, str(data_dir), extra={"lengths": lengths})
     rates = [model.bitrate(q) / 1000 for q in range(1, model.num_quantizers + 1)]
@@ -142,6 +129,28 @@ def evaluate_audio(model: SoundStream, data_dir: str | Path, *, n: int = 16, seg
                                                                  sample_rate=sr)]
         result["files"] = files
     return result
+
+
+def heldout_clips(data_dir: str | Path, *, sample_rate: int, n: int, segment: int
+                  ) -> tuple[torch.Tensor, list[int], list[dict]]:
+    """The clips `evaluate_audio` scores: the first `n` readable files under `data_dir` (sorted), centre
+    crops of `segment` samples, zero-padded when shorter. Returns (B, 1, S) float32, each clip's scored
+    length (samples) and the unreadable files ({"source", "error"}). ValueError if none is readable."""
+    folder = AudioFolder(str(data_dir), sample_rate=sample_rate, segment_samples=segment, random_crop=False)
+    clips, lengths, unreadable = [], [], []
+    for i in range(len(folder)):
+        if len(clips) == n:
+            break
+        try:
+            raw = folder.load(i)
+            clips.append(folder.crop(raw, np.random.default_rng(0)))  # zero-padded to the segment if short
+            lengths.append(min(raw.shape[0], segment))
+        except Exception as e:  # noqa: BLE001 - a bad file is reported, not fatal
+            unreadable.append({"source": folder.describe(i), "error": f"{type(e).__name__}: {e}"})
+    if not clips:
+        raise ValueError(f"no readable audio in {data_dir}")
+    # (B, 1, S); a causal codec: the padding after a clip never changes the clip's own output
+    return torch.from_numpy(np.stack(clips))[:, None], lengths, unreadable
 
 
 def silence_level(recon: torch.Tensor, lengths: list[int], hop: int, sample_rate: int) -> float | None:
