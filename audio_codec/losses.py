@@ -159,7 +159,8 @@ class MultiScaleSTFTLoss(_MultiWindow):
     """sum over scales of  log_weight * L1(log10 |X_hat|, log10 |X|) + sc_weight * spectral convergence.
 
     Spectral convergence is ||  |X| - |X_hat|  ||_F / ||X||_F over the batch (Arik et al. 2018; pooled
-    as Parallel WaveGAN does), silent references left out (`spectral_convergence`). Hann windows, hop = window // 4. Returns a scalar.
+    as Parallel WaveGAN does), silent references left out (`spectral_convergence`). Hann windows,
+    hop = window // 4. Returns a scalar.
     """
 
     def __init__(self, *, window_lengths: Sequence[int] = (2048, 1024, 512), log_weight: float = 1.0,

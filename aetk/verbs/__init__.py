@@ -49,7 +49,8 @@ def add_video_args(p: argparse.ArgumentParser) -> None:
                    help="video VAE: frames per clip, 1 + k * the temporal factor (default 17)")
     p.add_argument("--frame-stride", type=positive_int, default=1, help="video VAE: take every n-th frame (1)")
     p.add_argument("--builtin-digits", type=positive_int, default=BUILTIN_DIGITS,
-                   help=f"video VAE on builtin:moving-mnist / builtin:moving-digits: digits per clip ({BUILTIN_DIGITS})")
+                   help=f"video VAE on builtin:moving-mnist / builtin:moving-digits: "
+                        f"digits per clip ({BUILTIN_DIGITS})")
 
 
 def bf16_is_emulated() -> bool:

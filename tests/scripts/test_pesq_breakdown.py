@@ -42,7 +42,8 @@ def test_the_script_scores_a_codec_on_a_folder(tmp_path):
                  "--out", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "pesq-breakdown.json").read_text())
     src = report["sources"]["speech"]
-    assert report["levels"] == 2 and src["clips"] == 2 and (tmp_path / "out" / "pesq-breakdown-speech.png").stat().st_size
+    assert report["levels"] == 2 and src["clips"] == 2
+    assert (tmp_path / "out" / "pesq-breakdown-speech.png").stat().st_size
     codec = src["estimates"]["codec"]
     assert set(pb.VIEWS) <= set(codec) and 1.0 <= codec["as decoded"] < 4.0  # random weights: poor, scored
     with pytest.raises(SystemExit, match="runs at"):

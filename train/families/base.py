@@ -18,8 +18,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from train.config import Config
 from tokenizers_ae.data import BUILTIN_DIGITS
+from train.config import Config
 
 if TYPE_CHECKING:  # annotations only
     import torch
