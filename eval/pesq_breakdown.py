@@ -111,10 +111,10 @@ def control_scores(refs: list[np.ndarray], sample_rate: int, *, cutoff_hz: float
 
 def plot(result: dict, path) -> None:
     """Horizontal bars: PESQ of each view for each estimate (codec, Opus), the controls as a line."""
-    import matplotlib
+    import matplotlib  # matplotlib: heavy, only figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: heavy, only figures need it
 
     names = [k for k in result["estimates"]]
     fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=120)
