@@ -290,7 +290,8 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step; each holds batch_size/(processes*grad_accum) items."""
     max_steps: int = 1000
-    """Optimizer steps of the run; may be raised when resuming a finished run."""
+    """Optimizer steps of the run; may change when resuming if the learning rate does not jump there
+    (a constant rate; wsd while on its plateau under both lengths): a run extended across sessions."""
     lr: float = 4.5e-6
     """Learning rate (of the first phase; `disc_lr` for a discriminator)."""
     disc_lr: float | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
 import math
 from pathlib import Path
@@ -42,7 +43,7 @@ from train.families import family
 from train.families.base import EvalContext
 from train.guard import GanGuard
 from train.model_card import write_model_card
-from train.recipe import config_yaml
+from train.recipe import config_yaml, load_config
 from train.tasks import StepContext
 from train.trainable import ema_of_trained, freeze, require_source, share_frozen
 
@@ -78,6 +79,30 @@ def _schedule(opt: torch.optim.Optimizer, t: TrainConfig, last_epoch: int = -1) 
     name = "constant_with_warmup" if t.lr_schedule == "constant" and t.warmup_steps else t.lr_schedule
     return get_scheduler(name, opt, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps,
                          last_epoch=last_epoch)
+
+
+def lr_factor(t: TrainConfig, step: int) -> float:
+    """The multiplier of `train.lr` that `t`'s schedule gives after `step` optimizer steps."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    return _schedule(opt, t).lr_lambdas[0](step)
+
+
+def check_schedule_continues(before: TrainConfig, after: TrainConfig, step: int) -> None:
+    """ConfigError when resuming at `step` with another `max_steps` would make the learning rate jump:
+    a cosine or linear schedule, or a wsd one whose decay has begun under either plan, is stretched
+    or cut mid-run, which would silently re-warm or drop the rate. A constant rate, and wsd while the
+    rate is on its plateau under both plans, may be lengthened (a long run extended across sessions)."""
+    if before.max_steps == after.max_steps:
+        return
+    a, b = lr_factor(before, step), lr_factor(after, step)
+    if math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12):
+        return
+    raise ConfigError(
+        f"train.max_steps {before.max_steps} -> {after.max_steps} would move the {after.lr_schedule} schedule's "
+        f"learning rate at the resumed step {step} from {a * after.lr:.3g} to {b * after.lr:.3g}; resume with "
+        f"train.max_steps={before.max_steps}, or start a new run from this one's weights (a new output_dir; "
+        "model.init_from where the family has it). To lengthen a run later, train it with "
+        "train.lr_schedule=wsd and lengthen it while its rate is on the plateau")
 
 
 class Trainer:
@@ -294,6 +319,13 @@ class Trainer:
             if problem is not None:
                 raise CheckpointError(f"refusing to load {path}: {problem}")
         check_resumable(self.cfg, path)
+        try:
+            before = load_config(path / "config.yaml").train
+        except ConfigError:  # an older aetk's recipe: check_resumable has said so
+            before = None
+        if before is not None:
+            step = json.loads((path / "trainer_state.json").read_text())["step"]
+            check_schedule_continues(before, self.cfg.train, step)
         state, extra = load_checkpoint(self.accelerator, path, verified=True)
         self.step_idx = state["step"]
         self.nonfinite_in_row = state["nonfinite_in_row"]

@@ -187,3 +187,55 @@ def test_loading_a_run_skips_a_checkpoint_whose_files_were_cut(run, tmp_path, ca
     assert locate(out).path.name == "step-2"
     assert any("step-4" in r.getMessage() and "extra.safetensors" in r.getMessage() for r in caplog.records)
     assert aetk.load(out).encode(torch.rand(1, 3, 16, 16) * 2 - 1).shape[0] == 1
+
+
+WSD = ["train.lr_schedule=wsd", "train.decay_fraction=0.25", "train.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def wsd_run(tmp_path_factory):
+    """A finished 8-step wsd run (plateau to step 6, then a 2-step cool-down), checkpoints at 2, 4, 6, 8."""
+    out = tmp_path_factory.mktemp("resume-wsd") / "run"
+    train(cfg(out, *WSD, "train.max_steps=8")).close()
+    return out
+
+
+def test_a_wsd_run_is_lengthened_on_its_plateau_with_no_jump_in_the_rate(wsd_run, tmp_path):
+    """A long run extended across sessions: resumed at step 4 (on the plateau under 8 and 12 steps), it
+    follows the 12-step plan exactly: plateau to step 9, then the 1-sqrt cool-down over 3 steps to 0."""
+    from train.loop import Trainer
+
+    trainer = Trainer(cfg(tmp_path / "longer", *WSD, "train.max_steps=12",
+                          f"resume={wsd_run / 'checkpoints/step-4'}"))
+    try:
+        trainer.maybe_resume()
+        assert trainer.step_idx == 4
+        lrs = [trainer.step(trainer.next_micro_batches())["lr"] for _ in range(8)]
+    finally:
+        trainer.close()
+    want = [1, 1, 1, 1, 1, 1 - (1 / 3) ** 0.5, 1 - (2 / 3) ** 0.5, 0]
+    assert lrs == pytest.approx([1e-3 * w for w in want], abs=1e-9)
+
+
+@pytest.mark.parametrize("schedule", ["wsd", "cosine"])
+def test_a_new_length_that_would_make_the_rate_jump_is_refused_before_anything_trains(wsd_run, tmp_path, schedule):
+    """A cooled-down wsd run lengthened would re-warm from 0 to the full rate, a cosine run stretched
+    mid-way would jump up: one error naming both rates and what to do; config.yaml and the checkpoints
+    stay as they were."""
+    if schedule == "wsd":
+        out = copy(wsd_run, tmp_path)
+        extra, ckpt, rates = WSD, "step-8", "from 0 to 0.001"
+    else:
+        out = tmp_path / "cosine"
+        extra, ckpt = ["train.lr_schedule=cosine", "train.lr=1e-3"], "step-2"
+        train(cfg(out, *extra, "train.max_steps=4", "train.checkpoint_every=2")).close()
+        shutil.rmtree(out / "checkpoints/step-4")  # as if stopped at step 2 of 4: cosine rate 0.0005
+        rates = "from 0.0005 to 0.00075"
+    before = (out / "config.yaml").read_text()
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with pytest.raises(ConfigError) as e:
+        train(cfg(out, *extra, "train.max_steps=12" if schedule == "wsd" else "train.max_steps=6"))
+    msg = str(e.value)
+    assert f"resumed step {ckpt.removeprefix('step-')} {rates}" in msg and "train.lr_schedule=wsd" in msg
+    assert (out / "config.yaml").read_text() == before
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == names
