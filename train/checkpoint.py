@@ -172,10 +172,10 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resumable(cfg, path: Path) -> None:
+def check_resumable(cfg, path: Path):
     """ConfigError naming every key in which `cfg` differs from the recipe the checkpoint at `path`
-    was written with, beyond RESUMABLE. A checkpoint of aetk 0.1 (its recipe in 0.1's keys) is not
-    compared (logged)."""
+    was written with, beyond RESUMABLE; returns that recipe (a Config). A checkpoint of aetk 0.1 (its
+    recipe in 0.1's keys) is not compared (logged): None."""
     ckpt_yaml = Path(path) / "config.yaml"
     if not ckpt_yaml.is_file():
         raise CheckpointError(f"resume={path}: not a checkpoint of aetk train (no config.yaml)")
@@ -183,7 +183,7 @@ def check_resumable(cfg, path: Path) -> None:
         before = load_config(ckpt_yaml)
     except ConfigError as e:
         log.warning("not comparing the recipe with %s's (written by an older aetk: %s)", path, e)
-        return
+        return None
     old, new = (_flat(yaml.safe_load(config_yaml(c))) for c in (before, cfg))
     # What ran, not how it was asked for: a run begun with `bf16` resumes under `auto` where auto is bf16.
     key, asked = "train.mixed_precision", (before.train.mixed_precision, cfg.train.mixed_precision)
@@ -194,3 +194,4 @@ def check_resumable(cfg, path: Path) -> None:
                            + (f" (asked: {asked[0]!r} -> {asked[1]!r})" if k == key else "") for k in changed[:6])
         raise ConfigError(f"cannot resume {path} with a different recipe ({detail}); use resume=never or a new "
                           f"output_dir (only {', '.join(RESUMABLE[2:])} may change when resuming)")
+    return before

@@ -43,7 +43,7 @@ from train.families import family
 from train.families.base import EvalContext
 from train.guard import GanGuard
 from train.model_card import write_model_card
-from train.recipe import config_yaml, load_config
+from train.recipe import config_yaml
 from train.tasks import StepContext
 from train.trainable import ema_of_trained, freeze, require_source, share_frozen
 
@@ -296,7 +296,8 @@ class Trainer:
         """Continue from the newest intact checkpoint (`resume=auto`; damaged newer ones are skipped
         with a warning) or the one `resume` names; None when there is none to resume. CheckpointError
         when none is intact or the checkpoint cannot be trusted; ConfigError when the recipe differs
-        from the checkpoint's in a key that may not change on resume (`check_resumable`)."""
+        from the checkpoint's in a key that may not change on resume (`check_resumable`), or when a new
+        `train.max_steps` would make the learning rate jump at the resumed step (`check_schedule_continues`)."""
         r = self.cfg.resume
         if r == "never":
             return None
@@ -318,14 +319,10 @@ class Trainer:
             problem = checkpoint_problem(path) if path.is_dir() else f"resume={path}: no such checkpoint directory"
             if problem is not None:
                 raise CheckpointError(f"refusing to load {path}: {problem}")
-        check_resumable(self.cfg, path)
-        try:
-            before = load_config(path / "config.yaml").train
-        except ConfigError:  # an older aetk's recipe: check_resumable has said so
-            before = None
-        if before is not None:
+        before = check_resumable(self.cfg, path)
+        if before is not None:  # None: an older aetk's recipe, not compared (check_resumable said so)
             step = json.loads((path / "trainer_state.json").read_text())["step"]
-            check_schedule_continues(before, self.cfg.train, step)
+            check_schedule_continues(before.train, self.cfg.train, step)
         state, extra = load_checkpoint(self.accelerator, path, verified=True)
         self.step_idx = state["step"]
         self.nonfinite_in_row = state["nonfinite_in_row"]
