@@ -41,7 +41,7 @@ from tokenizers_ae.pretrained import (
     checkpoint_problem,
     read_safetensors,
 )
-from train.config import ConfigError, RunError
+from train.config import Config, ConfigError, RunError
 from train.recipe import config_yaml, load_config
 
 log = logging.getLogger("aetk.checkpoint")
@@ -172,7 +172,7 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resumable(cfg, path: Path):
+def check_resumable(cfg: Config, path: Path) -> Config | None:
     """ConfigError naming every key in which `cfg` differs from the recipe the checkpoint at `path`
     was written with, beyond RESUMABLE; returns that recipe (a Config). A checkpoint of aetk 0.1 (its
     recipe in 0.1's keys) is not compared (logged): None."""
