@@ -12,6 +12,10 @@ differ tenfold for want of one of these. Every eval JSON carries a card:
 
 `aetk eval --protocol FILE` reads the card back (from an eval JSON or a bare card), re-runs with its
 settings, and refuses when the data hash or a metric weight differs.
+
+Beside the card, an eval JSON names the weights it measured (`evaluated`: the source, and a sha256 of
+the model's state dict), so `aetk export --eval FILE` can put the figures in a model card only when
+they are the exported weights' own.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from audio_codec.container import state_dict_hash
 from tokenizers_ae.pretrained import file_sha256
 
 VERSION = 1
@@ -76,6 +81,42 @@ def card(*, kind: str, data: str, split: str, x: torch.Tensor, settings: dict,
 
 class ProtocolError(ValueError):
     """A protocol that cannot be followed (one line: what differs and what to do)."""
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor of `model.state_dict()`: which weights
+    an evaluation measured."""
+    return state_dict_hash(model.state_dict(), length=64)
+
+
+def evaluated(model: torch.nn.Module, source: str, weights: str) -> dict:
+    """The `evaluated` entry of an eval JSON: `source` as given, `weights` (ema or raw) and the hash."""
+    return {"source": source, "weights": weights, "sha256": weights_sha256(model)}
+
+
+def load_evaluation(path: str | Path, model: torch.nn.Module, source: str) -> dict:
+    """The `aetk eval --json` output at `path`, refused (ProtocolError, one line) unless it holds a card
+    and measured exactly `model`'s weights (`source`: what the user named them by)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (FileNotFoundError, IsADirectoryError):
+        raise ProtocolError(f"--eval {path}: no such file (an `aetk eval ... --json FILE` output)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"--eval {path}: not JSON ({e})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("protocol"), dict):
+        raise ProtocolError(f"--eval {path}: not an `aetk eval --json` output (it has no protocol card)")
+    done = raw.get("evaluated")
+    if not isinstance(done, dict) or "sha256" not in done:
+        raise ProtocolError(f"--eval {path}: it does not say which weights it measured (written by an older aetk); "
+                            f"run `aetk eval {source} --protocol {path} --json {path}` again")
+    got = weights_sha256(model)
+    if done["sha256"] != got:
+        raise ProtocolError(
+            f"--eval {path}: it measured other weights ({done.get('source')}, {done.get('weights')} weights, sha256 "
+            f"{done['sha256'][:12]}...) than {source} ({got[:12]}...); run `aetk eval {source} --protocol {path} "
+            f"--json NEW.json` and pass that")
+    return raw
 
 
 def load(path: str | Path) -> dict:

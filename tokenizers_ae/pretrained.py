@@ -215,7 +215,11 @@ def locate(path: str | Path, *, weights: str = "ema") -> Saved:
             raise LoadError(f"{p}/prior.json: unknown prior kind {kind!r}")
         return Saved(p, "prior", PRIOR_CLASSES[kind])
     if (p / "config.json").is_file():
-        name = _read_json(p / "config.json").get("_class_name")
+        config = _read_json(p / "config.json")
+        name = config.get("_class_name")
+        if name is None and config.get("architectures"):  # a transformers export, e.g. --format encodec
+            raise LoadError(f"{p}: a transformers {config['architectures'][0]} directory, which aetk writes but does "
+                            "not read back; load the aetk model it was exported from (or export --format aetk)")
         if name not in DIFFUSERS_CLASSES:
             raise LoadError(f"{p}: a diffusers {name} directory; aetk loads {', '.join(DIFFUSERS_CLASSES)}")
         return Saved(p, "diffusers", DIFFUSERS_CLASSES[name])

@@ -4,7 +4,8 @@ It says what a user of the directory needs without opening the code: the class a
 architecture, the latent normalisation and where pipelines read it, fp16 safety, what it was trained on,
 and its last evaluation with the command that measures it again. Everything comes from files already in
 the export (`config.json`, `latent_stats.json`) and, for a training run, its `config.yaml` and
-`metrics.jsonl`; nothing is guessed: what is unknown is left out.
+`metrics.jsonl`; nothing is guessed: what is unknown is left out. Held-out results (`aetk export --eval`,
+checked to be these weights' own) add their protocol card and the command that repeats them exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from tokenizers_ae.precision import PLAN_KEY
+from tokenizers_ae.pretrained import LoadError, locate
 
 ARCH_KEYS = ("block_out_channels", "layers_per_block", "latent_channels", "base_dim", "dim_mult", "z_dim",
              "temperal_downsample", "num_res_blocks", "codebook_size", "num_vq_embeddings", "vq_embed_dim",
@@ -45,8 +47,67 @@ def _last_eval(run_dir: Path) -> dict:
     return last
 
 
-def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | None = None) -> str:
-    """The card's text for the export at `out` (a directory holding config.json)."""
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _numbers(row: dict) -> dict:
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _metrics_table(result: dict) -> list[str]:
+    """Markdown table of an eval result: per bitrate (audio: the codec, then Opus on the same clips),
+    else per metric with the model beside its baselines (images, video)."""
+    if "codec" in result:  # audio: one row per bitrate
+        opus = result.get("opus") or {}
+        rows = [(f"codec {r['kbps']:g} kbps", r) for r in result["codec"]]
+        rows += [(f"Opus {r['kbps']:g} kbps", r) for r in opus.get("results", [])]
+        cols = [c for c in ("achieved_kbps", "si_snr", "mel_distance", "stft_distance", "pesq", "stoi")
+                if any(c in r for _, r in rows)]
+        lines = ["| | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+        return lines + [f"| {name} | " + " | ".join(_fmt(r[c]) if c in r else "-" for c in cols) + " |"
+                        for name, r in rows]
+    columns = [(name, result[key]) for key, name in (("model", "this model"), ("jpeg", "JPEG"), ("pca", "PCA"))
+               if isinstance(result.get(key), dict)]
+    metrics = list(dict.fromkeys(k for _, col in columns for k in _numbers(col)))
+    lines = ["| metric | " + " | ".join(name for name, _ in columns) + " |", "| --- |" + " --- |" * len(columns)]
+    return lines + [f"| {m} | " + " | ".join(_fmt(col[m]) if m in _numbers(col) else "-" for _, col in columns)
+                    + " |" for m in metrics]
+
+
+def held_out_section(out: Path, name: str, result: dict) -> list[str]:
+    """Card lines for one `aetk eval --json` result, copied beside the card as evaluations/NAME.json."""
+    card, done = result["protocol"], result.get("evaluated") or {}
+    data = card.get("data") or {}
+    settings = {k: (f"{v[:16]}..." if k.endswith("sha256") else v) for k, v in (card.get("settings") or {}).items()
+                if v is not None and not isinstance(v, (dict, list)) and k not in ("crop", "pca_fit")}
+    metrics = result.get("model") if isinstance(result.get("model"), dict) else {}  # audio: the model's name
+    missing = {k: v for k, v in metrics.items() if isinstance(v, str)}  # metric -> why it is missing
+    libs = ", ".join(f"{k} {v}" for k, v in (card.get("libraries") or {}).items() if v)
+    lines = [f"## Held-out evaluation: {name}", "",
+             f"`aetk eval` of these weights (sha256 `{str(done.get('sha256', '?'))[:16]}...`) on {data.get('items')} "
+             f"items of `{data.get('source')}` ({data.get('split')}), the evaluated {card.get('kind', '')} data's "
+             f"sha256 `{str(data.get('sha256', '?'))[:16]}...`.", "",
+             "Settings: " + ", ".join(f"{k} {_fmt(v)}" for k, v in settings.items()) + ".", ""]
+    lines += _metrics_table(result) + [""]
+    if missing:
+        lines += ["Not measured: " + "; ".join(f"{k} ({v})" for k, v in missing.items()) + ".", ""]
+    try:
+        locate(out)
+        model, note = out.name, ""
+    except LoadError:  # a transformers export: aetk reads the weights it was exported from
+        model, note = done.get("source", "SOURCE"), f" on the aetk model `{out.name}` was exported from"
+    lines += [f"Repeat it exactly{note} (aetk refuses if the data, their crops or the settings differ):", "",
+              "```bash", f"aetk eval {model} --protocol {out.name}/evaluations/{name}.json", "```", ""]
+    if libs:
+        lines += [f"Metric code: {libs}.", ""]
+    return lines
+
+
+def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | None = None,
+               evaluations: dict[str, dict] | None = None) -> str:
+    """The card's text for the export at `out` (a directory holding config.json); `evaluations`: name ->
+    an `aetk eval --json` result of these weights (checked by the caller)."""
     out = Path(out)
     config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
     library, snippet = _loading(config, out)
@@ -60,14 +121,17 @@ def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | No
     norm = {k: config[k] for k in NORM_KEYS if config.get(k) is not None}
     if norm:
         lines += ["## Latent normalisation", "",
-                  "Measured on training data and stored in `config.json`, where diffusers pipelines read it: "
+                  "Stored in `config.json`, where diffusers pipelines read it: "
                   "`(z - shift_factor) * scaling_factor`, or `(z - latents_mean) * scaling_factor / latents_std` "
                   "per channel when those are set.", ""]
         lines += [f"- `{k}`: {json.dumps(v)}" for k, v in norm.items()] + [""]
         stats = out / "latent_stats.json"
         if stats.is_file():
             s = json.loads(stats.read_text())
-            lines += [f"Measured on {s.get('n', '?')} training items ({s.get('latent_norm', 'scale')}).", ""]
+            where = f"items of `{s['data']}`" if s.get("data") else "training items"
+            lines += [f"Measured on {s.get('n', '?')} {where} ({s.get('latent_norm', 'scale')}).", ""]
+        else:
+            lines += ["Not measured by aetk for this export (`aetk export --data DIR` measures it).", ""]
     if "force_upcast" in config:
         safe = not config["force_upcast"]
         lines += ["## Precision", "",
@@ -98,6 +162,8 @@ def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | No
             lines.append("")
     if eval_command:
         lines += ["Measure it again on your data:", "", "```bash", eval_command, "```", ""]
+    for name, result in (evaluations or {}).items():
+        lines += held_out_section(out, name, result)
     return "\n".join(lines)
 
 

@@ -95,6 +95,7 @@ def follow(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import aetk
+    from eval.protocol import evaluated
     from train.families import family_of, refuse_unread
     from train.families.base import ReportRequest
 
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                           f"{fam.kind} model")
     refuse_unread(fam, "eval", req, args.model)
     report = fam.report(model, req)
+    report["evaluated"] = evaluated(model, str(args.model), args.weights)  # what `aetk export --eval` checks
     if args.compare:
         report["compare"] = compare(model, args)
     return emit(report, args.json)

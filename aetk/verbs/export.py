@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from pathlib import Path
 
 from aetk.verbs import positive_int
@@ -19,7 +21,9 @@ def add(sub, name: str) -> None:
                        epilog="examples:\n  aetk export runs/quickstart --out vae-diffusers --data builtin:skimage\n"
                               "  aetk export runs/quickstart --format sd-single-file --out vae.safetensors\n"
                               "  aetk export runs/codec-tiny --out codec-encodec\n"
-                              "  aetk export runs/finetune-decoder --out vae --push-to-hub me/my-vae",
+                              "  aetk export runs/finetune-decoder --out vae --push-to-hub me/my-vae\n"
+                              "  aetk eval runs/quickstart --data /my/val --json val.json && \\\n"
+                              "    aetk export runs/quickstart --out vae --eval val.json  # figures in the card",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="run dir, checkpoint, exported model dir or SD single file")
     p.add_argument("--format", choices=["diffusers", "sd-single-file", "encodec", "aetk"],
@@ -34,6 +38,10 @@ def add(sub, name: str) -> None:
                    help="then upload the export (with its model card) to this Hub model repo, created if missing; "
                         "needs network and a token (hf auth login or HF_TOKEN)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--eval", action="append", default=[], metavar="EVAL.json",
+                   help="an `aetk eval --json` output of the same weights (checked by hash): its figures, protocol "
+                        "card and the command that repeats it go into the model card, the file into "
+                        "OUT/evaluations/ (repeatable)")
     p.set_defaults(func=run)
 
 
@@ -58,15 +66,40 @@ def run(args: argparse.Namespace) -> int:
     req = ExportRequest(out=args.out, data=args.data, resolution=args.resolution, n=args.n,
                         scaling_factor=args.scaling_factor)
     refuse_unread(fam, "export", req, args.source)
+    evaluations = held_out(args, model, fmt)  # checked before anything is written
     print(fam.exports[fmt](model, req))
     out = Path(args.out)
     if (out / "config.json").is_file():  # a directory export: the card the Hub renders beside it
         from train.model_card import write_model_card
 
+        measured = Path(args.source) / "latent_stats.json"
+        if measured.is_file() and not (out / "latent_stats.json").exists() and not (args.data or args.scaling_factor):
+            shutil.copyfile(measured, out / "latent_stats.json")  # the source's factors, kept unchanged
+
+        for name, result in evaluations.items():
+            (out / "evaluations").mkdir(exist_ok=True)
+            (out / "evaluations" / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         run_dir = Path(args.source) if (Path(args.source) / "config.yaml").is_file() else None
-        write_model_card(out, run_dir=run_dir)
+        write_model_card(out, run_dir=run_dir, evaluations=evaluations)
     if args.push_to_hub:
         from aetk.hub import push_export
 
         print(f"uploaded to {push_export(out, args.push_to_hub, private=args.private)}")
     return 0
+
+
+def held_out(args: argparse.Namespace, model, fmt: str) -> dict[str, dict]:
+    """--eval files by name (their stem), each checked to hold a protocol card and to have measured
+    exactly the weights being exported."""
+    from eval.protocol import load_evaluation
+
+    if args.eval and fmt == "sd-single-file":
+        raise ConfigError("--eval: an sd-single-file export is one file with no model card; export a directory "
+                          "(--format diffusers) to carry the figures")
+    out: dict[str, dict] = {}
+    for path in args.eval:
+        name = Path(path).stem
+        if name in out:
+            raise ConfigError(f"--eval {path}: another --eval file is also named {name}.json; rename one")
+        out[name] = load_evaluation(path, model, args.source)
+    return out

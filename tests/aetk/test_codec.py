@@ -279,8 +279,26 @@ def test_export_as_encodec_decodes_compressed_files(env, capsys, tmp_path):
     from transformers import EncodecModel
 
     model_dir = make_codec(tmp_path / "encodec-able", 2, ("model.stage_channels=[4,8,16]", "model.lstm_layers=1"))
-    rc, _, err = cli(capsys, "export", model_dir, "--format", "encodec", "--out", tmp_path / "hf")
+    # With a held-out eval of these weights, whose per-bitrate figures go into the model card.
+    (tmp_path / "val").mkdir()
+    sf.write(tmp_path / "val" / "0.wav", tone(1600), SR)
+    rc, r, err = cli(capsys, "eval", model_dir, "--data", tmp_path / "val", "--kbps", 4, "--segment-seconds", 0.2,
+                     "--no-opus", "--json", tmp_path / "val.json", "--out-dir", tmp_path / "val-out")
     assert rc == 0, err
+    rc, _, err = cli(capsys, "export", model_dir, "--format", "encodec", "--out", tmp_path / "hf",
+                     "--eval", tmp_path / "val.json")
+    assert rc == 0, err
+    card = (tmp_path / "hf" / "README.md").read_text()
+    (c,) = r["codec"]
+    assert "library_name: transformers" in card and "## Held-out evaluation: val" in card
+    assert f"| codec 4 kbps | {c['achieved_kbps']:.4g} | {c['si_snr']:.4g} |" in card
+    # aetk does not read an EncodecModel back, so the card repeats the eval on the aetk model, which works.
+    assert f"aetk eval {model_dir} --protocol hf/evaluations/val.json" in card
+    rc, _, err = cli(capsys, "eval", tmp_path / "hf", "--protocol", tmp_path / "val.json")
+    assert rc != 0 and "a transformers EncodecModel directory, which aetk writes but does not read back" in err
+    rc, again, err = cli(capsys, "eval", model_dir, "--protocol", tmp_path / "hf" / "evaluations" / "val.json",
+                         "--out-dir", tmp_path / "again")
+    assert rc == 0 and again["codec"] == r["codec"], err
     encodec = EncodecModel.from_pretrained(tmp_path / "hf")
     rc, _, err = cli(capsys, "codec", "compress", env["wav"], tmp_path / "a.aetk", "--model", model_dir, "--kbps", 4)
     assert rc == 0, err

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
 from PIL import Image
 from skimage import data as skdata
 
+from aetk.cli import main
 from eval.bench.machine import cpu_name
 from eval.bench.quality import LDM_BASE_LR, _codebook_size, _race, bench_quality, reference_for, time_to_reach
 
@@ -97,23 +97,27 @@ def test_reference_starts_from_the_recipes_weights(tmp_path, tiny_config):
     assert ref.opt_ae.param_groups[0]["betas"] == (0.5, 0.9)
 
 
-def test_bench_quality_cli_says_what_is_wrong_in_one_line(tmp_path):
+def test_bench_quality_cli_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    # In-process (aetk.cli.main, as the console script calls it); tests/aetk/test_errors.py checks that a
+    # fresh process prints the same single line.
+    def run(argv: list[str]) -> str:
+        capsys.readouterr()
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err
+
     common = ["bench", "quality", "configs/kl-f4-tiny.yaml", "--out", str(tmp_path / "q"), "--minutes", "0.01"]
-    run = run_cli(common, check=False)  # builtin data: no held-out folder
-    assert run.returncode != 0 and "data.val_path" in run.stderr
-    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
-    run = run_cli(["bench", "quality", "configs/codec-tiny.yaml", "--out", str(tmp_path / "q")], check=False)
-    assert run.returncode != 0 and "KL-VAE and VQ" in run.stderr and "Traceback" not in run.stderr
+    assert "data.val_path" in run(common)  # builtin data: no held-out folder
+    assert "KL-VAE and VQ" in run(["bench", "quality", "configs/codec-tiny.yaml", "--out", str(tmp_path / "q")])
     # key=value overrides are taken after the options too; an unknown option is still refused.
-    run = run_cli([*common, "data.val_path=/nonexistent/aetk-val"], check=False)
-    assert run.returncode != 0 and "/nonexistent/aetk-val" in run.stderr and "Traceback" not in run.stderr
-    run = run_cli([*common, "--bogus"], check=False)
-    assert run.returncode != 0 and "unrecognized arguments: --bogus" in run.stderr
-    run = run_cli(["bench", "quality", "configs/vq-f4-tiny.yaml", "model.quantizer.type=lfq",
-                   "model.quantizer.lfq_bits=4", "model.latent_channels=4", "--out", str(tmp_path / "q")], check=False)
-    assert run.returncode != 0 and "lfq has none" in run.stderr and "Traceback" not in run.stderr
-    run = run_cli([*common[:3], "--minutes", "0"], check=False)
-    assert run.returncode != 0 and "--minutes" in run.stderr and "Traceback" not in run.stderr
+    assert "/nonexistent/aetk-val" in run([*common, "data.val_path=/nonexistent/aetk-val"])
+    with pytest.raises(SystemExit) as e:
+        main([*common, "--bogus"])
+    assert e.value.code != 0 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    lfq = ["model.quantizer.type=lfq", "model.quantizer.lfq_bits=4", "model.latent_channels=4"]
+    assert "lfq has none" in run(["bench", "quality", "configs/vq-f4-tiny.yaml", *lfq, "--out", str(tmp_path / "q")])
+    assert "--minutes" in run([*common[:3], "--minutes", "0"])
     assert not (tmp_path / "q" / "quality.json").exists()
 
 

@@ -190,8 +190,9 @@ def report(model, req: ReportRequest) -> dict:
     return image_report(model, req, latent_rate)
 
 
-def _set_scaling(model, req: ExportRequest) -> str:
-    """Measure (--data) or set (--scaling-factor) the latent scaling factor; say which, or warn."""
+def _set_scaling(model, req: ExportRequest) -> tuple[str, dict | None]:
+    """Measure (--data) or set (--scaling-factor) the latent scaling factor; say which, or warn.
+    Returns (the note, the measured statistics or None)."""
     from eval.latents import measure_on_data, set_latent_norm, set_scaling_factor
 
     # --resolution and --n shape what --data measures; --scaling-factor replaces the measurement.
@@ -201,7 +202,7 @@ def _set_scaling(model, req: ExportRequest) -> str:
         raise ValueError(f"--{stray[0]} sets the images --data measures the scaling factor on; give --data too")
     if req.scaling_factor is not None:
         set_scaling_factor(model.vae, req.scaling_factor)
-        return ""
+        return "", None
     if req.data:
         stats = measure_on_data(model.vae, req.data, resolution=req.resolution, n=req.n)
         c = model.vae.config  # measure again in the model's own layout
@@ -209,22 +210,25 @@ def _set_scaling(model, req: ExportRequest) -> str:
                 "per_channel" if c.latents_mean is not None else "scale")
         set_latent_norm(model.vae, stats, norm)
         shift = f", shift_factor {stats['global_mean']:.5f}" if norm == "shift_scale" else ""
-        return f"measured {norm} (scaling_factor {model.scaling_factor:.5f}{shift}) on {stats['n']} images; "
+        note = f"measured {norm} (scaling_factor {model.scaling_factor:.5f}{shift}) on {stats['n']} images; "
+        return note, {**stats, "latent_norm": norm, "data": req.data, "resolution": req.resolution}
     if abs(model.scaling_factor - SD_DEFAULT_SCALING) < 1e-9:
         log.warning(
             "scaling_factor is diffusers' default %.5f (Stable Diffusion's), not measured on this model; pass "
             "--data to measure it or --scaling-factor to set it", SD_DEFAULT_SCALING)
-    return ""
+    return "", None
 
 
 def export_diffusers(model, req: ExportRequest) -> str:
-    note = _set_scaling(model, req)
+    note, stats = _set_scaling(model, req)
     out = model.save_pretrained(req.out)
+    if stats is not None:  # what the model card says the factors were measured on
+        (Path(out) / "latent_stats.json").write_text(json.dumps(stats, indent=1))
     return f"{note}wrote a diffusers AutoencoderKL to {out} (scaling_factor {model.scaling_factor:.5f})"
 
 
 def export_single_file(model, req: ExportRequest) -> str:
-    note = _set_scaling(model, req)
+    note, _ = _set_scaling(model, req)
     try:
         out = model.save_single_file(req.out)
     except ValueError as e:
