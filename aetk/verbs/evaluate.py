@@ -123,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--protocol {args.protocol}: a {card.get('kind')} protocol, and {args.model} holds a "
                           f"{fam.kind} model")
     refuse_unread(fam, "eval", req, args.model)
-    report = fam.report(model, req)
-    report["evaluated"] = evaluated(model, str(args.model), args.weights)  # what `aetk export --eval` checks
+    # What `aetk export --eval` checks; hashed before the report, which may cast the model (--precision).
+    weights = evaluated(model, str(args.model), args.weights)
+    report = {**fam.report(model, req), "evaluated": weights}
     if args.compare:
         report["compare"] = compare(model, args)
     return emit(report, args.json)

@@ -100,3 +100,13 @@ def test_the_card_says_where_the_latent_factors_were_measured(evaluated, tmp_pat
     assert main(["export", str(measured), "--out", str(again)]) == 0
     assert json.loads((again / "latent_stats.json").read_text()) == stats
     assert "Measured on 8 items of `builtin:skimage`" in (again / "README.md").read_text()
+
+
+def test_an_eval_in_reduced_precision_names_the_stored_weights(evaluated, tmp_path, capsys):
+    """--precision casts for the evaluation; the hash is of the weights as stored, so the export takes it."""
+    bf16 = tmp_path / "bf16.json"
+    assert main(["eval", str(evaluated["source"]), *EVAL, "--precision", "bf16", "--json", str(bf16)]) == 0
+    r = json.loads(bf16.read_text())
+    assert r["evaluated"]["sha256"] == json.loads(evaluated["json"].read_text())["evaluated"]["sha256"]
+    assert main(["export", str(evaluated["source"]), "--out", str(tmp_path / "out"), "--eval", str(bf16)]) == 0
+    assert "precision bf16" in (tmp_path / "out" / "README.md").read_text()
