@@ -42,7 +42,7 @@ from train.data.loader import build_loaders
 from train.families import family
 from train.families.base import EvalContext
 from train.guard import GanGuard
-from train.model_card import write_model_card
+from train.model_card import is_export, write_model_card
 from train.recipe import config_yaml
 from train.tasks import StepContext
 from train.trainable import ema_of_trained, freeze, require_source, share_frozen
@@ -377,11 +377,12 @@ class Trainer:
         except ValueError as e:
             raise NonFiniteLossError(f"{e}; lower train.lr, or use bf16 instead of fp16") from None
         self.family.export(self.cfg, model, self.loaders.train_dataset, out)
-        if (out / "config.json").is_file():  # a directory export: the card the Hub renders beside it
+        if is_export(out):  # a directory export: the card the Hub renders beside it
             d = self.cfg.data
             data = getattr(d, "val_path", None) or getattr(d, "path", None)
             res = getattr(d, "resolution", None)
-            command = f"aetk eval {out} --data {data}" + (f" --resolution {res}" if res else "") if data else None
+            command = (f"aetk eval {out} --data {data}" + (f" --resolution {res}" if res else "")
+                       if data and self.family.report is not None else None)  # priors: no `aetk eval` report
             write_model_card(out, run_dir=self.run_dir, eval_command=command)
 
     def close(self) -> None:

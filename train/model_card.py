@@ -16,11 +16,15 @@ from pathlib import Path
 import yaml
 
 from tokenizers_ae.precision import PLAN_KEY
-from tokenizers_ae.pretrained import LoadError, locate
+from tokenizers_ae.pretrained import NATIVE_CONFIG, LoadError, locate
 
 ARCH_KEYS = ("block_out_channels", "layers_per_block", "latent_channels", "base_dim", "dim_mult", "z_dim",
              "temperal_downsample", "num_res_blocks", "codebook_size", "num_vq_embeddings", "vq_embed_dim",
-             "sampling_rate", "num_filters", "upsampling_ratios", "codebook_dim")
+             "sampling_rate", "num_filters", "upsampling_ratios", "codebook_dim",
+             # aetk's native format (aetk_model.json): the codec, FSQ/LFQ tokenizers
+             "sample_rate", "ratios", "stage_channels", "dimension", "lstm_layers", "num_quantizers")
+PLACES = ("config.json", NATIVE_CONFIG, "prior.json")
+"""Files that make a directory an export, which gets a card."""
 NORM_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 
 
@@ -48,6 +52,8 @@ def _last_eval(run_dir: Path) -> dict:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
@@ -80,7 +86,7 @@ def held_out_section(out: Path, name: str, result: dict) -> list[str]:
     card, done = result["protocol"], result.get("evaluated") or {}
     data = card.get("data") or {}
     settings = {k: (f"{v[:16]}..." if k.endswith("sha256") else v) for k, v in (card.get("settings") or {}).items()
-                if v is not None and not isinstance(v, (dict, list)) and k not in ("crop", "pca_fit")}
+                if v not in (None, []) and not isinstance(v, dict) and k not in ("crop", "pca_fit")}
     metrics = result.get("model") if isinstance(result.get("model"), dict) else {}  # audio: the model's name
     missing = {k: v for k, v in metrics.items() if isinstance(v, str)}  # metric -> why it is missing
     libs = ", ".join(f"{k} {v}" for k, v in (card.get("libraries") or {}).items() if v)
@@ -110,12 +116,20 @@ def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | No
     an `aetk eval --json` result of these weights (checked by the caller)."""
     out = Path(out)
     config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    try:
+        saved = locate(out)  # what aetk reads there (aetk's native format: its architecture)
+    except LoadError:
+        saved = None
+    if not config and saved is not None and saved.source == "native":
+        config = dict(saved.config or {})
     library, snippet = _loading(config, out)
-    name = config.get("_class_name") or (config.get("architectures") or [None])[0] or "aetk model"
-    lines = ["---", f"library_name: {library}", "tags:", "- aetk", "- autoencoder", "---", "",
+    name = (config.get("_class_name") or (config.get("architectures") or [None])[0]
+            or (saved.class_name if saved else "aetk model"))
+    tag = "prior" if name.endswith("Prior") else "autoencoder"
+    lines = ["---", f"library_name: {library}", "tags:", "- aetk", f"- {tag}", "---", "",
              f"# {out.name}: {name}", "", "Written by aetk at export.", "",
              "## Load it", "", "```python", snippet, "```", ""]
-    arch = {k: config[k] for k in ARCH_KEYS if k in config}
+    arch = {k: config[k] for k in ARCH_KEYS if config.get(k) is not None}
     if arch:
         lines += ["## Architecture", ""] + [f"- `{k}`: {json.dumps(v)}" for k, v in arch.items()] + [""]
     norm = {k: config[k] for k in NORM_KEYS if config.get(k) is not None}
@@ -146,7 +160,10 @@ def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | No
     if run_dir is not None and (run_dir / "config.yaml").is_file():
         recipe = yaml.safe_load((run_dir / "config.yaml").read_text())
         data, train = recipe.get("data") or {}, recipe.get("train") or {}
-        lines += ["## Training", "", f"- data: `{data.get('path')}` at {data.get('resolution', '?')} px",
+        crop = (f"{data['segment_seconds']:g} s crops" if "segment_seconds" in data else
+                f"{data['frames']}-frame clips at {data.get('resolution')} px" if "frames" in data else
+                f"{data['resolution']} px" if "resolution" in data else "its own settings")
+        lines += ["## Training", "", f"- data: `{data.get('path')}`, {crop}",
                   f"- steps: {train.get('max_steps')}, batch {train.get('batch_size')}, lr {train.get('lr')}"]
         if train.get("trainable", "all") != "all":
             lines.append(f"- trainable: {train['trainable']} (the other half is the original's, bit for bit)")
@@ -165,6 +182,11 @@ def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | No
     for name, result in (evaluations or {}).items():
         lines += held_out_section(out, name, result)
     return "\n".join(lines)
+
+
+def is_export(out: Path) -> bool:
+    """Whether `out` is a directory export (diffusers, transformers, aetk's native format, a prior)."""
+    return any((Path(out) / f).is_file() for f in PLACES)
 
 
 def write_model_card(out: Path, **kw) -> Path:

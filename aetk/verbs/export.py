@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     evaluations = held_out(args, model, fmt)  # checked before anything is written
     print(fam.exports[fmt](model, req))
     out = Path(args.out)
-    if (out / "config.json").is_file():  # a directory export: the card the Hub renders beside it
-        from train.model_card import write_model_card
+    from train.model_card import is_export, write_model_card
+
+    if is_export(out):  # a directory export: the card the Hub renders beside it
 
         measured = Path(args.source) / "latent_stats.json"
         if measured.is_file() and not (out / "latent_stats.json").exists() and not (args.data or args.scaling_factor):

@@ -47,6 +47,9 @@ def test_prior_trains_through_the_trainer_and_samples_a_grid(latents, tmp_path, 
     assert (tmp_path / "run/samples/sample-0000004.png").is_file()
     assert (tmp_path / "run/model/unet/config.json").is_file()
     assert json.loads((tmp_path / "run/model/prior.json").read_text())["latent_shape"] == [4, 8, 8]
+    # Its model card: how aetk loads it, and no `aetk eval` command (a prior has no eval report).
+    card = (tmp_path / "run/model/README.md").read_text()
+    assert "# model: DiffusionPrior" in card and 'aetk.load("model")' in card and "aetk eval" not in card
     trainer.close()
     for sampler in ("ddim", "dpm++"):
         out = tmp_path / f"{sampler}.png"
