@@ -112,7 +112,7 @@ def held_out_section(out: Path, name: str, result: dict) -> list[str]:
 
 def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | None = None,
                evaluations: dict[str, dict] | None = None) -> str:
-    """The card's text for the export at `out` (a directory holding config.json); `evaluations`: name ->
+    """The card's text for the export at `out` (a directory `is_export` accepts); `evaluations`: name ->
     an `aetk eval --json` result of these weights (checked by the caller)."""
     out = Path(out)
     config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
@@ -145,7 +145,8 @@ def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | No
             where = f"items of `{s['data']}`" if s.get("data") else "training items"
             lines += [f"Measured on {s.get('n', '?')} {where} ({s.get('latent_norm', 'scale')}).", ""]
         else:
-            lines += ["Not measured by aetk for this export (`aetk export --data DIR` measures it).", ""]
+            how = " (`aetk export --data DIR` measures it)" if name == "AutoencoderKL" else ""
+            lines += [f"Not measured by aetk for this export{how}.", ""]
     if "force_upcast" in config:
         safe = not config["force_upcast"]
         lines += ["## Precision", "",

@@ -72,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
     from train.model_card import is_export, write_model_card
 
     if is_export(out):  # a directory export: the card the Hub renders beside it
-
         measured = Path(args.source) / "latent_stats.json"
         if measured.is_file() and not (out / "latent_stats.json").exists() and not (args.data or args.scaling_factor):
             shutil.copyfile(measured, out / "latent_stats.json")  # the source's factors, kept unchanged
