@@ -82,6 +82,11 @@ def test_load_run_and_eval_beside_pca(video_run, tmp_path):
     assert main(["eval", str(run / "model"), "--protocol", str(out), "--frames", "5", "--json", str(again)]) == 0
     rerun = json.loads(again.read_text())
     assert rerun["protocol"]["data"] == card["data"] and rerun["model"]["psnr"] == report["model"]["psnr"]
+    # The figures go into the model card of an export of the same weights (a diffusers AutoencoderKLWan).
+    assert main(["export", str(run / "model"), "--out", str(tmp_path / "wan"), "--eval", str(out)]) == 0
+    text = (tmp_path / "wan" / "README.md").read_text()
+    assert "# wan: AutoencoderKLWan" in text and "## Held-out evaluation: eval" in text and "frames 9" in text
+    assert f"| temporal_l1 | {report['model']['temporal_l1']:.4g} | {report['pca']['temporal_l1']:.4g} |" in text
 
 
 def test_eval_on_one_digit_clips_records_and_repeats_the_digit_count(video_run, tmp_path):
