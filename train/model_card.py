@@ -61,6 +61,21 @@ def _numbers(row: dict) -> dict:
     return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _validation_table(metrics: dict[str, float]) -> list[str]:
+    """Markdown table of a run's last validation: one row per metric, or, for a codec's `name@R` keys,
+    one row per bitrate R (its plain keys repeat the highest bitrate's and are left out)."""
+    rated = {k: v for k, v in metrics.items() if "@" in k}
+    if not rated:
+        return ["| metric | value |", "| --- | --- |"] + [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
+    names = list(dict.fromkeys(k.split("@", 1)[0] for k in rated))
+    rates = list(dict.fromkeys(k.split("@", 1)[1] for k in rated))
+    lines = ["| bitrate | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    lines += [f"| {r} | " + " | ".join(_fmt(rated[f"{n}@{r}"]) if f"{n}@{r}" in rated else "-" for n in names) + " |"
+              for r in rates]
+    other = {k: v for k, v in metrics.items() if "@" not in k and k not in names}
+    return lines + ([""] + [f"- {k}: {_fmt(v)}" for k, v in other.items()] if other else [])
+
+
 def _metrics_table(result: dict) -> list[str]:
     """Markdown table of an eval result: per bitrate (audio: the codec, then Opus on the same clips),
     else per metric with the model beside its baselines (images, video)."""
@@ -173,11 +188,9 @@ def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | No
         lines.append("")
         last = _last_eval(run_dir)
         if last:
-            lines += [f"## Evaluation (step {last.get('step')}, the run's validation batch)", "",
-                      "| metric | value |", "| --- | --- |"]
-            lines += [f"| {k.removeprefix('eval/')} | {v:.4g} |" for k, v in last.items()
-                      if k.startswith("eval/") and isinstance(v, float)]
-            lines.append("")
+            lines += [f"## Evaluation (step {last.get('step')}, the run's validation batch)", ""]
+            lines += _validation_table({k.removeprefix("eval/"): v for k, v in last.items()
+                                        if k.startswith("eval/") and isinstance(v, float)}) + [""]
     if eval_command:
         lines += ["Measure it again on your data:", "", "```bash", eval_command, "```", ""]
     for name, result in (evaluations or {}).items():

@@ -58,7 +58,8 @@ def test_tiny_codec_trains_end_to_end_with_gan_and_feature_matching(audio_dir, t
     assert {"eval/si_snr@4kbps", "eval/mel_distance@4kbps", "eval/si_snr@8kbps"} <= set(ev)
     assert (out / "samples" / "spectrogram-0000004.png").is_file()
     card = (out / "model" / "README.md").read_text()  # the card says what the codec trained on, in its units
-    assert f"- data: `{audio_dir}`, 0.1 s crops" in card and "| si_snr@4kbps |" in card
+    assert f"- data: `{audio_dir}`, 0.1 s crops" in card
+    assert f"| 4kbps | {ev['eval/si_snr@4kbps']:.4g} |" in card and f"| 8kbps | {ev['eval/si_snr@8kbps']:.4g} |" in card
     assert sf.info(str(out / "samples" / "audio-0000004" / "0-recon.wav")).samplerate == SR
     model = SoundStream.from_pretrained(out / "model")
     x = torch.from_numpy(sf.read(str(audio_dir / "clip0.wav"), dtype="float32")[0])[None, None]
