@@ -94,9 +94,10 @@ def evaluated(model: torch.nn.Module, source: str, weights: str) -> dict:
     return {"source": source, "weights": weights, "sha256": weights_sha256(model)}
 
 
-def load_evaluation(path: str | Path, model: torch.nn.Module, source: str) -> dict:
+def load_evaluation(path: str | Path, sha256: str, source: str) -> dict:
     """The `aetk eval --json` output at `path`, refused (ProtocolError, one line) unless it holds a card
-    and measured exactly `model`'s weights (`source`: what the user named them by)."""
+    and measured exactly the weights whose `weights_sha256` is `sha256` (`source`: what the user named
+    them by)."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
@@ -110,11 +111,10 @@ def load_evaluation(path: str | Path, model: torch.nn.Module, source: str) -> di
     if not isinstance(done, dict) or "sha256" not in done:
         raise ProtocolError(f"--eval {path}: it does not say which weights it measured (written by an older aetk); "
                             f"run `aetk eval {source} --protocol {path} --json {path}` again")
-    got = weights_sha256(model)
-    if done["sha256"] != got:
+    if done["sha256"] != sha256:
         raise ProtocolError(
             f"--eval {path}: it measured other weights ({done.get('source')}, {done.get('weights')} weights, sha256 "
-            f"{done['sha256'][:12]}...) than {source} ({got[:12]}...); run `aetk eval {source} --protocol {path} "
+            f"{done['sha256'][:12]}...) than {source} ({sha256[:12]}...); run `aetk eval {source} --protocol {path} "
             f"--json NEW.json` and pass that")
     return raw
 

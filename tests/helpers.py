@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,3 +52,24 @@ def run_cli(args: list[str], *, env: dict | None = None, check: bool = True, tim
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def one_line(capsys, argv) -> tuple[int, str]:
+    """`aetk ARGV` in-process (`aetk.cli.main`, as the console script calls it): (exit code, stderr)."""
+    from aetk.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own usage errors
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def load_script(name: str, module: str | None = None) -> ModuleType:
+    """scripts/NAME.py as a module (`module`: the name it is given, default NAME)."""
+    spec = importlib.util.spec_from_file_location(module or name, REPO / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script

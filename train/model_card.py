@@ -96,8 +96,9 @@ def _metrics_table(result: dict) -> list[str]:
                     + " |" for m in metrics]
 
 
-def held_out_section(out: Path, name: str, result: dict) -> list[str]:
-    """Card lines for one `aetk eval --json` result, copied beside the card as evaluations/NAME.json."""
+def held_out_section(out: Path, name: str, result: dict, readable: bool) -> list[str]:
+    """Card lines for one `aetk eval --json` result, copied beside the card as evaluations/NAME.json;
+    `readable`: aetk can load `out` (else the repeat command names the model it was exported from)."""
     card, done = result["protocol"], result.get("evaluated") or {}
     data = card.get("data") or {}
     settings = {k: (f"{v[:16]}..." if k.endswith("sha256") else v) for k, v in (card.get("settings") or {}).items()
@@ -113,11 +114,8 @@ def held_out_section(out: Path, name: str, result: dict) -> list[str]:
     lines += _metrics_table(result) + [""]
     if missing:
         lines += ["Not measured: " + "; ".join(f"{k} ({v})" for k, v in missing.items()) + ".", ""]
-    try:
-        locate(out)
-        model, note = out.name, ""
-    except LoadError:  # a transformers export: aetk reads the weights it was exported from
-        model, note = done.get("source", "SOURCE"), f" on the aetk model `{out.name}` was exported from"
+    model, note = ((out.name, "") if readable else  # a transformers export: aetk reads what it came from
+                   (done.get("source", "SOURCE"), f" on the aetk model `{out.name}` was exported from"))
     lines += [f"Repeat it exactly{note} (aetk refuses if the data, their crops or the settings differ):", "",
               "```bash", f"aetk eval {model} --protocol {out.name}/evaluations/{name}.json", "```", ""]
     if libs:
@@ -194,7 +192,7 @@ def model_card(out: Path, *, run_dir: Path | None = None, eval_command: str | No
     if eval_command:
         lines += ["Measure it again on your data:", "", "```bash", eval_command, "```", ""]
     for name, result in (evaluations or {}).items():
-        lines += held_out_section(out, name, result)
+        lines += held_out_section(out, name, result, readable=saved is not None)
     return "\n".join(lines)
 
 

@@ -91,15 +91,16 @@ def run(args: argparse.Namespace) -> int:
 def held_out(args: argparse.Namespace, model, fmt: str) -> dict[str, dict]:
     """--eval files by name (their stem), each checked to hold a protocol card and to have measured
     exactly the weights being exported."""
-    from eval.protocol import load_evaluation
+    from eval.protocol import load_evaluation, weights_sha256
 
     if args.eval and fmt == "sd-single-file":
         raise ConfigError("--eval: an sd-single-file export is one file with no model card; export a directory "
                           "(--format diffusers) to carry the figures")
     out: dict[str, dict] = {}
+    digest = weights_sha256(model) if args.eval else ""  # once: a large VAE takes a second to hash
     for path in args.eval:
         name = Path(path).stem
         if name in out:
             raise ConfigError(f"--eval {path}: another --eval file is also named {name}.json; rename one")
-        out[name] = load_evaluation(path, model, args.source)
+        out[name] = load_evaluation(path, digest, args.source)
     return out

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, run_cli, tiny_overrides
+from helpers import REPO, one_line, run_cli, tiny_overrides
 
 from aetk.cli import main
 
@@ -23,16 +23,6 @@ def kl_run(tmp_path_factory):
     train(config_from_dict({}, tiny_overrides(out, "train.max_steps=2", "train.checkpoint_every=2",
                                               "train.eval_every=2"))).close()
     return out
-
-
-def one_line(capsys, argv) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own usage errors
-        rc = e.code
-    err = capsys.readouterr().err.strip()
-    return rc, err
 
 
 def bad_cases(tmp, run):

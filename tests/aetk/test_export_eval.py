@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import one_line
 
 from aetk.cli import main
 from tokenizers_ae.models.kl_vae import KLVAE, build_autoencoder_kl
@@ -51,9 +52,7 @@ def test_the_card_carries_the_held_out_figures_and_its_command_repeats_them(eval
 
 
 def refused(capsys, argv) -> str:
-    capsys.readouterr()
-    rc = main(argv)
-    err = capsys.readouterr().err
+    rc, err = one_line(capsys, argv)
     assert rc != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     return err
 

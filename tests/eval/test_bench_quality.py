@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import one_line
 from PIL import Image
 from skimage import data as skdata
 
-from aetk.cli import main
 from eval.bench.machine import cpu_name
 from eval.bench.quality import LDM_BASE_LR, _codebook_size, _race, bench_quality, reference_for, time_to_reach
 
@@ -101,9 +101,7 @@ def test_bench_quality_cli_says_what_is_wrong_in_one_line(tmp_path, capsys):
     # In-process (aetk.cli.main, as the console script calls it); tests/aetk/test_errors.py checks that a
     # fresh process prints the same single line.
     def run(argv: list[str]) -> str:
-        capsys.readouterr()
-        rc = main(argv)
-        err = capsys.readouterr().err
+        rc, err = one_line(capsys, argv)
         assert rc != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         return err
 
@@ -112,9 +110,8 @@ def test_bench_quality_cli_says_what_is_wrong_in_one_line(tmp_path, capsys):
     assert "KL-VAE and VQ" in run(["bench", "quality", "configs/codec-tiny.yaml", "--out", str(tmp_path / "q")])
     # key=value overrides are taken after the options too; an unknown option is still refused.
     assert "/nonexistent/aetk-val" in run([*common, "data.val_path=/nonexistent/aetk-val"])
-    with pytest.raises(SystemExit) as e:
-        main([*common, "--bogus"])
-    assert e.value.code != 0 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    rc, err = one_line(capsys, [*common, "--bogus"])
+    assert rc != 0 and "unrecognized arguments: --bogus" in err
     lfq = ["model.quantizer.type=lfq", "model.quantizer.lfq_bits=4", "model.latent_channels=4"]
     assert "lfq has none" in run(["bench", "quality", "configs/vq-f4-tiny.yaml", *lfq, "--out", str(tmp_path / "q")])
     assert "--minutes" in run([*common[:3], "--minutes", "0"])

@@ -1,18 +1,8 @@
 """scripts/digit_legibility.py: its classifier reads held-out moving digits, and tells them from wrong labels."""
 
-import importlib.util
-from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("digit_legibility", REPO / "scripts/digit_legibility.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_script
 
 
 def test_classifier_reads_held_out_moving_digits():
@@ -20,7 +10,7 @@ def test_classifier_reads_held_out_moving_digits():
     digits at other positions) far above chance, and scores wrong labels near zero: the number the script
     reports for samples means what it says."""
     torch.set_num_threads(1)
-    s = load_script()
+    s = load_script("digit_legibility")
     # 800 clips read held-out clips at 0.70, on the line: too few to learn from
     net = s.train_classifier(frames=3, resolution=32, n_clips=1600, epochs=2, seed=0)
     x, y = s.clips("val", 200, 3, 32)

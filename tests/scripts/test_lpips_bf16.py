@@ -1,25 +1,15 @@
 """scripts/lpips_bf16.py: the LPIPS loss under bf16 autocast stays close to fp32 at the distances training
 works at, and the script's comparison would see it if it did not."""
 
-import importlib.util
-from pathlib import Path
 
 import torch
+from helpers import load_script
 
 from tokenizers_ae.losses.perceptual import LPIPS
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("lpips_bf16", REPO / "scripts/lpips_bf16.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_bf16_lpips_follows_fp32_at_training_distances():
-    s = load_script()
+    s = load_script("lpips_bf16")
     torch.manual_seed(0)
     lp, x = LPIPS(backbone="random"), s.photos(side=32, n=2)  # small: bf16 is emulated (slow) on AVX2 CPUs
     r = s.compare(lp, x, (x + 0.1 * torch.randn_like(x)).clamp(-1, 1))  # about 26 dB

@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import load_script
 
 from audio_codec.model import build_soundstream
 from eval import pesq_breakdown as pb
 from tests.eval.test_audio_metrics import voiced_syllables
 
 pytest.importorskip("pesq")
-REPO = Path(__file__).resolve().parents[2]
 SR = 16000
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("pesq_breakdown_script", REPO / "scripts/pesq_breakdown.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_script_scores_a_codec_on_a_folder(tmp_path):
-    main = load_script().main
+    main = load_script("pesq_breakdown", "pesq_breakdown_script").main
     voice = voiced_syllables(seconds=2.0, sample_rate=SR).double().numpy()
     torch.manual_seed(0)
     model = build_soundstream(n_filters=4, ratios=(2, 2), dimension=8, codebook_size=16, num_quantizers=4,

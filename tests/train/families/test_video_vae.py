@@ -2,18 +2,15 @@
 AutoencoderKLWan with measured latents_mean/std that reconstructs like aetk, resumes exactly, and
 `aetk eval` reports it beside the space-time PCA baseline."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
+from helpers import load_script
 
 from train.config import ConfigError
 from train.run import train
-
-REPO = Path(__file__).resolve().parents[3]
 
 VIDEO = ["model.kind=video_vae", "train.mixed_precision=no", "train.max_steps=4", "train.eval_every=4",
          "train.checkpoint_every=2",
@@ -272,9 +269,7 @@ def test_a_video_prior_trains_on_encoded_latents_and_samples_clips(video_run, tm
     assert gif.n_frames == 9
 
     # scripts/digit_legibility.py reads this prior and its first stage: clips of 9 frames at 16 px
-    spec = importlib.util.spec_from_file_location("digit_legibility", REPO / "scripts/digit_legibility.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("digit_legibility")
     assert script.main([str(tmp_path / "prior/model"), "--n", "4", "--steps", "2", "--train-clips", "8",
                         "--epochs", "1", "--source", "digits", "--json", str(tmp_path / "leg.json")]) == 0
     r = json.loads((tmp_path / "leg.json").read_text())
